@@ -1,0 +1,1 @@
+//! Scan queue and admission.

@@ -1,0 +1,4 @@
+#![forbid(unsafe_code)]
+//! nuclei-operator library.
+
+pub mod api;
