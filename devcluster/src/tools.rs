@@ -1,0 +1,68 @@
+//! Where the real component binaries live: the per-version cache that
+//! `devcluster/tools/build.sh` fills.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Paths of the built tools.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub nuclei: PathBuf,
+    pub helm: PathBuf,
+}
+
+/// The build script, for error messages and for callers that want to build.
+pub fn build_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/build.sh")
+}
+
+impl Tools {
+    /// Asks the build script where each tool's cache directory is. Does not
+    /// build anything: a missing binary is reported by [`Tools::require`].
+    pub fn locate() -> Result<Tools> {
+        let script = build_script();
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("--print-dir")
+            .output()
+            .with_context(|| format!("running {} --print-dir", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} --print-dir failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let dirs = String::from_utf8(out.stdout)?;
+        let dir = |name: &str| -> Result<PathBuf> {
+            dirs.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .map(PathBuf::from)
+                .with_context(|| format!("build.sh --print-dir did not name {name}"))
+        };
+        Ok(Tools {
+            etcd: dir("etcd")?.join("etcd"),
+            kube_apiserver: dir("kubernetes")?.join("kube-apiserver"),
+            kube_controller_manager: dir("kubernetes")?.join("kube-controller-manager"),
+            nuclei: dir("nuclei")?.join("nuclei"),
+            helm: dir("helm")?.join("helm"),
+        })
+    }
+
+    /// The path of `tool`, or an error telling how to build it.
+    pub fn require<'a>(&self, path: &'a Path) -> Result<&'a Path> {
+        if path.is_file() {
+            Ok(path)
+        } else {
+            bail!(
+                "{} is missing: run `{}` to build the devcluster tools (cold builds take tens of minutes)",
+                path.display(),
+                build_script().display()
+            )
+        }
+    }
+}
