@@ -2,3 +2,6 @@
 //! nuclei-operator library.
 
 pub mod api;
+pub mod duration;
+pub mod scan;
+pub mod settings;

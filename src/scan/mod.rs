@@ -1,0 +1,3 @@
+//! The NucleiScan reconciler: phase machine, schedule, intents.
+
+pub mod schedule;
