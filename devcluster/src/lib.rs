@@ -41,6 +41,8 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// Do not run the process kubelet (control plane only).
     pub no_kubelet: bool,
+    /// Binaries to run; the build script's cache when `None`.
+    pub tools: Option<Tools>,
 }
 
 /// What a running cluster tells its users.
@@ -66,7 +68,10 @@ impl DevCluster {
     /// kubelet, and returns once the API server is ready, the controllers have
     /// created the `default` ServiceAccount and the node is registered.
     pub async fn start(config: Config) -> Result<DevCluster> {
-        let tools = Tools::locate()?;
+        let tools = match &config.tools {
+            Some(t) => t.clone(),
+            None => Tools::locate()?,
+        };
         for p in [
             &tools.etcd,
             &tools.kube_apiserver,

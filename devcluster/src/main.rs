@@ -54,7 +54,8 @@ fn state_dir(cli: &Cli) -> PathBuf {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube_client=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -93,6 +94,7 @@ async fn serve(dir: &Path, args: &ServeArgs) -> Result<()> {
         hosts: args.hosts.clone(),
         state_dir: Some(dir.to_owned()),
         no_kubelet: false,
+        tools: None,
     })
     .await?;
     std::fs::write(dir.join("pid"), std::process::id().to_string())?;

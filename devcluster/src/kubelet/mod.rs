@@ -91,7 +91,8 @@ impl Kubelet {
             .await
             .context("marking the node Ready")?;
         std::fs::create_dir_all(&config.pods_dir)?;
-        let hosts = config.pods_dir.join("hosts");
+        // Namespace names never start with a dot, so this never collides with a pod directory.
+        let hosts = config.pods_dir.join(".etc-hosts");
         let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
         for h in &config.hosts {
             text.push_str(&format!("127.0.0.1 {h}\n"));
