@@ -1,7 +1,9 @@
 #![forbid(unsafe_code)]
 //! nuclei-operator library.
 
+pub mod annotations;
 pub mod api;
 pub mod duration;
 pub mod scan;
 pub mod settings;
+pub mod sources;

@@ -1,0 +1,3 @@
+//! Source objects (Ingress, Istio VirtualService) and what they expose.
+
+pub mod targets;
