@@ -1,1 +1,184 @@
-fn main() {}
+//! `nuclei-operator`: `controller` (the default), `scanner`, `crd`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use nuclei_operator::scanner::run::{RunResult, ScannerDefaults, run};
+use nuclei_operator::settings::{LogFormat, Settings, treat_empty_env_as_unset};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps every Ingress and VirtualService scanned with nuclei"
+)]
+struct Cli {
+    /// The seed design's form: `--mode=scanner --scan-id=NAMESPACE/NAME`.
+    #[arg(long, hide = true)]
+    mode: Option<String>,
+    /// With `--mode=scanner`: the scan, `NAMESPACE/NAME` (or `NAME` with
+    /// SCAN_NAMESPACE set).
+    #[arg(long, hide = true)]
+    scan_id: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (the default).
+    Controller {
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+    /// Run one scan and write its result into the NucleiScan's status (what
+    /// the scanner Job's pod runs).
+    Scanner(ScannerArgs),
+    /// Print the NucleiScan CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct ScannerArgs {
+    /// The scan to run, `NAMESPACE/NAME`.
+    #[arg(long, env = "SCAN_KEY")]
+    scan: String,
+    /// Built-in templates directory.
+    #[arg(
+        long,
+        env = "NUCLEI_TEMPLATES_PATH",
+        default_value = "/nuclei-templates"
+    )]
+    templates_path: PathBuf,
+    /// More template directories (ConfigMaps, git clones), `:`-separated.
+    #[arg(long, env = "EXTRA_TEMPLATE_DIRS", value_delimiter = ':')]
+    extra_template_dirs: Vec<PathBuf>,
+    /// Scan timeout when the scan sets none (Go duration).
+    #[arg(long, env = "SCANNER_TIMEOUT", default_value = "30m", value_parser = nuclei_operator::duration::parse_duration)]
+    timeout: Duration,
+    /// The nuclei binary.
+    #[arg(long, env = "NUCLEI_BINARY", default_value = "nuclei")]
+    nuclei: PathBuf,
+    /// Templates when the scan lists none (comma-separated).
+    #[arg(long, env = "DEFAULT_TEMPLATES", value_delimiter = ',')]
+    default_templates: Vec<String>,
+    /// This pod's name (downward API).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn log_format_from_env() -> LogFormat {
+    match std::env::var("LOG_FORMAT").map(|v| v.to_ascii_lowercase()) {
+        Ok(v) if v == "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let matches = treat_empty_env_as_unset(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let command = match (cli.mode.as_deref(), cli.command) {
+        (Some("scanner"), _) => {
+            let id = cli
+                .scan_id
+                .context("--mode=scanner needs --scan-id=NAMESPACE/NAME")?;
+            let key = if id.contains('/') {
+                id
+            } else {
+                let ns = std::env::var("SCAN_NAMESPACE")
+                    .context("--scan-id without a namespace needs SCAN_NAMESPACE")?;
+                format!("{ns}/{id}")
+            };
+            let mut args = vec![
+                "nuclei-operator".to_string(),
+                "scanner".into(),
+                "--scan".into(),
+                key,
+            ];
+            args.extend(
+                std::env::args()
+                    .skip(1)
+                    .filter(|a| !a.starts_with("--mode") && !a.starts_with("--scan-id")),
+            );
+            let m = treat_empty_env_as_unset(Cli::command()).get_matches_from(args);
+            Cli::from_arg_matches(&m)
+                .unwrap_or_else(|e| e.exit())
+                .command
+                .expect("scanner")
+        }
+        (Some(other), _) if other != "controller" => {
+            bail!("unknown --mode={other} (controller or scanner)")
+        }
+        (_, Some(c)) => c,
+        (_, None) => {
+            let m = treat_empty_env_as_unset(Cli::command())
+                .get_matches_from(["nuclei-operator", "controller"]);
+            Cli::from_arg_matches(&m)
+                .unwrap_or_else(|e| e.exit())
+                .command
+                .expect("controller")
+        }
+    };
+    match command {
+        Command::Crd => {
+            print!("{}", nuclei_operator::api::crd_yaml());
+            Ok(())
+        }
+        Command::Controller { settings } => {
+            if let Err(e) = settings.validate() {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+            init_logging(settings.log_format);
+            nuclei_operator::controller::run(*settings).await
+        }
+        Command::Scanner(args) => {
+            init_logging(log_format_from_env());
+            let (namespace, name) = args
+                .scan
+                .split_once('/')
+                .context("--scan must be NAMESPACE/NAME")?;
+            let defaults = ScannerDefaults {
+                templates_path: args.templates_path,
+                extra_template_dirs: args.extra_template_dirs,
+                timeout: args.timeout,
+                templates: args.default_templates,
+                severity: Vec::new(),
+                nuclei: args.nuclei,
+                pod_name: args.pod_name,
+            };
+            let client = kube::Client::try_default()
+                .await
+                .context("in-cluster configuration")?;
+            // Exit codes: 0 scan completed, 1 scan failed (recorded in the
+            // status), 2 the result could not be recorded (the Job may retry).
+            match run(client, namespace, name, &defaults).await {
+                Ok(RunResult::Completed { .. }) => Ok(()),
+                Ok(RunResult::Failed { message }) => {
+                    eprintln!("scan failed: {message}");
+                    std::fs::write("/dev/termination-log", &message).ok();
+                    std::process::exit(1)
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::fs::write("/dev/termination-log", format!("{e:#}")).ok();
+                    std::process::exit(2)
+                }
+            }
+        }
+    }
+}

@@ -1,3 +1,5 @@
 //! Source objects (Ingress, Istio VirtualService) and what they expose.
 
+pub mod apply;
+pub mod controller;
 pub mod targets;

@@ -1,0 +1,251 @@
+//! Controller mode: wires the reconcilers, the dispatcher, leader election
+//! and the HTTP server, with one shutdown signal shared by every task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dispatcher::{Config as DispatchConfig, Dispatcher, RateLimit};
+use futures::StreamExt;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::VirtualService;
+use crate::http::{HttpState, router};
+use crate::jobs::RbacCache;
+use crate::metrics::Metrics;
+use crate::scan::launch::JobLauncher;
+use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
+use crate::settings::{ScannerMode, Settings};
+use crate::sources::controller::{self as sources, SourceCtx};
+
+const ISTIO_CRD: &str = "virtualservices.networking.istio.io";
+
+/// Runs the operator until SIGTERM/SIGINT, or until this replica loses its
+/// leadership (then it exits so it restarts as a follower).
+pub async fn run(settings: Settings) -> Result<()> {
+    mark_process_start();
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    let mut dconfig = DispatchConfig::new(
+        std::num::NonZeroUsize::new(settings.max_concurrent_scans as usize)
+            .unwrap_or(std::num::NonZeroUsize::MIN),
+    );
+    if let Some(per_minute) = settings.job_rate_per_minute() {
+        dconfig = dconfig.with_rate_limit(RateLimit::per_minute(per_minute));
+    }
+    let (mut dispatcher, handle) = Dispatcher::<String>::new(dconfig);
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let leader = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?;
+    info!(addr = %settings.http_addr, "serving /healthz /readyz /metrics /queue");
+    let http = {
+        let app = router(HttpState {
+            dispatch: handle.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            leader: leader.clone(),
+        });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+
+    let identity = settings
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("nuclei-operator-{}", std::process::id()));
+    let mut lease_rx = None;
+    if settings.leader_election {
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+                .with_namespace(settings.lease_namespace())
+                .with_identity(&identity)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await
+                .context("setting up the leader-election lease")?;
+        let (mut rx, _task) = manager.watch().await;
+        // A follower is ready: it serves /queue (empty) and waits.
+        ready.store(true, Ordering::Relaxed);
+        info!(
+            identity,
+            lease = settings.lease_name,
+            "waiting for leadership"
+        );
+        loop {
+            if *rx.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                r = rx.changed() => r.context("leader election stopped")?,
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        lease_rx = Some(rx);
+    }
+    leader.store(true, Ordering::Relaxed);
+    info!(identity, "leading: starting controllers and the dispatcher");
+    let lost = Arc::new(AtomicBool::new(false));
+    if let Some(mut rx) = lease_rx {
+        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if !*rx.borrow() {
+                    break;
+                }
+            }
+            if !shutdown.is_cancelled() {
+                error!("lost leadership; stopping");
+                lost.store(true, Ordering::Relaxed);
+                shutdown.cancel();
+            }
+        });
+    }
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "nuclei-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let scan_controller = reconcile::controller(client.clone());
+    let source_ctx = Arc::new(SourceCtx {
+        client: client.clone(),
+        scans: scan_controller.store(),
+        recorder: recorder.clone(),
+        writes: AtomicU64::new(0),
+    });
+    let scan_ctx = Arc::new(ScanCtx::new(
+        client.clone(),
+        settings.clone(),
+        handle.clone(),
+        metrics.clone(),
+        recorder,
+    ));
+    let stop = || {
+        let s = shutdown.clone();
+        async move { s.cancelled_owned().await }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(reconcile::run(scan_controller, scan_ctx.clone(), stop()));
+    tasks.spawn(sources::run::<Ingress>(source_ctx.clone(), stop()));
+    tasks.spawn(watch_istio(source_ctx.clone(), shutdown.clone()));
+    {
+        let stop = stop();
+        match settings.scanner_mode {
+            ScannerMode::Pod => {
+                let launcher = JobLauncher {
+                    ctx: scan_ctx.clone(),
+                    rbac: RbacCache::default(),
+                };
+                tasks.spawn(async move { dispatcher.run(launcher, stop).await });
+            }
+            ScannerMode::Sync => {
+                let launcher = crate::scanner::sync::SyncLauncher::new(scan_ctx.clone());
+                tasks.spawn(async move { dispatcher.run(launcher, stop).await });
+            }
+        }
+    }
+    ready.store(true, Ordering::Relaxed);
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            error!("task failed: {e}");
+            shutdown.cancel();
+        }
+        // One controller ending means shutdown: stop the rest with it.
+        shutdown.cancel();
+    }
+    let _ = http.await;
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!("lost leadership");
+    }
+    Ok(())
+}
+
+/// Runs the VirtualService controller while Istio's CRD is installed: the
+/// operator works without Istio, and picks VirtualServices up, without a
+/// restart, when the CRD appears.
+async fn watch_istio(ctx: Arc<SourceCtx>, shutdown: CancellationToken) {
+    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={ISTIO_CRD}"));
+    let stream = watcher(crds, cfg);
+    futures::pin_mut!(stream);
+    let mut running: Option<CancellationToken> = None;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = stream.next() => e,
+        };
+        let Some(event) = event else { break };
+        let crd = match event {
+            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => Some(c),
+            Ok(watcher::Event::Delete(_)) => None,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!("watching the Istio CRD: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        let serves_v1 = crd.as_ref().is_some_and(|c| {
+            c.spec.versions.iter().any(|v| v.name == "v1" && v.served)
+                && c.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+        });
+        match (serves_v1, running.is_some()) {
+            (true, false) => {
+                info!("Istio VirtualService API found: watching VirtualServices");
+                let token = shutdown.child_token();
+                let t = token.clone();
+                tokio::spawn(sources::run::<VirtualService>(ctx.clone(), async move {
+                    t.cancelled_owned().await
+                }));
+                running = Some(token);
+            }
+            (false, true) => {
+                info!("Istio VirtualService API gone: no longer watching VirtualServices");
+                if let Some(t) = running.take() {
+                    t.cancel();
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The target availability check before admission (seed §6.1): concurrent TCP
+//! connects with a short timeout. A TCP handshake is enough to know something
+//! answers; TLS is not verified (nor even started), since self-signed targets
+//! are common and nuclei itself decides what to do with them.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::net::TcpStream;
+
+/// `host:port` of an http(s) URL.
+pub fn socket_of(target: &str) -> Option<String> {
+    let (scheme, rest) = target.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        && !authority.ends_with(']');
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        let port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        format!("{authority}:{port}")
+    })
+}
+
+/// Whether at least one target accepts a TCP connection within `timeout`.
+pub async fn any_target_answers(targets: &[String], timeout: Duration) -> bool {
+    let mut sockets: Vec<String> = targets.iter().filter_map(|t| socket_of(t)).collect();
+    sockets.sort();
+    sockets.dedup();
+    let checks = sockets.into_iter().map(|s| async move {
+        matches!(
+            tokio::time::timeout(timeout, TcpStream::connect(s)).await,
+            Ok(Ok(_))
+        )
+    });
+    join_all(checks).await.into_iter().any(|ok| ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_default_to_the_scheme_port() {
+        assert_eq!(
+            socket_of("https://a.example.com/x").as_deref(),
+            Some("a.example.com:443")
+        );
+        assert_eq!(
+            socket_of("http://a.example.com").as_deref(),
+            Some("a.example.com:80")
+        );
+        assert_eq!(socket_of("http://a:8080/p?q").as_deref(), Some("a:8080"));
+        assert_eq!(socket_of("http://[::1]").as_deref(), Some("[::1]:80"));
+        assert_eq!(socket_of("nonsense"), None);
+    }
+
+    #[tokio::test]
+    async fn a_listening_target_answers_and_a_closed_port_does_not() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port());
+        let closed = {
+            let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://127.0.0.1:{}/", l2.local_addr().unwrap().port())
+        };
+        let t = Duration::from_secs(2);
+        assert!(any_target_answers(&[closed.clone(), open], t).await);
+        assert!(!any_target_answers(&[closed], t).await);
+    }
+}

@@ -1,0 +1,181 @@
+//! The desired `NucleiScan` of a source object, as a server-side-apply body,
+//! plus the hash that lets a reconcile skip the API when nothing changed.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::annotations::{AnnotationError, Parsed};
+use crate::api::{NucleiScanSpec, SourceKind, SourceRef};
+
+/// Field manager of everything the source reconcilers write.
+pub const FIELD_MANAGER: &str = "nuclei-operator";
+
+/// Annotation on a `NucleiScan` holding the hash of the last applied body, so an
+/// unchanged source costs no API request.
+pub const APPLIED_HASH: &str = "nuclei.homelab.mortenolsen.pro/applied-hash";
+
+/// Annotation on a `NucleiScan` carrying the source's annotation errors; the
+/// scan reconciler turns it into the `AnnotationsValid` condition.
+pub const ANNOTATION_ERRORS: &str = "nuclei.homelab.mortenolsen.pro/annotation-errors";
+
+/// Label naming the source kind of a scan.
+pub const SOURCE_KIND_LABEL: &str = "nuclei.homelab.mortenolsen.pro/source-kind";
+
+/// Identity of a source object.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub api_version: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+/// One line per bad annotation, for the scan annotation and the Event.
+pub fn describe_errors(errors: &[AnnotationError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The server-side-apply body of the scan for `source`: only the fields the
+/// operator owns, so fields a user set by hand survive, and an annotation that
+/// is removed removes what it set.
+pub fn desired_scan(
+    source: &Source,
+    scan_name: &str,
+    targets: Vec<String>,
+    parsed: &Parsed,
+) -> Value {
+    let mut spec = NucleiScanSpec {
+        source_ref: SourceRef {
+            api_version: source.api_version.clone(),
+            kind: source.kind,
+            name: source.name.clone(),
+            namespace: source.namespace.clone(),
+            uid: source.uid.clone(),
+        },
+        targets,
+        ..Default::default()
+    };
+    parsed.overrides.apply(&mut spec);
+    let mut annotations = BTreeMap::new();
+    if !parsed.errors.is_empty() {
+        annotations.insert(
+            ANNOTATION_ERRORS.to_string(),
+            describe_errors(&parsed.errors),
+        );
+    }
+    let mut body = json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiScan",
+        "metadata": {
+            "name": scan_name,
+            "namespace": source.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "nuclei-operator",
+                SOURCE_KIND_LABEL: source.kind.as_str(),
+            },
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": source.api_version,
+                "kind": source.kind.as_str(),
+                "name": source.name,
+                "uid": source.uid,
+                "controller": true,
+            }],
+        },
+        "spec": spec,
+    });
+    let hash = crate::hash::fnv1a_64_hex(body.to_string().as_bytes());
+    body["metadata"]["annotations"][APPLIED_HASH] = Value::String(hash);
+    body
+}
+
+/// The hash a desired body carries.
+pub fn body_hash(body: &Value) -> Option<&str> {
+    body["metadata"]["annotations"][APPLIED_HASH].as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::parse;
+
+    fn source() -> Source {
+        Source {
+            kind: SourceKind::Ingress,
+            api_version: "networking.k8s.io/v1".into(),
+            name: "web".into(),
+            namespace: "prod".into(),
+            uid: "u-1".into(),
+        }
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("nuclei.homelab.mortenolsen.pro/{k}"), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_body_owns_only_the_fields_annotations_set() {
+        let parsed = parse(&annotations(&[("severity", "high,critical")]));
+        let body = desired_scan(
+            &source(),
+            "web-ingress",
+            vec!["https://a.example.com".into()],
+            &parsed,
+        );
+        let spec = body["spec"].as_object().unwrap();
+        let mut keys: Vec<&str> = spec.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["severity", "sourceRef", "targets"]);
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+
+    #[test]
+    fn the_hash_changes_with_the_content_and_only_with_it() {
+        let t = || vec!["https://a.example.com".to_string()];
+        let a = desired_scan(
+            &source(),
+            "s",
+            t(),
+            &parse(&annotations(&[("tags", "cve")])),
+        );
+        let b = desired_scan(
+            &source(),
+            "s",
+            t(),
+            &parse(&annotations(&[("tags", "cve")])),
+        );
+        let c = desired_scan(
+            &source(),
+            "s",
+            t(),
+            &parse(&annotations(&[("tags", "xss")])),
+        );
+        assert_eq!(body_hash(&a), body_hash(&b));
+        assert_ne!(body_hash(&a), body_hash(&c));
+    }
+
+    #[test]
+    fn bad_annotations_are_carried_to_the_scan_and_the_good_ones_still_apply() {
+        let parsed = parse(&annotations(&[("severity", "bogus"), ("tags", "cve")]));
+        let body = desired_scan(&source(), "s", vec!["http://a".into()], &parsed);
+        let errors = body["metadata"]["annotations"][ANNOTATION_ERRORS]
+            .as_str()
+            .unwrap();
+        assert!(
+            errors.contains("nuclei.homelab.mortenolsen.pro/severity"),
+            "{errors}"
+        );
+        assert_eq!(body["spec"]["tags"], json!(["cve"]));
+        assert!(body["spec"].get("severity").is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! Source reconcilers: every Ingress and (when Istio is installed)
+//! VirtualService becomes a `NucleiScan`, written with server-side apply.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, instrument, warn};
+
+use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
+use super::targets::{Derived, ingress_targets, scan_name, virtual_service_targets};
+use crate::annotations;
+use crate::api::{NucleiScan, SourceKind, VirtualService};
+use crate::error::{Error, Result, is_not_found};
+
+/// Shared by the source reconcilers.
+pub struct SourceCtx {
+    pub client: kube::Client,
+    /// Every NucleiScan, as the scan controller sees them.
+    pub scans: Store<NucleiScan>,
+    pub recorder: Recorder,
+    /// Writes (apply, delete) made to NucleiScans, for tests and metrics.
+    pub writes: AtomicU64,
+}
+
+/// A Kubernetes object that exposes web endpoints.
+pub trait SourceObject:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// The kind recorded in the scan's `sourceRef`.
+    const KIND: SourceKind;
+    /// API version recorded in `sourceRef` and the owner reference.
+    const API_VERSION: &'static str;
+    /// Targets of this object.
+    fn derive(&self) -> Derived;
+}
+
+impl SourceObject for Ingress {
+    const KIND: SourceKind = SourceKind::Ingress;
+    const API_VERSION: &'static str = "networking.k8s.io/v1";
+    fn derive(&self) -> Derived {
+        ingress_targets(self)
+    }
+}
+
+impl SourceObject for VirtualService {
+    const KIND: SourceKind = SourceKind::VirtualService;
+    const API_VERSION: &'static str = "networking.istio.io/v1";
+    fn derive(&self) -> Derived {
+        virtual_service_targets(self)
+    }
+}
+
+/// Runs the source controller for `K` until `shutdown` resolves.
+pub async fn run<K: SourceObject>(
+    ctx: Arc<SourceCtx>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let sources: Api<K> = Api::all(ctx.client.clone());
+    let scans: Api<NucleiScan> = Api::all(ctx.client.clone());
+    Controller::new(sources, watcher::Config::default().any_semantic())
+        .owns(scans, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                debug!("source reconcile: {e}");
+            }
+        })
+        .await;
+}
+
+fn error_policy<K: SourceObject>(_obj: Arc<K>, err: &Error, _ctx: Arc<SourceCtx>) -> Action {
+    warn!(error = %err, kind = %K::KIND, "source reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[instrument(skip_all, fields(kind = %K::KIND, namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
+async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<Action> {
+    let namespace = obj
+        .namespace()
+        .ok_or_else(|| Error::Invalid("source object without namespace".into()))?;
+    let name = obj.name_any();
+    let uid = obj.uid().unwrap_or_default();
+    let scan = scan_name(K::KIND, &name);
+    let api: Api<NucleiScan> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = ctx.scans.get(&ObjectRef::new(&scan).within(&namespace));
+    let owner_uid = existing.as_ref().and_then(|s| {
+        s.owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    });
+    let ours = owner_uid.as_deref() == Some(uid.as_str());
+
+    if obj.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the scan.
+        return Ok(Action::await_change());
+    }
+    let parsed = annotations::parse(obj.annotations());
+    let derived = obj.derive();
+    if !parsed.enabled || derived.targets.is_empty() {
+        if ours {
+            match api.delete(&scan, &DeleteParams::background()).await {
+                Ok(_) => {
+                    ctx.writes.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        scan,
+                        "deleted scan: {}",
+                        if parsed.enabled {
+                            "no scannable targets"
+                        } else {
+                            "scanning disabled by annotation"
+                        }
+                    );
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if parsed.enabled && derived.targets.is_empty() && existing.is_some() == ours {
+            let skipped: Vec<String> = derived.skipped.iter().map(|s| s.to_string()).collect();
+            debug!(skipped = ?skipped, "no scannable targets");
+        }
+        return Ok(Action::await_change());
+    }
+    if owner_uid.is_some() && !ours {
+        // A scan of a deleted namesake awaits garbage collection.
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let source = Source {
+        kind: K::KIND,
+        api_version: K::API_VERSION.to_string(),
+        name: name.clone(),
+        namespace: namespace.clone(),
+        uid,
+    };
+    let body = desired_scan(&source, &scan, derived.targets, &parsed);
+    let current = existing
+        .as_ref()
+        .and_then(|s| s.annotations().get(APPLIED_HASH).cloned());
+    if current.as_deref() == body_hash(&body) {
+        return Ok(Action::await_change());
+    }
+    api.patch(
+        &scan,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    ctx.writes.fetch_add(1, Ordering::Relaxed);
+    info!(scan, "applied scan");
+    if !parsed.errors.is_empty() {
+        let note = describe_errors(&parsed.errors);
+        warn!(scan, "invalid annotations: {note}");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidAnnotation".into(),
+            note: Some(truncate(&note, 1000)),
+            action: "ApplyScan".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+            warn!("event not recorded: {e}");
+        }
+    }
+    Ok(Action::await_change())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
