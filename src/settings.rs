@@ -120,9 +120,9 @@ pub struct Settings {
     #[arg(long, env = "MAX_RETRIES", value_name = "MAX_RETRIES", default_value = "5", value_parser = parse_max_retries)]
     pub max_retries: u32,
 
-    /// Time allowed for the reachability check of a target before a scan, a
-    /// Go duration.
-    #[arg(long, env = "TARGET_CHECK_TIMEOUT", value_name = "TARGET_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    /// Time allowed for the reachability check (a TCP connect to each target)
+    /// before a scan, a Go duration; `0` skips the check.
+    #[arg(long, env = "TARGET_CHECK_TIMEOUT", value_name = "TARGET_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_duration_setting)]
     pub target_check_timeout: Duration,
 
     /// Image of the init container that clones `templateURLs` (needs `git`);

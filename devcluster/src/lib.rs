@@ -34,7 +34,8 @@ pub const NODE_NAME: &str = "devcluster-node";
 pub struct Config {
     /// Image → local command mappings for the process kubelet.
     pub images: Vec<ImageMapping>,
-    /// Host names that resolve to 127.0.0.1 inside pods (private `/etc/hosts`).
+    /// Host names that resolve to loopback inside pods (private `/etc/hosts`):
+    /// `name` (127.0.0.1) or `name=127.0.0.7`.
     pub hosts: Vec<String>,
     /// Directory for state (certs, etcd data, logs, pods). A fresh temporary
     /// directory, removed on drop, when `None`.

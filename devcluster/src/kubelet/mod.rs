@@ -95,7 +95,9 @@ impl Kubelet {
         let hosts = config.pods_dir.join(".etc-hosts");
         let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
         for h in &config.hosts {
-            text.push_str(&format!("127.0.0.1 {h}\n"));
+            // `name` resolves to 127.0.0.1, `name=127.0.0.7` to that address.
+            let (name, ip) = h.split_once('=').unwrap_or((h, "127.0.0.1"));
+            text.push_str(&format!("{ip} {name}\n"));
         }
         std::fs::write(&hosts, text)?;
         let (stop, stop_rx) = watch::channel(false);
