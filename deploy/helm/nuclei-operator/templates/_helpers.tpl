@@ -1,0 +1,47 @@
+{{/* Chart name, a DNS label. */}}
+{{- define "nuclei-operator.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Name of the release's objects: the release name, prefixed to the chart
+name unless it already contains it. */}}
+{{- define "nuclei-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the operator pods; never change them after install. */}}
+{{- define "nuclei-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nuclei-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every object of the release. */}}
+{{- define "nuclei-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "nuclei-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The operator image; scanner pods use it too unless scanner.image is set. */}}
+{{- define "nuclei-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* Name of the leader-election Lease (LEASE_NAME). */}}
+{{- define "nuclei-operator.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default (printf "%s-leader" (include "nuclei-operator.fullname" .)) }}
+{{- end }}
+
+{{/* HTTP_ADDR: host and port, with an IPv6 host in brackets. */}}
+{{- define "nuclei-operator.httpAddr" -}}
+{{- $host := toString .Values.http.host }}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}
+{{- $host = printf "[%s]" $host }}
+{{- end }}
+{{- printf "%s:%v" $host .Values.http.port }}
+{{- end }}

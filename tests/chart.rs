@@ -1,0 +1,1404 @@
+//! Tests of the Helm chart (`deploy/helm/nuclei-operator`) and the
+//! `Dockerfile`, with the real `helm` pinned by `devcluster/tools/versions.env`
+//! (built by `devcluster/tools/build.sh`).
+//!
+//! The chart is rendered with `helm template` and its YAML read back as JSON
+//! values, so each test checks the manifests Kubernetes would receive: the
+//! operator's environment against [`nuclei_operator::settings`], every
+//! values.yaml leaf against what it claims to set, the pod's security context,
+//! the RBAC rules, and the image the Dockerfile builds against the chart.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use nuclei_operator::settings::{Settings, env_table};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Release name used for every render; the chart names objects
+/// `<release>-nuclei-operator`.
+const RELEASE: &str = "scans";
+/// Objects' names for [`RELEASE`].
+const FULLNAME: &str = "scans-nuclei-operator";
+/// Release namespace used for every render.
+const NAMESPACE: &str = "nuclei-system";
+/// Name of the operator container.
+const CONTAINER: &str = "operator";
+/// User and group of the image (distroless `nonroot`).
+const NONROOT: i64 = 65532;
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("deploy/helm/nuclei-operator")
+}
+
+/// The pinned helm binary, located once per test binary.
+fn helm() -> Result<PathBuf> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let tools = devcluster::Tools::locate().map_err(|e| format!("{e:#}"))?;
+        tools
+            .require(&tools.helm)
+            .map(Path::to_path_buf)
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Runs helm with `args`; `Ok` holds stdout, `Err` stderr (and stdout).
+fn run_helm(args: &[&str]) -> Result<std::result::Result<String, String>> {
+    let out = Command::new(helm()?)
+        .args(args)
+        .output()
+        .context("running helm")?;
+    let stdout = String::from_utf8(out.stdout)?;
+    if out.status.success() {
+        Ok(Ok(stdout))
+    } else {
+        Ok(Err(format!(
+            "{}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+fn template_args<'a>(chart: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["template", RELEASE, chart, "--namespace", NAMESPACE];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Renders the chart with extra helm arguments (`--set`, `--set-json`, …).
+fn render(extra: &[&str]) -> Result<Rendered> {
+    let chart = chart_dir();
+    let chart = chart.to_str().context("chart path is not UTF-8")?;
+    match run_helm(&template_args(chart, extra))? {
+        Ok(yaml) => Rendered::parse(&yaml),
+        Err(e) => bail!("helm template {extra:?} failed: {e}"),
+    }
+}
+
+/// Renders the chart expecting helm to refuse; returns its message.
+fn render_error(extra: &[&str]) -> Result<String> {
+    let chart = chart_dir();
+    let chart = chart.to_str().context("chart path is not UTF-8")?;
+    match run_helm(&template_args(chart, extra))? {
+        Ok(_) => bail!("helm template {extra:?} should have failed"),
+        Err(e) => Ok(e),
+    }
+}
+
+/// The objects of one `helm template` run.
+#[derive(Clone, Debug)]
+struct Rendered {
+    docs: Vec<Value>,
+}
+
+impl Rendered {
+    fn parse(yaml: &str) -> Result<Rendered> {
+        let mut docs = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = Value::deserialize(doc).context("helm printed invalid YAML")?;
+            if !value.is_null() {
+                docs.push(value);
+            }
+        }
+        Ok(Rendered { docs })
+    }
+
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.docs.iter().filter(|d| d["kind"] == kind).collect()
+    }
+
+    /// The one object of `kind`; an error when there is none or several.
+    fn one(&self, kind: &str) -> Result<&Value> {
+        match self.all(kind).as_slice() {
+            [one] => Ok(one),
+            many => bail!("expected one {kind}, found {}", many.len()),
+        }
+    }
+
+    fn deployment(&self) -> Result<&Value> {
+        self.one("Deployment")
+    }
+
+    fn pod_spec(&self) -> Result<&Value> {
+        Ok(&self.deployment()?["spec"]["template"]["spec"])
+    }
+
+    fn container(&self) -> Result<&Value> {
+        self.pod_spec()?["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == CONTAINER)
+            .with_context(|| format!("no container named {CONTAINER}"))
+    }
+
+    /// The operator container's env entries by name; an error on duplicates.
+    fn env(&self) -> Result<BTreeMap<String, Value>> {
+        let mut env = BTreeMap::new();
+        for entry in self.container()?["env"].as_array().into_iter().flatten() {
+            let name = entry["name"].as_str().context("env entry without name")?;
+            ensure!(
+                env.insert(name.to_owned(), entry.clone()).is_none(),
+                "env {name} is set twice"
+            );
+        }
+        Ok(env)
+    }
+
+    /// The literal value of env `name`, if set with `value`.
+    fn env_value(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .env()?
+            .get(name)
+            .and_then(|e| e["value"].as_str().map(str::to_owned)))
+    }
+}
+
+/// Fails unless the operator container has env `name` = `want`.
+fn env_is(r: &Rendered, name: &str, want: &str) -> Result<()> {
+    let got = r.env_value(name)?;
+    ensure!(
+        got.as_deref() == Some(want),
+        "env {name} is {got:?}, expected {want:?}"
+    );
+    Ok(())
+}
+
+/// Fails unless `actual` equals `want`, naming `what`.
+fn field_is(what: &str, actual: &Value, want: Value) -> Result<()> {
+    ensure!(*actual == want, "{what} is {actual}, expected {want}");
+    Ok(())
+}
+
+/// The settings the operator would parse from the rendered environment, with
+/// the downward-API variables filled in as the kubelet would.
+fn settings_of(r: &Rendered) -> Result<Settings> {
+    let flags: HashMap<String, String> = env_table()
+        .into_iter()
+        .map(|row| (row.env, row.flag))
+        .collect();
+    let mut args = vec!["nuclei-operator".to_owned()];
+    for (name, entry) in r.env()? {
+        let value = match entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.name") => format!("{FULLNAME}-5d9f7c8b6-x2x4q"),
+            Some("metadata.namespace") => NAMESPACE.to_owned(),
+            Some(other) => bail!("env {name} comes from unexpected field {other}"),
+            None => entry["value"]
+                .as_str()
+                .with_context(|| format!("env {name} has neither value nor fieldRef"))?
+                .to_owned(),
+        };
+        let flag = flags
+            .get(&name)
+            .with_context(|| format!("env {name} is not an operator setting"))?;
+        args.push(format!("{flag}={value}"));
+    }
+    Settings::from_flags(&args).map_err(|e| anyhow!("the operator rejects {args:?}: {e}"))
+}
+
+/// Every leaf of a values tree as a dotted path: scalars, lists and empty maps.
+fn leaves(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(child, &path, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned());
+        }
+    }
+}
+
+fn values_yaml() -> Result<Value> {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
+    Ok(serde_yaml::from_str(&text)?)
+}
+
+/// One values.yaml leaf, a non-default setting of it, and what that must
+/// change in the rendered manifests.
+struct Case {
+    /// Dotted path of the leaf in values.yaml.
+    value: &'static str,
+    /// Arguments both renders share, e.g. enabling the ServiceMonitor whose
+    /// fields the case changes.
+    context: &'static [&'static str],
+    /// Arguments that give the leaf its non-default value.
+    set: &'static [&'static str],
+    /// Holds for the changed render and must not hold without the change.
+    expect: fn(&Rendered) -> Result<()>,
+}
+
+/// One [`Case`] per values.yaml leaf.
+fn cases() -> Vec<Case> {
+    const NO_CONTEXT: &[&str] = &[];
+    const SERVICE_MONITOR: &[&str] = &["--set", "serviceMonitor.enabled=true"];
+    vec![
+        Case {
+            value: "replicaCount",
+            context: NO_CONTEXT,
+            set: &["--set", "replicaCount=3"],
+            expect: |r| field_is("replicas", &r.deployment()?["spec"]["replicas"], json!(3)),
+        },
+        Case {
+            value: "image.repository",
+            context: NO_CONTEXT,
+            set: &["--set", "image.repository=registry.example/nuclei"],
+            expect: |r| {
+                let image = json!("registry.example/nuclei:0.1.0");
+                field_is("image", &r.container()?["image"], image)?;
+                env_is(r, "SCANNER_IMAGE", "registry.example/nuclei:0.1.0")
+            },
+        },
+        Case {
+            value: "image.tag",
+            context: NO_CONTEXT,
+            set: &["--set", "image.tag=1.2.3"],
+            expect: |r| {
+                let image = json!("ghcr.io/morten-olsen/nuclei-operator:1.2.3");
+                field_is("image", &r.container()?["image"], image)?;
+                env_is(
+                    r,
+                    "SCANNER_IMAGE",
+                    "ghcr.io/morten-olsen/nuclei-operator:1.2.3",
+                )
+            },
+        },
+        Case {
+            value: "image.pullPolicy",
+            context: NO_CONTEXT,
+            set: &["--set", "image.pullPolicy=Always"],
+            expect: |r| {
+                field_is(
+                    "imagePullPolicy",
+                    &r.container()?["imagePullPolicy"],
+                    json!("Always"),
+                )
+            },
+        },
+        Case {
+            value: "imagePullSecrets",
+            context: NO_CONTEXT,
+            set: &["--set-json", r#"imagePullSecrets=[{"name":"regcred"}]"#],
+            expect: |r| {
+                field_is(
+                    "imagePullSecrets",
+                    &r.pod_spec()?["imagePullSecrets"],
+                    json!([{"name": "regcred"}]),
+                )
+            },
+        },
+        Case {
+            value: "leaderElection.enabled",
+            context: NO_CONTEXT,
+            set: &["--set", "leaderElection.enabled=false"],
+            expect: |r| {
+                env_is(r, "LEADER_ELECTION", "false")?;
+                ensure!(r.all("Role").is_empty(), "the lease Role is still rendered");
+                ensure!(
+                    r.all("RoleBinding").is_empty(),
+                    "the RoleBinding is still rendered"
+                );
+                field_is(
+                    "strategy",
+                    &r.deployment()?["spec"]["strategy"],
+                    json!({"type": "Recreate"}),
+                )
+            },
+        },
+        Case {
+            value: "leaderElection.leaseName",
+            context: NO_CONTEXT,
+            set: &["--set", "leaderElection.leaseName=my-lease"],
+            expect: |r| {
+                env_is(r, "LEASE_NAME", "my-lease")?;
+                let names = &r.one("Role")?["rules"][1]["resourceNames"];
+                field_is("the lease Role's resourceNames", names, json!(["my-lease"]))
+            },
+        },
+        Case {
+            value: "scanner.mode",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.mode=sync"],
+            expect: |r| env_is(r, "SCANNER_MODE", "sync"),
+        },
+        Case {
+            value: "scanner.image",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.image=registry.example/scanner:2"],
+            expect: |r| {
+                env_is(r, "SCANNER_IMAGE", "registry.example/scanner:2")?;
+                // The operator's own image stays.
+                let image = json!("ghcr.io/morten-olsen/nuclei-operator:0.1.0");
+                field_is("image", &r.container()?["image"], image)
+            },
+        },
+        Case {
+            value: "scanner.timeout",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.timeout=45m"],
+            expect: |r| env_is(r, "SCANNER_TIMEOUT", "45m"),
+        },
+        Case {
+            value: "scanner.maxConcurrent",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.maxConcurrent=7"],
+            expect: |r| env_is(r, "MAX_CONCURRENT_SCANS", "7"),
+        },
+        Case {
+            value: "scanner.ttlAfterFinished",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.ttlAfterFinished=600"],
+            expect: |r| env_is(r, "JOB_TTL_AFTER_FINISHED", "600"),
+        },
+        Case {
+            value: "scanner.backoffLimit",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.backoffLimit=2"],
+            expect: |r| env_is(r, "JOB_BACKOFF_LIMIT", "2"),
+        },
+        Case {
+            value: "scanner.serviceAccountName",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.serviceAccountName=scanner"],
+            expect: |r| env_is(r, "SCANNER_SERVICE_ACCOUNT", "scanner"),
+        },
+        Case {
+            value: "templates.path",
+            context: NO_CONTEXT,
+            set: &["--set", "templates.path=/templates"],
+            expect: |r| env_is(r, "NUCLEI_TEMPLATES_PATH", "/templates"),
+        },
+        Case {
+            value: "templates.defaults",
+            context: NO_CONTEXT,
+            set: &["--set", "templates.defaults={dns/,ssl/deprecated-tls.yaml}"],
+            expect: |r| env_is(r, "DEFAULT_TEMPLATES", "dns/,ssl/deprecated-tls.yaml"),
+        },
+        Case {
+            value: "templates.severity",
+            context: NO_CONTEXT,
+            set: &["--set", "templates.severity={high,critical}"],
+            expect: |r| env_is(r, "DEFAULT_SEVERITY", "high,critical"),
+        },
+        Case {
+            value: "templates.gitImage",
+            context: NO_CONTEXT,
+            set: &["--set", "templates.gitImage=alpine/git:v2.47.2"],
+            expect: |r| env_is(r, "GIT_IMAGE", "alpine/git:v2.47.2"),
+        },
+        Case {
+            value: "operator.rescanAge",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.rescanAge=0"],
+            expect: |r| env_is(r, "RESCAN_AGE", "0"),
+        },
+        Case {
+            value: "operator.backoff.initial",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.backoff.initial=30s"],
+            expect: |r| env_is(r, "BACKOFF_INITIAL", "30s"),
+        },
+        Case {
+            value: "operator.backoff.max",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.backoff.max=1h"],
+            expect: |r| env_is(r, "BACKOFF_MAX", "1h"),
+        },
+        Case {
+            value: "operator.backoff.multiplier",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.backoff.multiplier=1.5"],
+            expect: |r| env_is(r, "BACKOFF_MULTIPLIER", "1.5"),
+        },
+        Case {
+            value: "operator.maxRetries",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.maxRetries=9"],
+            expect: |r| env_is(r, "MAX_RETRIES", "9"),
+        },
+        Case {
+            value: "operator.jobRateLimit",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.jobRateLimit=0"],
+            expect: |r| env_is(r, "JOB_RATE_LIMIT", "0"),
+        },
+        Case {
+            value: "operator.targetCheckTimeout",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.targetCheckTimeout=2s"],
+            expect: |r| env_is(r, "TARGET_CHECK_TIMEOUT", "2s"),
+        },
+        Case {
+            value: "operator.logFormat",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.logFormat=text"],
+            expect: |r| env_is(r, "LOG_FORMAT", "text"),
+        },
+        Case {
+            value: "http.host",
+            context: NO_CONTEXT,
+            set: &["--set", "http.host=::"],
+            expect: |r| env_is(r, "HTTP_ADDR", "[::]:8080"),
+        },
+        Case {
+            value: "http.port",
+            context: NO_CONTEXT,
+            set: &["--set", "http.port=9090"],
+            expect: |r| {
+                env_is(r, "HTTP_ADDR", "0.0.0.0:9090")?;
+                let ports = &r.container()?["ports"];
+                field_is(
+                    "container ports",
+                    ports,
+                    json!([{"name": "http", "containerPort": 9090, "protocol": "TCP"}]),
+                )
+            },
+        },
+        Case {
+            value: "service.port",
+            context: NO_CONTEXT,
+            set: &["--set", "service.port=9100"],
+            expect: |r| {
+                let ports = &r.one("Service")?["spec"]["ports"];
+                field_is(
+                    "Service ports",
+                    ports,
+                    json!([{"name": "http-metrics", "port": 9100, "targetPort": "http", "protocol": "TCP"}]),
+                )
+            },
+        },
+        Case {
+            value: "serviceMonitor.enabled",
+            context: NO_CONTEXT,
+            set: SERVICE_MONITOR,
+            expect: |r| {
+                let sm = r.one("ServiceMonitor")?;
+                field_is(
+                    "apiVersion",
+                    &sm["apiVersion"],
+                    json!("monitoring.coreos.com/v1"),
+                )?;
+                field_is(
+                    "endpoints",
+                    &sm["spec"]["endpoints"],
+                    json!([{"port": "http-metrics", "path": "/metrics", "interval": "30s"}]),
+                )?;
+                let service = r.one("Service")?;
+                let selector = &sm["spec"]["selector"]["matchLabels"];
+                for (key, value) in selector.as_object().context("no matchLabels")? {
+                    field_is(
+                        &format!("Service label {key}"),
+                        &service["metadata"]["labels"][key],
+                        value.clone(),
+                    )?;
+                }
+                Ok(())
+            },
+        },
+        Case {
+            value: "serviceMonitor.interval",
+            context: SERVICE_MONITOR,
+            set: &["--set", "serviceMonitor.interval=1m"],
+            expect: |r| {
+                let interval = &r.one("ServiceMonitor")?["spec"]["endpoints"][0]["interval"];
+                field_is("interval", interval, json!("1m"))
+            },
+        },
+        Case {
+            value: "serviceMonitor.labels",
+            context: SERVICE_MONITOR,
+            set: &["--set", "serviceMonitor.labels.release=prometheus"],
+            expect: |r| {
+                let labels = &r.one("ServiceMonitor")?["metadata"]["labels"];
+                field_is("release label", &labels["release"], json!("prometheus"))?;
+                field_is(
+                    "chart label",
+                    &labels["app.kubernetes.io/name"],
+                    json!("nuclei-operator"),
+                )
+            },
+        },
+        Case {
+            value: "resources.requests.cpu",
+            context: NO_CONTEXT,
+            set: &["--set", "resources.requests.cpu=250m"],
+            expect: |r| {
+                let cpu = &r.container()?["resources"]["requests"]["cpu"];
+                field_is("cpu request", cpu, json!("250m"))
+            },
+        },
+        Case {
+            value: "resources.requests.memory",
+            context: NO_CONTEXT,
+            set: &["--set", "resources.requests.memory=512Mi"],
+            expect: |r| {
+                let memory = &r.container()?["resources"]["requests"]["memory"];
+                field_is("memory request", memory, json!("512Mi"))
+            },
+        },
+        Case {
+            value: "resources.limits.memory",
+            context: NO_CONTEXT,
+            set: &["--set", "resources.limits.memory=2Gi"],
+            expect: |r| {
+                let memory = &r.container()?["resources"]["limits"]["memory"];
+                field_is("memory limit", memory, json!("2Gi"))
+            },
+        },
+        Case {
+            value: "nodeSelector",
+            context: NO_CONTEXT,
+            set: &["--set-json", r#"nodeSelector={"kubernetes.io/os":"linux"}"#],
+            expect: |r| {
+                field_is(
+                    "nodeSelector",
+                    &r.pod_spec()?["nodeSelector"],
+                    json!({"kubernetes.io/os": "linux"}),
+                )
+            },
+        },
+        Case {
+            value: "tolerations",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"tolerations=[{"key":"dedicated","operator":"Equal","value":"ops","effect":"NoSchedule"}]"#,
+            ],
+            expect: |r| {
+                field_is(
+                    "tolerations",
+                    &r.pod_spec()?["tolerations"],
+                    json!([{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}]),
+                )
+            },
+        },
+        Case {
+            value: "affinity",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"kubernetes.io/arch","operator":"In","values":["amd64"]}]}]}}}"#,
+            ],
+            expect: |r| {
+                let terms = &r.pod_spec()?["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    ["nodeSelectorTerms"];
+                field_is(
+                    "node affinity",
+                    &terms[0]["matchExpressions"][0]["values"],
+                    json!(["amd64"]),
+                )
+            },
+        },
+    ]
+}
+
+#[test]
+fn helm_lint_passes_with_default_and_non_default_values() -> Result<()> {
+    let chart = chart_dir();
+    let chart = chart.to_str().context("chart path is not UTF-8")?;
+    for extra in [
+        &[][..],
+        &["--set", "serviceMonitor.enabled=true,scanner.mode=sync"][..],
+        &[
+            "--set",
+            "leaderElection.enabled=false",
+            "--set-json",
+            "templates.defaults=[]",
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend_from_slice(extra);
+        if let Err(e) = run_helm(&args)? {
+            bail!("helm lint {extra:?} failed:\n{e}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() -> Result<()> {
+    let r = render(&[])?;
+    let kinds: BTreeSet<&str> = r.docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    let expected: BTreeSet<&str> = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    .into();
+    assert_eq!(kinds, expected);
+    assert_eq!(r.docs.len(), expected.len(), "one object of each kind");
+    for doc in &r.docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let meta = &doc["metadata"];
+        let name = meta["name"].as_str().unwrap_or_default();
+        assert!(name.starts_with(FULLNAME), "{kind} {name}");
+        if !kind.starts_with("Cluster") {
+            assert_eq!(meta["namespace"], NAMESPACE, "{kind} {name}");
+        }
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/instance"], RELEASE,
+            "{kind}"
+        );
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/version"], "0.1.0",
+            "{kind}"
+        );
+    }
+    let pod = r.pod_spec()?;
+    assert_eq!(pod["serviceAccountName"], FULLNAME);
+    assert_eq!(
+        r.one("ServiceAccount")?["metadata"]["name"],
+        FULLNAME,
+        "the pod runs as the chart's ServiceAccount"
+    );
+    let selector = &r.deployment()?["spec"]["selector"]["matchLabels"];
+    let pod_labels = &r.deployment()?["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in selector.as_object().context("no selector")? {
+        assert_eq!(&pod_labels[key], value, "pod label {key}");
+    }
+    assert_eq!(&r.one("Service")?["spec"]["selector"], selector);
+    Ok(())
+}
+
+#[test]
+fn the_operator_runs_the_controller_from_the_image_entrypoint() -> Result<()> {
+    let r = render(&[])?;
+    let container = r.container()?;
+    assert_eq!(container["args"], json!(["controller"]));
+    assert!(
+        container.get("command").is_none(),
+        "a command would replace the image's entrypoint"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_value_changes_what_it_claims_to() -> Result<()> {
+    let mut bases: HashMap<&[&str], Rendered> = HashMap::new();
+    let mut failures = Vec::new();
+    for case in cases() {
+        if !bases.contains_key(case.context) {
+            bases.insert(case.context, render(case.context)?);
+        }
+        let base = &bases[case.context];
+        let mut args = case.context.to_vec();
+        args.extend_from_slice(case.set);
+        let changed = match render(&args) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: {e:#}", case.value));
+                continue;
+            }
+        };
+        if let Err(e) = (case.expect)(&changed) {
+            failures.push(format!("{} {:?}: {e:#}", case.value, case.set));
+        }
+        if (case.expect)(base).is_ok() {
+            failures.push(format!(
+                "{}: the check also holds without {:?}, so it proves nothing",
+                case.value, case.set
+            ));
+        }
+        if let Err(e) = settings_of(&changed) {
+            failures.push(format!("{} {:?}: {e:#}", case.value, case.set));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn every_values_yaml_leaf_has_a_case_that_proves_it_is_used() -> Result<()> {
+    let mut in_values = BTreeSet::new();
+    leaves(&values_yaml()?, "", &mut in_values);
+    let covered: BTreeSet<String> = cases().iter().map(|c| c.value.to_owned()).collect();
+    let unused: Vec<_> = in_values.difference(&covered).collect();
+    let stale: Vec<_> = covered.difference(&in_values).collect();
+    assert!(
+        unused.is_empty(),
+        "values without a case proving something reads them: {unused:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "cases for values that do not exist: {stale:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
+    // Both list values set, so their conditionally rendered variables appear.
+    let r = render(&[
+        "--set",
+        "templates.defaults={http/cves/},templates.severity={critical}",
+    ])?;
+    let set: BTreeSet<String> = r.env()?.into_keys().collect();
+    let known: BTreeSet<String> = env_table().into_iter().map(|row| row.env).collect();
+    let unknown: Vec<_> = set.difference(&known).collect();
+    let missing: Vec<_> = known.difference(&set).collect();
+    assert!(
+        unknown.is_empty(),
+        "env vars the operator does not read: {unknown:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "settings the chart does not set: {missing:?}"
+    );
+    settings_of(&r)?;
+    Ok(())
+}
+
+#[test]
+fn the_chart_defaults_agree_with_the_operator_defaults_except_where_it_knows_better() -> Result<()>
+{
+    // What the chart deliberately sets differently from the operator's own
+    // defaults: the cluster (JSON logs, its own image, release-scoped names,
+    // the pod's identity) and the seed design's template selection.
+    const ON_PURPOSE: &[&str] = &[
+        "LOG_FORMAT",
+        "SCANNER_IMAGE",
+        "LEASE_NAME",
+        "OPERATOR_NAMESPACE",
+        "POD_NAMESPACE",
+        "POD_NAME",
+        "DEFAULT_TEMPLATES",
+    ];
+    let r = render(&[])?;
+    let full = settings_of(&r)?;
+    let mut only_on_purpose = r.clone();
+    let deployment = only_on_purpose
+        .docs
+        .iter_mut()
+        .find(|d| d["kind"] == "Deployment")
+        .context("no Deployment")?;
+    let container = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == CONTAINER))
+        .context("no operator container")?;
+    container["env"]
+        .as_array_mut()
+        .context("no env")?
+        .retain(|e| ON_PURPOSE.iter().any(|name| e["name"] == *name));
+    assert_eq!(
+        full,
+        settings_of(&only_on_purpose)?,
+        "a chart default differs from the operator's default"
+    );
+    env_is(&r, "LOG_FORMAT", "json")?;
+    env_is(
+        &r,
+        "SCANNER_IMAGE",
+        "ghcr.io/morten-olsen/nuclei-operator:0.1.0",
+    )?;
+    assert_eq!(full.lease_namespace(), NAMESPACE);
+    assert_eq!(
+        full.default_templates,
+        ["http/cves/", "http/vulnerabilities/"]
+    );
+    Ok(())
+}
+
+#[test]
+fn the_operator_pod_meets_the_restricted_pod_security_standard() -> Result<()> {
+    for extra in [
+        &[][..],
+        &["--set", "scanner.mode=sync,leaderElection.enabled=false"][..],
+    ] {
+        let r = render(extra)?;
+        let pod = r.pod_spec()?;
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert_ne!(pod[host], json!(true), "{host}");
+        }
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"], json!(true));
+        assert_eq!(psc["runAsUser"], json!(NONROOT));
+        assert_eq!(psc["runAsGroup"], json!(NONROOT));
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+
+        let volumes = pod["volumes"].as_array().context("no volumes")?;
+        for volume in volumes {
+            let kinds: Vec<&String> = volume
+                .as_object()
+                .context("volume is not a map")?
+                .keys()
+                .filter(|k| *k != "name")
+                .collect();
+            assert_eq!(kinds.len(), 1, "{volume}");
+            assert!(
+                [
+                    "configMap",
+                    "csi",
+                    "downwardAPI",
+                    "emptyDir",
+                    "ephemeral",
+                    "persistentVolumeClaim",
+                    "projected",
+                    "secret"
+                ]
+                .contains(&kinds[0].as_str()),
+                "volume type {} is not allowed by the restricted standard",
+                kinds[0]
+            );
+        }
+        let tmp = volumes
+            .iter()
+            .find(|v| v["name"] == "tmp")
+            .context("no tmp volume")?;
+        assert!(
+            tmp["emptyDir"].is_object(),
+            "/tmp must be an emptyDir: {tmp}"
+        );
+
+        let containers = pod["containers"]
+            .as_array()
+            .into_iter()
+            .chain(pod["initContainers"].as_array())
+            .flatten();
+        let mut count = 0;
+        for c in containers {
+            count += 1;
+            let name = &c["name"];
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{name}");
+            assert_ne!(sc["privileged"], json!(true), "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{name}");
+            assert_eq!(sc["runAsNonRoot"], json!(true), "{name}");
+            assert_eq!(sc["runAsUser"], json!(NONROOT), "{name}");
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+            assert!(sc["capabilities"].get("add").is_none(), "{name}");
+            for port in c["ports"].as_array().into_iter().flatten() {
+                assert!(port.get("hostPort").is_none(), "{name} {port}");
+            }
+            let mounts = c["volumeMounts"].as_array().context("no volumeMounts")?;
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["name"] == "tmp" && m["mountPath"] == "/tmp"),
+                "{name} has no writable /tmp"
+            );
+        }
+        assert_eq!(count, 1, "only the operator container");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_operator_is_probed_and_scraped_on_its_http_port() -> Result<()> {
+    let r = render(&["--set", "http.port=9443,serviceMonitor.enabled=true"])?;
+    let c = r.container()?;
+    assert_eq!(c["ports"][0]["name"], "http");
+    assert_eq!(c["ports"][0]["containerPort"], json!(9443));
+    assert_eq!(
+        c["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "http"})
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "http"})
+    );
+    let settings = settings_of(&r)?;
+    assert_eq!(
+        settings.http_addr.port(),
+        9443,
+        "the server listens where the probes look"
+    );
+    let port = &r.one("Service")?["spec"]["ports"][0];
+    assert_eq!(port["name"], "http-metrics");
+    assert_eq!(port["targetPort"], "http");
+    let endpoint = &r.one("ServiceMonitor")?["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+    Ok(())
+}
+
+#[test]
+fn values_outside_the_schema_are_rejected_before_anything_is_rendered() -> Result<()> {
+    for (set, expected) in [
+        ("scanner.mode=job", "at '/scanner/mode'"),
+        ("scanner.maxConcurent=7", "'maxConcurent' not allowed"),
+        ("scanner.maxConcurrent=0", "at '/scanner/maxConcurrent'"),
+        ("operator.rescanAge=7d", "at '/operator/rescanAge'"),
+        ("operator.logFormat=xml", "at '/operator/logFormat'"),
+        ("templates.severity={severe}", "at '/templates/severity/0'"),
+        ("templates.defaults={a\\,b}", "at '/templates/defaults/0'"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+    ] {
+        let e = render_error(&["--set", set])?;
+        assert!(e.contains("schema"), "{set}: {e}");
+        assert!(e.contains(expected), "{set}: {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn several_replicas_without_leader_election_are_refused() -> Result<()> {
+    let e = render_error(&["--set", "replicaCount=2,leaderElection.enabled=false"])?;
+    assert!(
+        e.contains("replicaCount > 1 needs leaderElection.enabled"),
+        "{e}"
+    );
+    render(&["--set", "replicaCount=2"])?;
+    render(&["--set", "replicaCount=1,leaderElection.enabled=false"])?;
+    Ok(())
+}
+
+/// A ClusterRole or Role's rules as (apiGroup, resource, verb) triples, with
+/// the resourceNames each is limited to (empty: any).
+fn grants(rules: &Value) -> Result<BTreeMap<(String, String, String), Vec<String>>> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut out = BTreeMap::new();
+    for rule in rules.as_array().context("no rules")? {
+        ensure!(rule.get("nonResourceURLs").is_none(), "{rule}");
+        let names = strings(&rule["resourceNames"]);
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    let key = (group.clone(), resource.clone(), verb);
+                    ensure!(
+                        out.insert(key.clone(), names.clone()).is_none(),
+                        "{key:?} is granted twice"
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn triples(spec: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+    spec.iter()
+        .flat_map(|(group, resource, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (group.to_string(), resource.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The NucleiScan CRD shipped in the chart: (group, plural).
+fn crd_group_and_plural() -> Result<(String, String)> {
+    let path = chart_dir().join("crds/nucleiscans.nuclei.homelab.mortenolsen.pro.yaml");
+    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    Ok((
+        crd["spec"]["group"]
+            .as_str()
+            .context("no group")?
+            .to_owned(),
+        crd["spec"]["names"]["plural"]
+            .as_str()
+            .context("no plural")?
+            .to_owned(),
+    ))
+}
+
+#[test]
+fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
+    let r = render(&[])?;
+    let role = r.one("ClusterRole")?;
+    for rule in role["rules"].as_array().context("no rules")? {
+        for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+            for item in rule[field].as_array().into_iter().flatten() {
+                let item = item.as_str().unwrap_or_default();
+                assert!(!item.contains('*'), "wildcard {field} in {rule}");
+            }
+        }
+    }
+    let granted = grants(&role["rules"])?;
+    assert!(
+        granted.values().all(Vec::is_empty),
+        "no resourceNames expected"
+    );
+    let (group, plural) = crd_group_and_plural()?;
+    let status = format!("{plural}/status");
+    let expected = triples(&[
+        ("networking.k8s.io", "ingresses", &["get", "list", "watch"]),
+        (
+            "networking.istio.io",
+            "virtualservices",
+            &["get", "list", "watch"],
+        ),
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            &["get", "list", "watch"],
+        ),
+        (
+            &group,
+            &plural,
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
+        ),
+        (&group, &status, &["get", "update", "patch"]),
+        (
+            "batch",
+            "jobs",
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        ("", "pods", &["get", "list", "watch"]),
+        ("", "events", &["create", "patch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+        ("", "serviceaccounts", &["get", "create", "patch"]),
+        (
+            "rbac.authorization.k8s.io",
+            "roles",
+            &["get", "create", "patch"],
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            &["get", "create", "patch"],
+        ),
+    ]);
+    let actual: BTreeSet<_> = granted.keys().cloned().collect();
+    assert_eq!(actual, expected);
+    for (_, resource, verb) in &actual {
+        assert!(
+            !["escalate", "bind", "impersonate"].contains(&verb.as_str()),
+            "{verb}"
+        );
+        assert_ne!(resource, "secrets");
+    }
+    // RBAC escalation prevention: the operator may only create the scanner
+    // Role because it holds everything that Role grants.
+    let scanner = triples(&[
+        (&group, &plural, &["get"]),
+        (&group, &status, &["get", "patch"]),
+    ]);
+    assert!(
+        scanner.is_subset(&actual),
+        "the operator cannot grant the scanner Role"
+    );
+
+    let binding = r.one("ClusterRoleBinding")?;
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}])
+    );
+    Ok(())
+}
+
+#[test]
+fn the_lease_role_covers_only_the_operators_lease_in_the_release_namespace() -> Result<()> {
+    let r = render(&[])?;
+    let role = r.one("Role")?;
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    let lease = r.env_value("LEASE_NAME")?.context("no LEASE_NAME")?;
+    assert_eq!(lease, format!("{FULLNAME}-leader"));
+    let granted = grants(&role["rules"])?;
+    let lease_key = |verb: &str| {
+        (
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+        )
+    };
+    let mut expected = BTreeMap::new();
+    expected.insert(lease_key("create"), vec![]);
+    for verb in ["get", "update", "patch"] {
+        expected.insert(lease_key(verb), vec![lease.clone()]);
+    }
+    assert_eq!(granted, expected);
+    assert_eq!(settings_of(&r)?.lease_namespace(), NAMESPACE);
+    let binding = r.one("RoleBinding")?;
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}])
+    );
+    Ok(())
+}
+
+#[test]
+fn the_chart_crds_are_byte_for_byte_the_generated_crds() -> Result<()> {
+    let list = |dir: &Path| -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json") {
+                files.insert(name.into_owned(), std::fs::read(&path)?);
+            }
+        }
+        Ok(files)
+    };
+    let generated = list(&repo_root().join("deploy/crds"))?;
+    assert!(!generated.is_empty(), "deploy/crds holds no CRD");
+    let shipped = list(&chart_dir().join("crds"))?;
+    assert_eq!(
+        generated.keys().collect::<Vec<_>>(),
+        shipped.keys().collect::<Vec<_>>(),
+        "the chart's crds/ must hold exactly the files of deploy/crds"
+    );
+    for (name, bytes) in &generated {
+        assert!(
+            shipped[name] == *bytes,
+            "deploy/helm/nuclei-operator/crds/{name} differs from deploy/crds/{name}: copy it again"
+        );
+    }
+    let r = render(&["--include-crds"])?;
+    let crd = r.one("CustomResourceDefinition")?;
+    assert_eq!(
+        crd["metadata"]["name"],
+        "nucleiscans.nuclei.homelab.mortenolsen.pro"
+    );
+    Ok(())
+}
+
+/// One instruction of a Dockerfile, continuation lines joined.
+#[derive(Debug)]
+struct Instruction {
+    keyword: String,
+    args: String,
+}
+
+/// A Dockerfile's build stages (the global `ARG`s before the first `FROM` are
+/// stage 0 without a `FROM`).
+fn dockerfile_stages(text: &str) -> Vec<Vec<Instruction>> {
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                logical.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let mut stages = vec![Vec::new()];
+    for line in logical {
+        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
+        let keyword = keyword.to_ascii_uppercase();
+        if keyword == "FROM" {
+            stages.push(Vec::new());
+        }
+        let args = args.split_whitespace().collect::<Vec<_>>().join(" ");
+        stages
+            .last_mut()
+            .expect("stages is never empty")
+            .push(Instruction { keyword, args });
+    }
+    stages
+}
+
+/// `KEY=value` pairs of `ENV` and `ARG` instructions.
+fn assignments(instructions: &[Instruction], keyword: &str) -> BTreeMap<String, String> {
+    instructions
+        .iter()
+        .filter(|i| i.keyword == keyword)
+        .flat_map(|i| i.args.split_whitespace())
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
+/// Destinations of the `COPY` instructions of a stage, with their sources.
+fn copies(instructions: &[Instruction]) -> BTreeMap<String, String> {
+    instructions
+        .iter()
+        .filter(|i| i.keyword == "COPY")
+        .filter_map(|i| {
+            let words: Vec<&str> = i.args.split_whitespace().collect();
+            let (dest, rest) = words.split_last()?;
+            Some((dest.to_string(), rest.join(" ")))
+        })
+        .collect()
+}
+
+fn versions_env(name: &str) -> Result<String> {
+    let text = std::fs::read_to_string(repo_root().join("devcluster/tools/versions.env"))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+        .map(|v| v.trim().to_owned())
+        .with_context(|| format!("{name} is not in versions.env"))
+}
+
+#[test]
+fn the_dockerfile_builds_the_image_the_chart_and_the_settings_expect() -> Result<()> {
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile"))?;
+    let stages = dockerfile_stages(&text);
+    assert!(stages.len() >= 3, "global ARGs plus at least two stages");
+    let global_args = assignments(&stages[0], "ARG");
+    let final_stage = stages.last().expect("checked above");
+    let from = &final_stage[0].args;
+    assert!(
+        from.starts_with("gcr.io/distroless/cc-debian12:nonroot")
+            || from.starts_with("debian:12-slim"),
+        "final base {from}"
+    );
+
+    // Every `COPY --from` names an earlier stage.
+    let stage_names: Vec<String> = stages[1..]
+        .iter()
+        .filter_map(|s| {
+            s[0].args
+                .split_once(" AS ")
+                .map(|(_, n)| n.trim().to_owned())
+        })
+        .collect();
+    for stage in &stages[1..] {
+        for source in copies(stage).values() {
+            if let Some(rest) = source.strip_prefix("--from=") {
+                let stage = rest.split_whitespace().next().unwrap_or_default();
+                assert!(
+                    stage_names.iter().any(|n| n == stage),
+                    "unknown stage {stage}"
+                );
+            }
+        }
+    }
+
+    // User: the chart's runAsUser/runAsGroup.
+    let user = final_stage
+        .iter()
+        .rfind(|i| i.keyword == "USER")
+        .context("no USER in the final stage")?;
+    let (uid, gid) = user.args.split_once(':').context("USER without a group")?;
+    let r = render(&[])?;
+    let psc = &r.pod_spec()?["securityContext"];
+    assert_eq!(json!(uid.parse::<i64>()?), psc["runAsUser"]);
+    assert_eq!(json!(gid.parse::<i64>()?), psc["runAsGroup"]);
+    assert_eq!(
+        r.container()?["securityContext"]["runAsUser"],
+        psc["runAsUser"]
+    );
+
+    // Entrypoint: the operator binary; the chart passes only arguments.
+    let entrypoint = final_stage
+        .iter()
+        .rfind(|i| i.keyword == "ENTRYPOINT")
+        .context("no ENTRYPOINT")?;
+    let entrypoint: Vec<String> =
+        serde_json::from_str(&entrypoint.args).context("ENTRYPOINT must be in exec (JSON) form")?;
+    assert_eq!(entrypoint, ["/usr/local/bin/nuclei-operator"]);
+    let copied = copies(final_stage);
+    assert!(
+        copied.contains_key("/usr/local/bin/nuclei-operator"),
+        "{copied:?}"
+    );
+    assert!(copied.contains_key("/usr/local/bin/nuclei"), "{copied:?}");
+    assert!(r.container()?.get("command").is_none());
+
+    // Templates: baked where the settings' default and the chart look.
+    let env = assignments(final_stage, "ENV");
+    let settings_default = env_table()
+        .into_iter()
+        .find(|row| row.env == "NUCLEI_TEMPLATES_PATH")
+        .context("no NUCLEI_TEMPLATES_PATH setting")?
+        .default;
+    assert_eq!(env.get("NUCLEI_TEMPLATES_PATH"), Some(&settings_default));
+    assert!(copied.contains_key(&settings_default), "{copied:?}");
+    env_is(&r, "NUCLEI_TEMPLATES_PATH", &settings_default)?;
+
+    // HOME is writable: the chart's /tmp emptyDir.
+    assert_eq!(env.get("HOME").map(String::as_str), Some("/tmp"));
+    let mounts = &r.container()?["volumeMounts"];
+    assert!(
+        mounts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["mountPath"] == "/tmp"),
+        "{mounts}"
+    );
+
+    // Pinned tools: the nuclei the tests run, a v10 templates release.
+    assert_eq!(
+        global_args.get("NUCLEI_VERSION"),
+        Some(&versions_env("NUCLEI_VERSION")?)
+    );
+    let templates_version = global_args
+        .get("NUCLEI_TEMPLATES_VERSION")
+        .context("NUCLEI_TEMPLATES_VERSION is not pinned")?;
+    assert!(templates_version.starts_with("v10."), "{templates_version}");
+    let runs: Vec<&str> = stages
+        .iter()
+        .flatten()
+        .filter(|i| i.keyword == "RUN")
+        .map(|i| i.args.as_str())
+        .collect();
+    let ran = |needle: &str| runs.iter().any(|r| r.contains(needle));
+    assert!(ran("cargo build --release --locked"), "{runs:?}");
+    assert!(
+        ran(
+            "go install -trimpath -ldflags=\"-s -w\" github.com/projectdiscovery/nuclei/v3/cmd/nuclei@${NUCLEI_VERSION}"
+        ),
+        "{runs:?}"
+    );
+    assert!(
+        ran(
+            "git clone --depth 1 --branch \"${NUCLEI_TEMPLATES_VERSION}\" https://github.com/projectdiscovery/nuclei-templates.git"
+        ),
+        "{runs:?}"
+    );
+    for stage in &stages[1..] {
+        let args = assignments(stage, "ARG");
+        let declared: Vec<&str> = stage
+            .iter()
+            .filter(|i| i.keyword == "ARG")
+            .map(|i| i.args.as_str())
+            .collect();
+        let uses = |name: &str| {
+            stage
+                .iter()
+                .any(|i| i.keyword == "RUN" && i.args.contains(&format!("${{{name}}}")))
+        };
+        for name in ["NUCLEI_VERSION", "NUCLEI_TEMPLATES_VERSION"] {
+            // A global ARG is visible in a stage only when redeclared there.
+            assert!(
+                !uses(name) || declared.contains(&name) || args.contains_key(name),
+                "a stage uses ${{{name}}} without declaring it"
+            );
+        }
+    }
+
+    let ignore = std::fs::read_to_string(repo_root().join(".dockerignore"))?;
+    assert!(
+        ignore
+            .lines()
+            .any(|l| l.trim() == "target/" || l.trim() == "target"),
+        ".dockerignore must exclude target/"
+    );
+    Ok(())
+}
