@@ -3,7 +3,14 @@
 
 pub mod annotations;
 pub mod api;
+pub mod controller;
 pub mod duration;
+pub mod error;
+pub mod hash;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
 pub mod scan;
+pub mod scanner;
 pub mod settings;
 pub mod sources;

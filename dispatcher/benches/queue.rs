@@ -1,0 +1,125 @@
+//! Queue throughput: enqueue, update, pop, schedule and remove 100,000
+//! intents, and a queue page over 100,000 pending intents.
+//!
+//! Run with `cargo bench -p nuclei-dispatcher --bench queue`.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use dispatcher::{Config, Dispatcher, Intent, Reason, ScanQueue};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const N: usize = 100_000;
+
+fn intents(rng: &mut StdRng, payload: u64) -> Vec<Intent<u64>> {
+    (0..N)
+        .map(|i| {
+            let reason = Reason::ALL[rng.random_range(0..Reason::ALL.len())];
+            let host = format!("host-{}.example", rng.random_range(0..5_000));
+            Intent::new(format!("namespace-{}/scan-{i}", i % 100), reason, payload)
+                .with_hosts([host])
+        })
+        .collect()
+}
+
+fn report(what: &str, ops: usize, took: Duration) {
+    let per_sec = ops as f64 / took.as_secs_f64();
+    println!(
+        "{what:<44} {ops:>8} ops {:>10.2} ms {per_sec:>14.0} ops/s",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+fn timed<T>(what: &str, ops: usize, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    report(what, ops, start.elapsed());
+    out
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    let _guard = runtime.enter();
+    let mut rng = StdRng::seed_from_u64(1);
+    let total = Instant::now();
+
+    let mut queue = ScanQueue::new();
+    let first = intents(&mut rng, 1);
+    timed("enqueue (new keys)", N, || {
+        for intent in first {
+            queue.enqueue(intent);
+        }
+    });
+    let updates = intents(&mut rng, 2);
+    timed("enqueue (update existing keys)", N, || {
+        for intent in updates {
+            queue.enqueue(intent);
+        }
+    });
+    assert_eq!(queue.len(), N);
+    let popped = timed("pop (admission order)", N, || {
+        std::iter::from_fn(|| queue.pop())
+            .map(|q| black_box(q.intent.payload))
+            .count()
+    });
+    assert_eq!(popped, N);
+
+    let now = tokio::time::Instant::now();
+    let dues: Vec<tokio::time::Instant> = (0..N)
+        .map(|_| now + Duration::from_millis(rng.random_range(1_000..86_400_000)))
+        .collect();
+    let delayed = intents(&mut rng, 3);
+    let keys: Vec<String> = delayed.iter().map(|i| i.key.clone()).collect();
+    timed("enqueue_at (delay queue, new keys)", N, || {
+        for (intent, due) in delayed.into_iter().zip(&dues) {
+            queue.enqueue_at(intent, *due);
+        }
+    });
+    let rescheduled = intents(&mut rng, 4);
+    timed("enqueue_at (reschedule existing keys)", N, || {
+        for (intent, due) in rescheduled.into_iter().zip(dues.iter().rev()) {
+            queue.enqueue_at(intent, *due);
+        }
+    });
+    timed("remove (delayed keys)", N, || {
+        for key in &keys {
+            black_box(queue.remove(key));
+        }
+    });
+    assert!(queue.is_empty());
+
+    let mixed = intents(&mut rng, 5);
+    timed("enqueue + pop_first skipping 1 in 20 hosts", 2 * N, || {
+        for intent in mixed {
+            queue.enqueue(intent);
+        }
+        let mut taken = 0;
+        while let Some(q) = queue.pop_first(|i| !i.hosts.iter().any(|h| h.ends_with("7.example"))) {
+            black_box(q);
+            taken += 1;
+        }
+        taken
+    });
+
+    let (_dispatcher, handle) = Dispatcher::<u64>::new(Config::new(NonZeroUsize::MIN));
+    for intent in intents(&mut rng, 6) {
+        handle.enqueue(intent);
+    }
+    let pages = 100;
+    timed(
+        "snapshot(50, 0) over 100k pending (per page)",
+        pages,
+        || {
+            for _ in 0..pages {
+                black_box(handle.snapshot(50, 0));
+            }
+        },
+    );
+
+    println!("total {:.2} s", total.elapsed().as_secs_f64());
+}

@@ -1,0 +1,303 @@
+//! Component tests of the scan queue on a paused Tokio clock.
+
+use std::time::Duration;
+
+use dispatcher::{Enqueued, Intent, Reason, ScanQueue};
+use tokio::time::{Instant, advance, timeout};
+
+fn intent(key: &str, reason: Reason) -> Intent<u32> {
+    Intent::new(key, reason, 0)
+}
+
+fn drain_keys(queue: &mut ScanQueue<u32>) -> Vec<String> {
+    std::iter::from_fn(|| queue.pop().map(|q| q.intent.key)).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_rescan_jumps_ahead_of_older_scheduled_intents() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("old-scheduled", Reason::Scheduled));
+    advance(Duration::from_secs(3600)).await;
+    queue.enqueue(intent("manual", Reason::ManualRescan));
+
+    assert_eq!(drain_keys(&mut queue), ["manual", "old-scheduled"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reasons_leave_in_priority_order_whatever_the_enqueue_order() {
+    let mut queue = ScanQueue::new();
+    for reason in Reason::ALL.iter().rev() {
+        queue.enqueue(intent(reason.as_str(), *reason));
+        advance(Duration::from_secs(1)).await;
+    }
+
+    let expected: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(drain_keys(&mut queue), expected);
+    let priorities: Vec<u8> = Reason::ALL.iter().map(|r| r.priority()).collect();
+    assert_eq!(priorities, [5, 4, 3, 2, 1, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn intents_of_one_reason_leave_oldest_first() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("b", Reason::NewScan));
+    advance(Duration::from_millis(1)).await;
+    queue.enqueue(intent("a", Reason::NewScan));
+    // Same instant: enqueue order decides.
+    queue.enqueue(intent("c", Reason::NewScan));
+    queue.enqueue(intent("retry", Reason::Retry));
+
+    assert_eq!(drain_keys(&mut queue), ["b", "a", "c", "retry"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reenqueueing_a_key_updates_it_instead_of_duplicating_it() {
+    let mut queue = ScanQueue::new();
+    assert_eq!(
+        queue.enqueue(Intent::new("ns/web", Reason::Scheduled, 1)),
+        Enqueued::Added
+    );
+    let first_enqueued = queue.enqueued_at("ns/web").unwrap();
+    advance(Duration::from_secs(10)).await;
+    let update = Intent::new("ns/web", Reason::SpecChanged, 2).with_hosts(["web.example"]);
+    assert_eq!(queue.enqueue(update.clone()), Enqueued::Updated);
+
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue.get("ns/web"), Some(&update));
+    assert_eq!(queue.enqueued_at("ns/web"), Some(first_enqueued));
+    assert_eq!(queue.pending_counts().get(Reason::SpecChanged), 1);
+    assert_eq!(queue.pending_counts().total(), 1);
+    let popped = queue.pop().unwrap();
+    assert_eq!(popped.intent, update);
+    assert_eq!(popped.enqueued_at, first_enqueued);
+    assert!(queue.pop().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reenqueued_key_keeps_its_place_among_later_arrivals() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("first", Reason::Retry));
+    advance(Duration::from_secs(1)).await;
+    queue.enqueue(intent("second", Reason::NewScan));
+    advance(Duration::from_secs(1)).await;
+    queue.enqueue(intent("third", Reason::NewScan));
+    advance(Duration::from_secs(1)).await;
+    // Upgraded to the reason of the others, but waiting longest: it goes first.
+    queue.enqueue(intent("first", Reason::NewScan));
+    // Same reason, new payload: keeps its place ahead of "third".
+    queue.enqueue(Intent::new("second", Reason::NewScan, 7));
+
+    assert_eq!(drain_keys(&mut queue), ["first", "second", "third"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_intent_becomes_ready_when_due_and_not_before() {
+    let mut queue = ScanQueue::new();
+    let due = Instant::now() + Duration::from_secs(10);
+    queue.enqueue_at(intent("later", Reason::Scheduled), due);
+    assert_eq!(queue.due_at("later"), Some(due));
+    assert_eq!(queue.scheduled_counts().get(Reason::Scheduled), 1);
+
+    let early = timeout(Duration::from_millis(9_999), queue.next_due()).await;
+    assert!(early.is_err(), "fired before it was due");
+    assert!(queue.pop().is_none());
+
+    assert_eq!(queue.next_due().await, 1);
+    assert_eq!(Instant::now(), due);
+    assert_eq!(queue.enqueued_at("later"), Some(due));
+    assert_eq!(queue.pending_counts().get(Reason::Scheduled), 1);
+    assert_eq!(queue.scheduled_counts().total(), 0);
+    assert_eq!(queue.pop().unwrap().intent.key, "later");
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_intents_that_fall_due_together_leave_in_priority_order() {
+    let mut queue = ScanQueue::new();
+    let due = Instant::now() + Duration::from_secs(5);
+    queue.enqueue_at(intent("scheduled", Reason::Scheduled), due);
+    queue.enqueue_at(intent("retry", Reason::Retry), due - Duration::from_secs(1));
+    queue.enqueue_at(intent("manual", Reason::ManualRescan), due);
+
+    assert_eq!(queue.next_due().await, 1);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(queue.next_due().await, 2);
+    assert_eq!(drain_keys(&mut queue), ["manual", "scheduled", "retry"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_beyond_the_timer_wheel_horizon_still_fires_on_time() {
+    let mut queue = ScanQueue::new();
+    let due = Instant::now() + Duration::from_secs(1000 * 24 * 3600);
+    queue.enqueue_at(intent("far", Reason::Scheduled), due);
+
+    assert_eq!(queue.next_due().await, 1);
+    assert_eq!(Instant::now(), due);
+}
+
+#[tokio::test(start_paused = true)]
+async fn remove_takes_a_key_out_of_the_ready_queue() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("a", Reason::NewScan));
+    queue.enqueue(intent("b", Reason::NewScan));
+
+    assert_eq!(queue.remove("a").map(|i| i.key), Some("a".to_owned()));
+    assert!(queue.remove("a").is_none());
+    assert_eq!(queue.pending_counts().total(), 1);
+    assert_eq!(drain_keys(&mut queue), ["b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn remove_takes_a_key_out_of_the_delay_queue_so_it_never_fires() {
+    let mut queue = ScanQueue::new();
+    let now = Instant::now();
+    queue.enqueue_at(
+        intent("gone", Reason::Scheduled),
+        now + Duration::from_secs(5),
+    );
+    queue.enqueue_at(intent("kept", Reason::Retry), now + Duration::from_secs(10));
+
+    assert!(queue.remove("gone").is_some());
+    assert_eq!(queue.scheduled_counts().total(), 1);
+    assert_eq!(queue.next_due().await, 1);
+    assert_eq!(Instant::now(), now + Duration::from_secs(10));
+    assert_eq!(drain_keys(&mut queue), ["kept"]);
+    assert!(
+        timeout(Duration::from_secs(3600), queue.next_due())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn enqueueing_a_delayed_key_now_cancels_its_delay() {
+    let mut queue = ScanQueue::new();
+    let due = Instant::now() + Duration::from_secs(60);
+    queue.enqueue_at(intent("web", Reason::Scheduled), due);
+    assert_eq!(
+        queue.enqueue(intent("web", Reason::SpecChanged)),
+        Enqueued::Updated
+    );
+
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue.due_at("web"), None);
+    assert_eq!(queue.scheduled_counts().total(), 0);
+    let popped = queue.pop().unwrap();
+    assert_eq!(popped.intent.reason, Reason::SpecChanged);
+    assert!(
+        timeout(Duration::from_secs(120), queue.next_due())
+            .await
+            .is_err()
+    );
+    assert!(queue.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn scheduling_a_ready_key_moves_it_to_the_delay_queue() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("web", Reason::NewScan));
+    let due = Instant::now() + Duration::from_secs(30);
+    assert_eq!(
+        queue.enqueue_at(intent("web", Reason::Scheduled), due),
+        Enqueued::Updated
+    );
+
+    assert!(queue.pop().is_none());
+    assert_eq!(queue.pending_counts().total(), 0);
+    assert_eq!(queue.scheduled_counts().get(Reason::Scheduled), 1);
+    assert_eq!(queue.next_due().await, 1);
+    assert_eq!(Instant::now(), due);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rescheduling_a_delayed_key_moves_its_due_time_both_ways() {
+    let mut queue = ScanQueue::new();
+    let start = Instant::now();
+    queue.enqueue_at(
+        intent("web", Reason::Scheduled),
+        start + Duration::from_secs(30),
+    );
+    queue.enqueue_at(
+        intent("web", Reason::Retry),
+        start + Duration::from_secs(90),
+    );
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue.scheduled_counts().get(Reason::Retry), 1);
+    assert_eq!(queue.scheduled_counts().total(), 1);
+
+    assert!(
+        timeout(Duration::from_secs(89), queue.next_due())
+            .await
+            .is_err()
+    );
+    queue.enqueue_at(
+        intent("web", Reason::Retry),
+        start + Duration::from_secs(100),
+    );
+    queue.enqueue_at(
+        intent("web", Reason::Retry),
+        start + Duration::from_secs(95),
+    );
+    assert_eq!(queue.next_due().await, 1);
+    assert_eq!(Instant::now(), start + Duration::from_secs(95));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_time_in_the_past_makes_the_intent_ready_at_once() {
+    let mut queue = ScanQueue::new();
+    advance(Duration::from_secs(10)).await;
+    let past = Instant::now() - Duration::from_secs(5);
+    assert_eq!(
+        queue.enqueue_at(intent("late", Reason::Scheduled), past),
+        Enqueued::Added
+    );
+
+    assert_eq!(queue.ready_len(), 1);
+    assert_eq!(queue.delayed_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pop_first_skips_inadmissible_intents_without_moving_them() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("manual", Reason::ManualRescan));
+    queue.enqueue(intent("new", Reason::NewScan));
+    queue.enqueue(intent("retry", Reason::Retry));
+
+    let first = queue
+        .pop_first(|i| i.reason != Reason::ManualRescan)
+        .unwrap();
+    assert_eq!(first.intent.key, "new");
+    assert_eq!(drain_keys(&mut queue), ["manual", "retry"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reason_counts_follow_every_change() {
+    let mut queue = ScanQueue::new();
+    let later = Instant::now() + Duration::from_secs(60);
+    queue.enqueue(intent("a", Reason::NewScan));
+    queue.enqueue(intent("b", Reason::NewScan));
+    queue.enqueue(intent("c", Reason::ManualRescan));
+    queue.enqueue_at(intent("d", Reason::Scheduled), later);
+    queue.enqueue_at(intent("e", Reason::Retry), later);
+    queue.enqueue(intent("a", Reason::Recovered));
+    queue.enqueue_at(intent("b", Reason::Scheduled), later);
+    queue.enqueue(intent("e", Reason::ManualRescan));
+    queue.remove("d");
+
+    let pending: Vec<(Reason, usize)> = queue
+        .pending_counts()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(pending, [(Reason::ManualRescan, 2), (Reason::Recovered, 1)]);
+    let scheduled: Vec<(Reason, usize)> = queue
+        .scheduled_counts()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(scheduled, [(Reason::Scheduled, 1)]);
+    assert_eq!(queue.ready_len(), 3);
+    assert_eq!(queue.delayed_len(), 1);
+
+    queue.pop();
+    assert_eq!(queue.pending_counts().total(), 2);
+}

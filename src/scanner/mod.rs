@@ -1,0 +1,16 @@
+//! The scanner side of a scan run, as pure parts: the nuclei command line and
+//! exit classification ([`command`]), the streaming JSONL parser ([`jsonl`]),
+//! and the budgeted findings report for the NucleiScan status ([`report`]).
+
+pub mod command;
+pub mod jsonl;
+pub mod report;
+
+pub use command::{
+    NUCLEI_TEMPLATES_DIR_ENV, Outcome, ScanOptions, classify_exit, nuclei_args, nuclei_env,
+};
+pub use jsonl::{LineError, ParseStats, ReadLimits, parse_line, read_findings, read_findings_with};
+pub use report::{Report, ReportLimits, clamp_finding};
+
+pub mod run;
+pub mod sync;

@@ -1,0 +1,197 @@
+//! End-to-end harness: a devcluster, the NucleiScan CRD, a canary HTTP target
+//! on a private loopback address, and the operator binary as a child process.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use devcluster::{Config, DevCluster, ImageMapping, Tools};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Image the operator's Jobs use in the tests; mapped to the freshly built binary.
+pub const IMAGE: &str = "nuclei-operator:e2e";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The operator binary `cargo build` produced next to this test binary.
+pub fn operator_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("nuclei-operator");
+    assert!(bin.exists(), "{} missing: run `cargo build --bins` first", bin.display());
+    bin
+}
+
+/// The process kubelet's mapping of the operator image: what the Dockerfile
+/// puts in the image (the operator, nuclei, the templates), from local files.
+pub fn operator_image(templates: &Path) -> ImageMapping {
+    let tools = Tools::locate().unwrap();
+    let nuclei = tools.require(&tools.nuclei).unwrap().to_owned();
+    ImageMapping {
+        image: "nuclei-operator".into(),
+        entrypoint: vec!["/opt/nuclei-operator/bin/nuclei-operator".into()],
+        path: vec!["/opt/nuclei-operator/bin".into()],
+        env: [("NUCLEI_TEMPLATES_PATH".to_string(), "/nuclei-templates".to_string())].into(),
+        files: [
+            ("/opt/nuclei-operator/bin/nuclei-operator".to_string(), operator_binary()),
+            ("/opt/nuclei-operator/bin/nuclei".to_string(), nuclei),
+            ("/nuclei-templates".to_string(), templates.to_owned()),
+        ]
+        .into(),
+    }
+}
+
+/// A loopback address for this test binary's targets (port 80 must be free there).
+pub fn target_ip(n: u8) -> Ipv4Addr {
+    let pid = std::process::id();
+    Ipv4Addr::new(127, 200 + (pid % 50) as u8, (pid / 50 % 250) as u8, n)
+}
+
+/// Starts a cluster whose pods resolve each `host` to `ip`, with the CRD installed.
+pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
+    let started = Instant::now();
+    let cluster = DevCluster::start(Config {
+        images: vec![operator_image(&repo().join("testdata/templates"))],
+        hosts: hosts.iter().map(|(h, ip)| format!("{h}={ip}")).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("devcluster starts");
+    eprintln!("devcluster up in {:.1}s", started.elapsed().as_secs_f64());
+    let client = cluster.client().await.unwrap();
+    let crd: CustomResourceDefinition = nuclei_operator::api::crd();
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    crds.patch(
+        crd.metadata.name.as_deref().unwrap(),
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "CRD established", || async {
+        let c = crds.get("nucleiscans.nuclei.homelab.mortenolsen.pro").await.ok()?;
+        c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    })
+    .await;
+    cluster
+}
+
+/// The operator as a child process (admin kubeconfig), killed on drop.
+pub struct Operator {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub async fn start(cluster: &DevCluster, env: &[(&str, &str)]) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = cluster.dir().join(format!("operator-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(operator_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SCANNER_IMAGE", IMAGE)
+            .env("LEADER_ELECTION", "false")
+            // The operator runs on the host here, where the test host names do
+            // not resolve; scanner pods resolve them through devcluster.
+            .env("TARGET_CHECK_TIMEOUT", "0")
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .env("JOB_TTL_AFTER_FINISHED", "600");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let op = Operator { child, port, log };
+        eventually(Duration::from_secs(30), "operator /readyz", || op.get("/readyz")).await;
+        op
+    }
+
+    /// GET a path of the operator's HTTP server; `Some(body)` on 200.
+    pub async fn get(&self, path: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// An HTTP server on `ip:80` serving `/canary` (the test templates' match) and,
+/// under `/many`, a page per path so a template can produce many findings.
+pub async fn canary_target(ip: Ipv4Addr) {
+    let listener = tokio::net::TcpListener::bind((ip, 80)).await.expect("port 80 on the test address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let body = if req.starts_with("GET /canary") { "CANARY-OK token=abc123\n" } else { "hello\n" };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+}
+
+/// Creates a namespace for one test.
+pub async fn namespace(client: &kube::Client, name: &str) -> String {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    name.to_string()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An Ingress with one host and the given annotations.
+pub fn ingress(name: &str, host: &str, annotations: serde_json::Value) -> k8s_openapi::api::networking::v1::Ingress {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "web", "port": {"number": 80}}}
+        }]}}]}
+    }))
+    .unwrap()
+}
