@@ -26,7 +26,7 @@ const SEVERITIES: [&str; 6] = ["info", "info", "low", "medium", "high", "critica
 fn render(i: usize) -> String {
     let severity = SEVERITIES[(i * 7) % SEVERITIES.len()];
     let response_body: String = (0..40)
-        .map(|n| format!("<div class=\"row-{n}\">lorem ipsum dolor sit amet</div>\\n"))
+        .map(|n| format!("<div class=\\\"row-{n}\\\">lorem ipsum dolor sit amet</div>\\n"))
         .collect();
     let response = format!(
         "HTTP/1.1 200 OK\\r\\nContent-Type: text/html; charset=utf-8\\r\\nServer: nginx/1.25.3\\r\\nX-Request-Id: {i:08x}\\r\\n\\r\\n<html><body>{response_body}</body></html>"
