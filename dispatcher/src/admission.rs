@@ -11,7 +11,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-use crate::queue::{Intent, Reason};
+use crate::queue::{Blocker, Intent, Reason};
 
 /// Limits the dispatcher admits scans under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,14 +155,17 @@ impl<P> Admission<P> {
         self.running.len() < self.config.max_concurrent.get()
     }
 
-    /// Whether the intent may start now as far as exclusivity goes: its key
-    /// is not running and none of its hosts is busy.
-    pub fn admissible(&self, intent: &Intent<P>) -> bool {
-        !self.running.contains_key(&intent.key)
-            && intent
-                .hosts
-                .iter()
-                .all(|h| !self.busy_hosts.contains_key(h))
+    /// What keeps the intent from starting now as far as exclusivity goes:
+    /// its key is running, or one of its hosts is busy.
+    pub fn blocker(&self, intent: &Intent<P>) -> Option<Blocker> {
+        if self.running.contains_key(&intent.key) {
+            return Some(Blocker::Key(intent.key.clone()));
+        }
+        let busy = intent
+            .hosts
+            .iter()
+            .find(|h| self.busy_hosts.contains_key(*h))?;
+        Some(Blocker::Host(busy.clone()))
     }
 
     /// Takes one launch token, or says how long until one is free.

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Config, RateLimit};
-use crate::queue::{Enqueued, Intent, Reason, ReasonCounts, ScanQueue};
+use crate::admission::{Admission, Config, RateLimit, Running};
+use crate::queue::{Blocker, Enqueued, Intent, Reason, ReasonCounts, ScanQueue};
 
 /// Shortest retry delay after a failed launch, so a launcher that fails at
 /// once with a zero delay cannot spin the run loop.
@@ -273,7 +273,7 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
     /// Job, say) would free the current run's slot: prefer
     /// [`finished_run`](Self::finished_run) where the payload tells runs apart.
     pub fn finished(&self, key: &str) -> bool {
-        let freed = self.shared.lock().admission.release(key).is_some();
+        let freed = self.shared.lock().release(key).is_some();
         if freed {
             self.shared.wake.notify_one();
         }
@@ -292,7 +292,7 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
                 .admission
                 .get(key)
                 .is_some_and(|r| r.payload == *payload);
-            current && state.admission.release(key).is_some()
+            current && state.release(key).is_some()
         };
         if freed {
             self.shared.wake.notify_one();
@@ -349,7 +349,7 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
                 payload: intent.payload.clone(),
                 enqueued_at: wall(enqueued_at),
                 waited: now.saturating_duration_since(enqueued_at),
-                blocked: !admission.admissible(intent),
+                blocked: admission.blocker(intent).is_some(),
             })
             .collect();
         let scheduled = state
@@ -513,13 +513,13 @@ async fn launch_one<P, L: Launcher<P>>(
 
 impl<P: Clone> State<P> {
     /// Admits ready intents while a slot is free, a token is available and
-    /// an intent is admissible. Returns what to launch, and how long until
+    /// an intent is not blocked. Returns what to launch, and how long until
     /// the next token if the rate limit stopped admission.
     fn admit(&mut self) -> (Vec<(u64, Admitted<P>)>, Option<Duration>) {
         let mut launches = Vec::new();
         while self.admission.has_free_slot() {
             let admission = &self.admission;
-            let Some(queued) = self.queue.pop_first(|intent| admission.admissible(intent)) else {
+            let Some(queued) = self.queue.pop_first(|intent| admission.blocker(intent)) else {
                 break;
             };
             if let Err(wait) = self.admission.take_token() {
@@ -542,6 +542,16 @@ impl<P: Clone> State<P> {
         (launches, None)
     }
 
+    /// Frees the key's slot and hosts and unparks the intents they blocked.
+    fn release(&mut self, key: &str) -> Option<Running<P>> {
+        let run = self.admission.release(key)?;
+        self.queue.unpark(&Blocker::Key(key.to_owned()));
+        for host in &run.hosts {
+            self.queue.unpark(&Blocker::Host(host.clone()));
+        }
+        Some(run)
+    }
+
     fn launch_done(&mut self, done: LaunchDone<P>) {
         let LaunchDone {
             ticket,
@@ -560,14 +570,14 @@ impl<P: Clone> State<P> {
                 info!(scan = %key, reason = %admitted.intent.reason, "scan launched");
             }
             Ok(Launched::AlreadyFinished) if current => {
-                self.admission.release(key);
+                self.release(key);
                 info!(scan = %key, "scan had already finished");
             }
             Ok(_) => debug!(scan = %key, "launch answered after the scan was reported finished"),
             Err(err) => {
                 self.launch_failures_total += 1;
                 if current {
-                    self.admission.release(key);
+                    self.release(key);
                 }
                 let retry_after = err.retry_after.max(MIN_RETRY_DELAY);
                 warn!(scan = %key, error = %err.source, ?retry_after, "scan launch failed");
@@ -591,7 +601,7 @@ impl<P: Clone> State<P> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in &keys {
-            let Some(run) = self.admission.release(key) else {
+            let Some(run) = self.release(key) else {
                 continue;
             };
             if !self.queue.contains(key) {

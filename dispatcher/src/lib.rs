@@ -44,4 +44,4 @@ pub use dispatch::{
     Admitted, Dispatcher, DispatcherHandle, LaunchError, Launched, Launcher, Limits,
     MIN_RETRY_DELAY, PendingItem, RunningItem, ScheduledItem, Snapshot, Stats,
 };
-pub use queue::{Enqueued, Intent, Queued, Reason, ReasonCounts, ScanQueue};
+pub use queue::{Blocker, Enqueued, Intent, Queued, Reason, ReasonCounts, ScanQueue};

@@ -2,7 +2,7 @@
 //! delayed intents in a [`DelayQueue`] until they are due.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::poll_fn;
 use std::task::{Context, Poll};
@@ -182,12 +182,27 @@ impl Rank {
     }
 }
 
+/// What keeps a ready intent from being admitted. See
+/// [`ScanQueue::pop_first`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Blocker {
+    /// A scan of the intent's own key is running.
+    Key(String),
+    /// A host the intent targets is busy.
+    Host(String),
+}
+
 #[derive(Debug)]
 enum Place {
-    Ready {
+    /// In the ready heap.
+    Ready { enqueued_at: Instant, seq: u64 },
+    /// Ready, but set aside until its blocker is released.
+    Parked {
         enqueued_at: Instant,
         seq: u64,
+        blocker: Blocker,
     },
+    /// In the delay queue until due.
     Delayed {
         due: Instant,
         timer: delay_queue::Key,
@@ -202,9 +217,9 @@ struct Entry<P> {
 
 /// The queue of scan intents.
 ///
-/// Each key is in at most one place: the ready queue (ordered by reason, then
-/// age) or the delay queue (waiting for its due time). The last call for a
-/// key wins: [`enqueue`](Self::enqueue) of a delayed key makes it ready now,
+/// Each key is in at most one place: ready (ordered by reason, then age) or
+/// delayed (waiting for its due time). The last call for a key wins:
+/// [`enqueue`](Self::enqueue) of a delayed key makes it ready now,
 /// [`enqueue_at`](Self::enqueue_at) of a ready key delays it. A key that is
 /// re-enqueued while ready keeps its original enqueue time, whatever its new
 /// reason: it has waited that long, so it stays ahead of everything of its
@@ -215,6 +230,7 @@ struct Entry<P> {
 pub struct ScanQueue<P> {
     entries: HashMap<String, Entry<P>>,
     ready: PriorityQueue<String, Rank>,
+    parked: HashMap<Blocker, HashSet<String>>,
     delayed: DelayQueue<String>,
     next_seq: u64,
     pending_counts: ReasonCounts,
@@ -233,6 +249,7 @@ impl<P> ScanQueue<P> {
         Self {
             entries: HashMap::new(),
             ready: PriorityQueue::new(),
+            parked: HashMap::new(),
             delayed: DelayQueue::new(),
             next_seq: 0,
             pending_counts: ReasonCounts::default(),
@@ -241,9 +258,27 @@ impl<P> ScanQueue<P> {
     }
 
     /// Makes the intent ready now, replacing any intent queued for its key
-    /// (ready or delayed).
+    /// (ready or delayed). A parked key is unparked.
     pub fn enqueue(&mut self, intent: Intent<P>) -> Enqueued {
-        self.put_ready(intent, Instant::now())
+        let now = Instant::now();
+        match self.take(&intent.key) {
+            Some((key, old)) => {
+                let (since, seq) = match old.place {
+                    Place::Ready { enqueued_at, seq }
+                    | Place::Parked {
+                        enqueued_at, seq, ..
+                    } => (enqueued_at, seq),
+                    Place::Delayed { .. } => (now, self.next_seq()),
+                };
+                self.insert_ready(key, intent, since, seq);
+                Enqueued::Updated
+            }
+            None => {
+                let seq = self.next_seq();
+                self.insert_ready(intent.key.clone(), intent, now, seq);
+                Enqueued::Added
+            }
+        }
     }
 
     /// Delays the intent until `due`, replacing any intent queued for its key
@@ -253,89 +288,93 @@ impl<P> ScanQueue<P> {
         if due <= now {
             return self.enqueue(intent);
         }
-        let wake = due.min(now + MAX_HOP);
-        let key = intent.key.clone();
-        self.scheduled_counts.add(intent.reason);
-        match self.entries.get_mut(&key) {
-            Some(entry) => {
-                match entry.place {
-                    Place::Ready { .. } => {
-                        self.ready.remove(&key);
-                        self.pending_counts.sub(entry.intent.reason);
-                        let timer = self.delayed.insert_at(key, wake);
-                        entry.place = Place::Delayed { due, timer };
-                    }
-                    Place::Delayed { timer, .. } => {
-                        self.scheduled_counts.sub(entry.intent.reason);
-                        self.delayed.reset_at(&timer, wake);
-                        entry.place = Place::Delayed { due, timer };
-                    }
-                }
-                entry.intent = intent;
+        match self.take(&intent.key) {
+            Some((key, _)) => {
+                self.insert_delayed(key, intent, due, now);
                 Enqueued::Updated
             }
             None => {
-                let timer = self.delayed.insert_at(key.clone(), wake);
-                let place = Place::Delayed { due, timer };
-                self.entries.insert(key, Entry { intent, place });
+                self.insert_delayed(intent.key.clone(), intent, due, now);
                 Enqueued::Added
             }
         }
     }
 
-    /// Removes the key from the ready or the delay queue.
+    /// Removes the key, wherever it is queued.
     pub fn remove(&mut self, key: &str) -> Option<Intent<P>> {
-        let entry = self.entries.remove(key)?;
-        match entry.place {
-            Place::Ready { .. } => {
-                self.ready.remove(key);
-                self.pending_counts.sub(entry.intent.reason);
-            }
-            Place::Delayed { timer, .. } => {
-                self.delayed.remove(&timer);
-                self.scheduled_counts.sub(entry.intent.reason);
-            }
-        }
-        Some(entry.intent)
+        self.take(key).map(|(_, entry)| entry.intent)
     }
 
-    /// Takes the first ready intent in admission order.
+    /// Takes the first ready intent in admission order, parked ones aside.
     pub fn pop(&mut self) -> Option<Queued<P>> {
-        self.pop_first(|_| true)
+        self.pop_first(|_| None)
     }
 
-    /// Takes the first ready intent, in admission order, for which
-    /// `admissible` holds. Intents it skips keep their place.
+    /// Takes the first ready intent, in admission order, that `blocked_by`
+    /// finds unblocked.
+    ///
+    /// Intents it finds blocked are parked: they keep their place in the
+    /// order, but pops pass them by until [`unpark`](Self::unpark) is called
+    /// with their blocker (or they are enqueued again). So a crowd of
+    /// blocked intents is looked at once, not on every pop.
     pub fn pop_first(
         &mut self,
-        mut admissible: impl FnMut(&Intent<P>) -> bool,
+        mut blocked_by: impl FnMut(&Intent<P>) -> Option<Blocker>,
     ) -> Option<Queued<P>> {
-        let mut skipped = Vec::new();
-        let found = loop {
-            let Some((key, rank)) = self.ready.pop() else {
-                break None;
+        while let Some((key, _)) = self.ready.pop() {
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("every ready key has an entry");
+            let Place::Ready { enqueued_at, seq } = entry.place else {
+                unreachable!("a key in the ready heap is in place Ready")
             };
-            if admissible(&self.entries[&key].intent) {
-                break Some(key);
+            match blocked_by(&entry.intent) {
+                Some(blocker) => {
+                    self.parked.entry(blocker.clone()).or_default().insert(key);
+                    entry.place = Place::Parked {
+                        enqueued_at,
+                        seq,
+                        blocker,
+                    };
+                }
+                None => {
+                    let entry = self.entries.remove(&key).expect("checked above");
+                    self.pending_counts.sub(entry.intent.reason);
+                    return Some(Queued {
+                        intent: entry.intent,
+                        enqueued_at,
+                        seq,
+                    });
+                }
             }
-            skipped.push((key, rank));
-        };
-        for (key, rank) in skipped {
-            self.ready.push(key, rank);
         }
-        let entry = self
-            .entries
-            .remove(&found?)
-            .expect("every ready key has an entry");
-        self.pending_counts.sub(entry.intent.reason);
-        let Place::Ready { enqueued_at, seq } = entry.place else {
-            unreachable!("a key in the ready queue is in place Ready")
+        None
+    }
+
+    /// Returns the intents parked on `blocker` to their place in the ready
+    /// order; returns how many.
+    pub fn unpark(&mut self, blocker: &Blocker) -> usize {
+        let Some(keys) = self.parked.remove(blocker) else {
+            return 0;
         };
-        Some(Queued {
-            intent: entry.intent,
-            enqueued_at,
-            seq,
-        })
+        let unparked = keys.len();
+        for key in keys {
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("every parked key has an entry");
+            let Place::Parked {
+                enqueued_at, seq, ..
+            } = entry.place
+            else {
+                unreachable!("a key in the parking lot is in place Parked")
+            };
+            entry.place = Place::Ready { enqueued_at, seq };
+            self.ready
+                .push(key, Rank::new(entry.intent.reason, enqueued_at, seq));
+        }
+        unparked
     }
 
     /// Puts a popped intent back where it was, unless its key was queued
@@ -344,19 +383,8 @@ impl<P> ScanQueue<P> {
         if self.entries.contains_key(&queued.intent.key) {
             return;
         }
-        let Queued {
-            intent,
-            enqueued_at,
-            seq,
-        } = queued;
-        self.pending_counts.add(intent.reason);
-        self.ready.push(
-            intent.key.clone(),
-            Rank::new(intent.reason, enqueued_at, seq),
-        );
-        let place = Place::Ready { enqueued_at, seq };
-        self.entries
-            .insert(intent.key.clone(), Entry { intent, place });
+        let key = queued.intent.key.clone();
+        self.insert_ready(key, queued.intent, queued.enqueued_at, queued.seq);
     }
 
     /// Moves every delayed intent that is due into the ready queue, where it
@@ -379,16 +407,10 @@ impl<P> ScanQueue<P> {
                 entry.place = Place::Delayed { due, timer };
                 continue;
             }
-            let reason = entry.intent.reason;
-            self.scheduled_counts.sub(reason);
-            self.pending_counts.add(reason);
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            entry.place = Place::Ready {
-                enqueued_at: due,
-                seq,
-            };
-            self.ready.push(key, Rank::new(reason, due, seq));
+            let entry = self.entries.remove(&key).expect("checked above");
+            self.scheduled_counts.sub(entry.intent.reason);
+            let seq = self.next_seq();
+            self.insert_ready(key, entry.intent, due, seq);
             moved += 1;
         }
         if moved > 0 {
@@ -415,18 +437,20 @@ impl<P> ScanQueue<P> {
         self.entries.get(key).map(|e| &e.intent)
     }
 
-    /// Since when the key has been ready, if it is in the ready queue.
+    /// Since when the key has been ready, if it is ready (parked or not).
     pub fn enqueued_at(&self, key: &str) -> Option<Instant> {
         match self.entries.get(key)?.place {
-            Place::Ready { enqueued_at, .. } => Some(enqueued_at),
+            Place::Ready { enqueued_at, .. } | Place::Parked { enqueued_at, .. } => {
+                Some(enqueued_at)
+            }
             Place::Delayed { .. } => None,
         }
     }
 
-    /// When the key falls due, if it is in the delay queue.
+    /// When the key falls due, if it is delayed.
     pub fn due_at(&self, key: &str) -> Option<Instant> {
         match self.entries.get(key)?.place {
-            Place::Ready { .. } => None,
+            Place::Ready { .. } | Place::Parked { .. } => None,
             Place::Delayed { due, .. } => Some(due),
         }
     }
@@ -441,17 +465,17 @@ impl<P> ScanQueue<P> {
         self.entries.is_empty()
     }
 
-    /// Number of ready intents.
+    /// Number of ready intents, parked ones included.
     pub fn ready_len(&self) -> usize {
-        self.ready.len()
+        self.pending_counts.total()
     }
 
     /// Number of delayed intents.
     pub fn delayed_len(&self) -> usize {
-        self.entries.len() - self.ready.len()
+        self.scheduled_counts.total()
     }
 
-    /// Ready intents per reason.
+    /// Ready intents (parked ones included) per reason.
     pub fn pending_counts(&self) -> ReasonCounts {
         self.pending_counts
     }
@@ -461,15 +485,30 @@ impl<P> ScanQueue<P> {
         self.scheduled_counts
     }
 
-    /// A page of ready intents in admission order, with their enqueue time.
+    /// A page of ready intents (parked ones included) in admission order,
+    /// with their enqueue time.
     pub(crate) fn pending_page(&self, offset: usize, limit: usize) -> Vec<(&Intent<P>, Instant)> {
-        let mut ranked: Vec<(&String, &Rank)> = self.ready.iter().collect();
-        let by_admission = |a: &(&String, &Rank), b: &(&String, &Rank)| b.1.cmp(a.1);
-        let end = offset.saturating_add(limit);
-        page(&mut ranked, offset, end, by_admission)
-            .iter()
-            .map(|(key, rank)| (&self.entries[*key].intent, rank.age.0.0))
-            .collect()
+        let mut ranked: Vec<(Rank, &Intent<P>)> = self
+            .entries
+            .values()
+            .filter_map(|e| match e.place {
+                Place::Ready { enqueued_at, seq }
+                | Place::Parked {
+                    enqueued_at, seq, ..
+                } => Some((Rank::new(e.intent.reason, enqueued_at, seq), &e.intent)),
+                Place::Delayed { .. } => None,
+            })
+            .collect();
+        let by_admission = |a: &(Rank, &Intent<P>), b: &(Rank, &Intent<P>)| b.0.cmp(&a.0);
+        page(
+            &mut ranked,
+            offset,
+            offset.saturating_add(limit),
+            by_admission,
+        )
+        .iter()
+        .map(|(rank, intent)| (*intent, rank.age.0.0))
+        .collect()
     }
 
     /// A page of delayed intents, soonest due first, with their due time.
@@ -479,13 +518,59 @@ impl<P> ScanQueue<P> {
             .values()
             .filter_map(|e| match e.place {
                 Place::Delayed { due, .. } => Some((&e.intent, due)),
-                Place::Ready { .. } => None,
+                Place::Ready { .. } | Place::Parked { .. } => None,
             })
             .collect();
         let by_due = |a: &(&Intent<P>, Instant), b: &(&Intent<P>, Instant)| {
             a.1.cmp(&b.1).then_with(|| a.0.key.cmp(&b.0.key))
         };
         page(&mut due, offset, offset.saturating_add(limit), by_due).to_vec()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Takes the key out of whichever place holds it.
+    fn take(&mut self, key: &str) -> Option<(String, Entry<P>)> {
+        let (key, entry) = self.entries.remove_entry(key)?;
+        match &entry.place {
+            Place::Ready { .. } => {
+                self.ready.remove(&key);
+                self.pending_counts.sub(entry.intent.reason);
+            }
+            Place::Parked { blocker, .. } => {
+                if let Some(keys) = self.parked.get_mut(blocker) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.parked.remove(blocker);
+                    }
+                }
+                self.pending_counts.sub(entry.intent.reason);
+            }
+            Place::Delayed { timer, .. } => {
+                self.delayed.remove(timer);
+                self.scheduled_counts.sub(entry.intent.reason);
+            }
+        }
+        Some((key, entry))
+    }
+
+    fn insert_ready(&mut self, key: String, intent: Intent<P>, enqueued_at: Instant, seq: u64) {
+        self.pending_counts.add(intent.reason);
+        self.ready
+            .push(key.clone(), Rank::new(intent.reason, enqueued_at, seq));
+        let place = Place::Ready { enqueued_at, seq };
+        self.entries.insert(key, Entry { intent, place });
+    }
+
+    fn insert_delayed(&mut self, key: String, intent: Intent<P>, due: Instant, now: Instant) {
+        self.scheduled_counts.add(intent.reason);
+        let timer = self.delayed.insert_at(key.clone(), due.min(now + MAX_HOP));
+        let place = Place::Delayed { due, timer };
+        self.entries.insert(key, Entry { intent, place });
     }
 }
 
@@ -502,49 +587,4 @@ fn page<T>(items: &mut [T], offset: usize, end: usize, cmp: impl Fn(&T, &T) -> O
     };
     items.sort_unstable_by(&cmp);
     &items[offset..end]
-}
-
-impl<P> ScanQueue<P> {
-    fn put_ready(&mut self, intent: Intent<P>, since: Instant) -> Enqueued {
-        let key = intent.key.clone();
-        self.pending_counts.add(intent.reason);
-        match self.entries.get_mut(&key) {
-            Some(entry) => {
-                match entry.place {
-                    Place::Ready { enqueued_at, seq } => {
-                        self.pending_counts.sub(entry.intent.reason);
-                        if entry.intent.reason != intent.reason {
-                            self.ready
-                                .change_priority(&key, Rank::new(intent.reason, enqueued_at, seq));
-                        }
-                    }
-                    Place::Delayed { timer, .. } => {
-                        self.delayed.remove(&timer);
-                        self.scheduled_counts.sub(entry.intent.reason);
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
-                        self.ready.push(key, Rank::new(intent.reason, since, seq));
-                        entry.place = Place::Ready {
-                            enqueued_at: since,
-                            seq,
-                        };
-                    }
-                }
-                entry.intent = intent;
-                Enqueued::Updated
-            }
-            None => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.ready
-                    .push(key.clone(), Rank::new(intent.reason, since, seq));
-                let place = Place::Ready {
-                    enqueued_at: since,
-                    seq,
-                };
-                self.entries.insert(key, Entry { intent, place });
-                Enqueued::Added
-            }
-        }
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dispatcher::{Enqueued, Intent, Reason, ScanQueue};
+use dispatcher::{Blocker, Enqueued, Intent, Reason, ScanQueue};
 use tokio::time::{Instant, advance, timeout};
 
 fn intent(key: &str, reason: Reason) -> Intent<u32> {
@@ -255,18 +255,70 @@ async fn a_due_time_in_the_past_makes_the_intent_ready_at_once() {
     assert_eq!(queue.delayed_len(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn pop_first_skips_inadmissible_intents_without_moving_them() {
-    let mut queue = ScanQueue::new();
-    queue.enqueue(intent("manual", Reason::ManualRescan));
-    queue.enqueue(intent("new", Reason::NewScan));
-    queue.enqueue(intent("retry", Reason::Retry));
+fn blocked_on_x(intent: &Intent<u32>) -> Option<Blocker> {
+    intent
+        .hosts
+        .contains("x")
+        .then(|| Blocker::Host("x".to_owned()))
+}
 
-    let first = queue
-        .pop_first(|i| i.reason != Reason::ManualRescan)
-        .unwrap();
-    assert_eq!(first.intent.key, "new");
-    assert_eq!(drain_keys(&mut queue), ["manual", "retry"]);
+#[tokio::test(start_paused = true)]
+async fn blocked_intents_are_parked_until_their_blocker_is_released() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("manual-on-x", Reason::ManualRescan).with_hosts(["x"]));
+    queue.enqueue(intent("new-on-y", Reason::NewScan).with_hosts(["y"]));
+    queue.enqueue(intent("retry-on-x", Reason::Retry).with_hosts(["x"]));
+    queue.enqueue(intent("scheduled-on-z", Reason::Scheduled).with_hosts(["z"]));
+
+    assert_eq!(
+        queue.pop_first(blocked_on_x).unwrap().intent.key,
+        "new-on-y"
+    );
+    // "manual-on-x" was parked on the way; a plain pop passes it by.
+    assert_eq!(queue.pop().unwrap().intent.key, "scheduled-on-z");
+    assert_eq!(queue.pop_first(blocked_on_x).map(|q| q.intent.key), None);
+    assert!(queue.pop().is_none());
+    assert_eq!(queue.ready_len(), 2);
+    assert_eq!(queue.pending_counts().total(), 2);
+
+    assert_eq!(queue.unpark(&Blocker::Host("y".to_owned())), 0);
+    assert_eq!(queue.unpark(&Blocker::Host("x".to_owned())), 2);
+    assert_eq!(drain_keys(&mut queue), ["manual-on-x", "retry-on-x"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_intent_that_is_enqueued_again_is_looked_at_again() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("a", Reason::NewScan).with_hosts(["x"]));
+    let enqueued_at = queue.enqueued_at("a").unwrap();
+    assert!(queue.pop_first(blocked_on_x).is_none());
+    advance(Duration::from_secs(5)).await;
+
+    queue.enqueue(intent("a", Reason::SpecChanged).with_hosts(["w"]));
+    let popped = queue.pop_first(blocked_on_x).unwrap();
+    assert_eq!(
+        (popped.intent.reason, popped.enqueued_at),
+        (Reason::SpecChanged, enqueued_at)
+    );
+    // Its old parking spot is gone with it.
+    assert_eq!(queue.unpark(&Blocker::Host("x".to_owned())), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_or_delaying_a_parked_intent_takes_it_off_the_parking_lot() {
+    let mut queue = ScanQueue::new();
+    queue.enqueue(intent("removed", Reason::NewScan).with_hosts(["x"]));
+    queue.enqueue(intent("delayed", Reason::NewScan).with_hosts(["x"]));
+    assert!(queue.pop_first(blocked_on_x).is_none());
+
+    assert!(queue.remove("removed").is_some());
+    let due = Instant::now() + Duration::from_secs(10);
+    queue.enqueue_at(intent("delayed", Reason::Retry).with_hosts(["x"]), due);
+    assert_eq!(queue.unpark(&Blocker::Host("x".to_owned())), 0);
+    assert_eq!((queue.ready_len(), queue.delayed_len()), (0, 1));
+    assert_eq!(queue.next_due().await, 1);
+    assert_eq!(Instant::now(), due);
+    assert_eq!(drain_keys(&mut queue), ["delayed"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -149,9 +149,10 @@ impl JobLauncher {
         ctx.metrics
             .queue_wait
             .observe(admitted.waited.as_secs_f64());
-        let mut conditions = status.conditions.clone();
-        remove_condition(&mut conditions, WAITING_FOR_TARGETS);
         let rescan = annotations::rescan_request(scan.annotations());
+        // No resourceVersion: these fields are the launcher's alone, and a
+        // concurrent condition update by the reconciler must not make the
+        // Running write fail while the Job already exists.
         let mut patch = json!({
             "phase": ScanPhase::Running,
             "jobRef": {
@@ -162,15 +163,20 @@ impl JobLauncher {
             "lastScanTime": time(now),
             "observedGeneration": scan.metadata.generation,
             "nextScheduledTime": null,
-            "conditions": conditions,
         });
         if admitted.intent.reason == Reason::ManualRescan || rescan.is_some() {
             patch["lastRescanRequest"] = json!(rescan);
         }
-        if let Err(e) = patch_status(&api, name, rv.as_deref(), patch).await {
-            // The Job exists; the reconciler adopts it once it sees its status
-            // change, or recreates the intent. Holding the slot is right either way.
-            warn!("Running status not written: {e}");
+        if let Err(e) = patch_status(&api, name, None, patch).await {
+            // The Job exists: the retry adopts it (same run, same Job name).
+            return Err(retry(
+                Duration::from_secs(2),
+                format!("writing Running status: {e}"),
+            ));
+        }
+        let mut conditions = status.conditions.clone();
+        if remove_condition(&mut conditions, WAITING_FOR_TARGETS) {
+            let _ = patch_status(&api, name, None, json!({"conditions": conditions})).await;
         }
         info!(job = job.name_any(), targets = scan.spec.targets.len(), timeout = ?params.timeout, "scan Job created");
         ctx.event(

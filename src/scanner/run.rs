@@ -103,7 +103,10 @@ pub async fn run(
         .with_context(|| format!("reading NucleiScan {namespace}/{name}"))?;
     let started = Utc::now();
     let mut start = json!({"scanStartTime": time(started)});
-    if let Some(pod) = &d.pod_name {
+    // jobRef's name and uid are required: add the pod only to an existing one.
+    if let Some(pod) = &d.pod_name
+        && scan.status.as_ref().is_some_and(|s| s.job_ref.is_some())
+    {
         start["jobRef"] = json!({"podName": pod});
     }
     with_retries(|| patch_status(&api, name, None, start.clone())).await?;

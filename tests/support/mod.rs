@@ -26,7 +26,11 @@ pub fn operator_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("nuclei-operator");
-    assert!(bin.exists(), "{} missing: run `cargo build --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -39,9 +43,16 @@ pub fn operator_image(templates: &Path) -> ImageMapping {
         image: "nuclei-operator".into(),
         entrypoint: vec!["/opt/nuclei-operator/bin/nuclei-operator".into()],
         path: vec!["/opt/nuclei-operator/bin".into()],
-        env: [("NUCLEI_TEMPLATES_PATH".to_string(), "/nuclei-templates".to_string())].into(),
+        env: [(
+            "NUCLEI_TEMPLATES_PATH".to_string(),
+            "/nuclei-templates".to_string(),
+        )]
+        .into(),
         files: [
-            ("/opt/nuclei-operator/bin/nuclei-operator".to_string(), operator_binary()),
+            (
+                "/opt/nuclei-operator/bin/nuclei-operator".to_string(),
+                operator_binary(),
+            ),
             ("/opt/nuclei-operator/bin/nuclei".to_string(), nuclei),
             ("/nuclei-templates".to_string(), templates.to_owned()),
         ]
@@ -77,8 +88,15 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
     .await
     .unwrap();
     eventually(Duration::from_secs(20), "CRD established", || async {
-        let c = crds.get("nucleiscans.nuclei.homelab.mortenolsen.pro").await.ok()?;
-        c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        let c = crds
+            .get("nucleiscans.nuclei.homelab.mortenolsen.pro")
+            .await
+            .ok()?;
+        c.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
     })
     .await;
     cluster
@@ -93,7 +111,11 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(cluster: &DevCluster, env: &[(&str, &str)]) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = cluster.dir().join(format!("operator-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = tokio::process::Command::new(operator_binary());
@@ -119,19 +141,27 @@ impl Operator {
             .spawn()
             .unwrap();
         let op = Operator { child, port, log };
-        eventually(Duration::from_secs(30), "operator /readyz", || op.get("/readyz")).await;
+        eventually(Duration::from_secs(30), "operator /readyz", || {
+            op.get("/readyz")
+        })
+        .await;
         op
     }
 
     /// GET a path of the operator's HTTP server; `Some(body)` on 200.
     pub async fn get(&self, path: &str) -> Option<String> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n")?;
-        (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+        (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
+            .then(|| body.to_string())
     }
 
     pub fn log_text(&self) -> String {
@@ -139,32 +169,45 @@ impl Operator {
     }
 }
 
-/// An HTTP server on `ip:80` serving `/canary` (the test templates' match) and,
-/// under `/many`, a page per path so a template can produce many findings.
+/// An HTTP server on `ip:80` serving `/canary` (the test templates' match).
+/// It runs on its own thread and runtime, so it outlives the test that
+/// started it (tests share one target).
 pub async fn canary_target(ip: Ipv4Addr) {
-    let listener = tokio::net::TcpListener::bind((ip, 80)).await.expect("port 80 on the test address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let body = if req.starts_with("GET /canary") { "CANARY-OK token=abc123\n" } else { "hello\n" };
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
+    let listener = std::net::TcpListener::bind((ip, 80)).expect("port 80 on the test address");
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 8192];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    let body = if req.starts_with("GET /canary") { "CANARY-OK token=abc123\n" } else { "hello\n" };
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
     });
 }
 
 /// Creates a namespace for one test.
 pub async fn namespace(client: &kube::Client, name: &str) -> String {
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     name.to_string()
 }
 
@@ -179,13 +222,20 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// An Ingress with one host and the given annotations.
-pub fn ingress(name: &str, host: &str, annotations: serde_json::Value) -> k8s_openapi::api::networking::v1::Ingress {
+pub fn ingress(
+    name: &str,
+    host: &str,
+    annotations: serde_json::Value,
+) -> k8s_openapi::api::networking::v1::Ingress {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "annotations": annotations},
         "spec": {"rules": [{"host": host, "http": {"paths": [{

@@ -1,0 +1,209 @@
+//! End-to-end, issues #4 and #5: real scanner Jobs (process kubelet) running
+//! the real nuclei against a local target, under MaxConcurrent=2.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
+use serde_json::json;
+use support::{Operator, canary_target, cluster, eventually, ingress, namespace, target_ip};
+use tokio::sync::OnceCell;
+
+const P: &str = "nuclei.homelab.mortenolsen.pro/";
+
+struct Env {
+    cluster: devcluster::DevCluster,
+    operator: Operator,
+}
+
+static ENV: OnceCell<Env> = OnceCell::const_new();
+
+/// Eight hosts `h0.test`…`h7.test` and `canary.test`, all served by the canary target.
+async fn env() -> &'static Env {
+    ENV.get_or_init(|| async {
+        let ip = target_ip(1);
+        canary_target(ip).await;
+        let names: Vec<String> = (0..8)
+            .map(|i| format!("h{i}.test"))
+            .chain(["canary.test".into()])
+            .collect();
+        let hosts: Vec<(&str, std::net::Ipv4Addr)> =
+            names.iter().map(|n| (n.as_str(), ip)).collect();
+        let cluster = cluster(&hosts).await;
+        let operator = Operator::start(
+            &cluster,
+            &[
+                ("MAX_CONCURRENT_SCANS", "2"),
+                ("JOB_RATE_LIMIT", "0"),
+                ("DEFAULT_TEMPLATES", ""),
+            ],
+        )
+        .await;
+        Env { cluster, operator }
+    })
+    .await
+}
+
+async fn completed(api: &Api<NucleiScan>, name: &str, timeout: Duration) -> NucleiScan {
+    eventually(timeout, &format!("{name} Completed"), || async {
+        let s = api.get_opt(name).await.ok()??;
+        let phase = s.status.as_ref()?.phase?;
+        assert_ne!(
+            phase,
+            ScanPhase::Failed,
+            "{name} failed: {:?}",
+            s.status.as_ref().unwrap().last_error
+        );
+        (phase == ScanPhase::Completed).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_annotated_ingress_is_scanned_to_exactly_the_expected_finding() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "scan-canary").await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({
+        format!("{P}tags"): "canary",
+        format!("{P}severity"): "high,critical",
+        format!("{P}exclude-templates"): "excluded.yaml",
+    });
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("canary", "canary.test", ann),
+        )
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
+    let s = completed(&scans, "canary-ingress", Duration::from_secs(90)).await;
+    let st = s.status.unwrap();
+    // other-tag.yaml (tag), low-severity.yaml (severity) and excluded.yaml
+    // (exclusion) match the page too: only the filters keep them out.
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-canary"]);
+    let f = &st.findings[0];
+    assert_eq!(f.severity, Some(Severity::High));
+    assert_eq!(f.matched_at, "http://canary.test/canary");
+    assert_eq!(f.extracted_results, ["abc123"]);
+    assert_eq!(f.cve_ids, ["CVE-2099-0001"]);
+    assert_eq!(f.matcher_name, "canary-page");
+    let summary = st.summary.unwrap();
+    assert_eq!(summary.total_findings, 1);
+    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
+    assert!(st.job_ref.unwrap().pod_name.is_some());
+}
+
+#[tokio::test]
+async fn a_scan_without_usable_templates_fails_with_nucleis_reason() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "scan-notemplates").await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({format!("{P}tags"): "no-such-tag-anywhere"});
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("empty", "canary.test", ann),
+        )
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
+    let s = eventually(Duration::from_secs(90), "scan Failed", || async {
+        let s = scans.get_opt("empty-ingress").await.ok()??;
+        (s.status.as_ref()?.phase? == ScanPhase::Failed).then_some(s)
+    })
+    .await;
+    let err = s.status.unwrap().last_error.unwrap_or_default();
+    assert!(err.contains("no templates"), "{err}");
+}
+
+#[tokio::test]
+async fn eight_ingresses_are_all_scanned_and_never_more_than_two_jobs_run_at_once() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "scan-limit").await;
+    // Watch every scan Job and track how many are unfinished at each event.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let watcher_task = {
+        let max_seen = max_seen.clone();
+        tokio::spawn(async move {
+            let mut unfinished: BTreeSet<String> = BTreeSet::new();
+            let stream = watcher(jobs, watcher::Config::default()).applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(Ok(job)) = stream.next().await {
+                let name = job.metadata.name.clone().unwrap();
+                let done = job
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                        })
+                    });
+                if done {
+                    unfinished.remove(&name);
+                } else {
+                    unfinished.insert(name);
+                }
+                max_seen.fetch_max(unfinished.len(), Ordering::SeqCst);
+            }
+        })
+    };
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({format!("{P}templates"): "canary.yaml"});
+    for i in 0..8 {
+        ingresses
+            .create(
+                &PostParams::default(),
+                &ingress(&format!("web{i}"), &format!("h{i}.test"), ann.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    // While they run, /queue shows the waiting scans in admission order.
+    let queue: serde_json::Value = eventually(
+        Duration::from_secs(30),
+        "queue with waiting scans",
+        || async {
+            let q: serde_json::Value =
+                serde_json::from_str(&e.operator.get("/queue").await?).ok()?;
+            (q["pendingTotal"].as_u64()? >= 2).then_some(q)
+        },
+    )
+    .await;
+    assert_eq!(queue["limits"]["maxConcurrent"], 2);
+    let positions: Vec<u64> = queue["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
+
+    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
+    for i in 0..8 {
+        let s = completed(&scans, &format!("web{i}-ingress"), Duration::from_secs(180)).await;
+        assert_eq!(s.status.unwrap().summary.unwrap().total_findings, 1);
+    }
+    watcher_task.abort();
+    let max = max_seen.load(Ordering::SeqCst);
+    assert!(
+        max <= 2,
+        "saw {max} unfinished scan Jobs at once with MAX_CONCURRENT_SCANS=2"
+    );
+    assert!(max >= 1, "the watcher saw no Jobs");
+}
