@@ -27,7 +27,7 @@ fn intents(rng: &mut StdRng, payload: u64) -> Vec<Intent<u64>> {
 fn report(what: &str, ops: usize, took: Duration) {
     let per_sec = ops as f64 / took.as_secs_f64();
     println!(
-        "{what:<44} {ops:>8} ops {:>10.2} ms {per_sec:>14.0} ops/s",
+        "{what:<50} {ops:>8} ops {:>10.2} ms {per_sec:>14.0} ops/s",
         took.as_secs_f64() * 1e3
     );
 }

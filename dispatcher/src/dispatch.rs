@@ -478,8 +478,8 @@ impl<P: Clone + Send + Sync + 'static> Dispatcher<P> {
             for (ticket, admitted) in launches {
                 in_flight.push(launch_one(Arc::clone(&launcher), ticket, admitted));
             }
-            // Registered before waiting, so a notify_one between the admit
-            // above and the select below is not lost (Notify keeps a permit).
+            // notify_one leaves a permit when nobody is waiting, so a wake-up
+            // between the admit above and the select below is not lost.
             let notified = shared.wake.notified();
             tokio::select! {
                 biased;
