@@ -108,7 +108,12 @@ impl JobLauncher {
         }
 
         let params = match jobs::effective_params(&scan, &ctx.settings) {
-            Ok(p) => p,
+            // The Job is named after the run the dispatcher admitted, so the
+            // reconciler frees exactly this run's slot when the Job ends.
+            Ok(p) => jobs::JobParams {
+                run_token: admitted.intent.payload.clone(),
+                ..p
+            },
             Err(message) => {
                 // A configuration error will not fix itself by retrying.
                 let patch = json!({"phase": ScanPhase::Failed, "lastError": message, "completionTime": time(now)});

@@ -152,11 +152,12 @@ fn error_policy(scan: Arc<NucleiScan>, err: &Error, ctx: Arc<ScanCtx>) -> Action
     })
 }
 
-/// How a Job referenced by a scan stands.
+/// How a Job referenced by a scan stands; `run` is the Job's run token (the
+/// dispatcher payload of the run), so only that run's slot is ever freed.
 enum JobState {
     Missing,
     Active(Box<Job>),
-    Finished(JobOutcome),
+    Finished { outcome: JobOutcome, run: String },
 }
 
 async fn job_state(ctx: &ScanCtx, namespace: &str, name: &str) -> Result<JobState> {
@@ -164,7 +165,14 @@ async fn job_state(ctx: &ScanCtx, namespace: &str, name: &str) -> Result<JobStat
     Ok(match api.get_opt(name).await? {
         None => JobState::Missing,
         Some(job) => match jobs::job_finished(&job) {
-            Some(outcome) => JobState::Finished(outcome),
+            Some(outcome) => JobState::Finished {
+                outcome,
+                run: job
+                    .labels()
+                    .get(jobs::RUN_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+            },
             None => JobState::Active(Box::new(job)),
         },
     })
@@ -292,8 +300,8 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
                             check_pod_started(&ctx, &scan, &job, &mut conditions, now).await;
                         requeue = Some(Duration::from_secs(30));
                     }
-                    JobState::Finished(outcome) => {
-                        ctx.dispatch.finished(&key);
+                    JobState::Finished { outcome, run } => {
+                        ctx.dispatch.finished_run(&key, &run);
                         let message = match outcome {
                             JobOutcome::Complete => {
                                 "the scanner exited without reporting a result".to_string()
@@ -315,13 +323,13 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
             Some(phase @ (ScanPhase::Completed | ScanPhase::Failed)) => {
                 // The slot frees when the Job has ended, not when the status says
                 // so: the pod may still be running for a moment.
+                // A reconcile of an older run's status must never free the slot
+                // of a run admitted since: free only the reported Job's run.
                 if let Some(job) = &status.job_ref
-                    && !matches!(
-                        job_state(&ctx, &namespace, &job.name).await?,
-                        JobState::Active(_)
-                    )
+                    && let JobState::Finished { run, .. } =
+                        job_state(&ctx, &namespace, &job.name).await?
                 {
-                    ctx.dispatch.finished(&key);
+                    ctx.dispatch.finished_run(&key, &run);
                 }
                 report_once(&ctx, &scan, phase).await;
                 remove_condition(&mut conditions, POD_NOT_STARTED)

@@ -70,13 +70,14 @@ impl Launcher<String> for SyncLauncher {
         }
         self.ctx.metrics.jobs_created.inc();
         let (ctx, defaults) = (self.ctx.clone(), self.defaults.clone());
+        let run_id = admitted.intent.payload.clone();
         tokio::spawn(async move {
             if let Err(e) = run(ctx.client.clone(), &namespace, &name, &defaults).await {
                 warn!(scan = %key, "in-process scan failed: {e:#}");
                 let patch = json!({"phase": ScanPhase::Failed, "lastError": format!("{e:#}"), "completionTime": time(Utc::now())});
                 let _ = patch_status(&api, &name, None, patch).await;
             }
-            ctx.dispatch.finished(&key);
+            ctx.dispatch.finished_run(&key, &run_id);
         });
         Ok(Launched::Running)
     }
