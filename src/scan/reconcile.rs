@@ -227,6 +227,18 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
     let intent = |reason| Intent::new(key.clone(), reason, token.clone()).with_hosts(hosts.clone());
     let mut requeue = None;
 
+    // The slot of the last run frees when its Job has ended (not when the
+    // status says so: the pod may still be running), whatever phase the scan
+    // has moved on to meanwhile (a rescan request or spec change sets Pending
+    // while the Job winds down). Only that run's slot: a reconcile of an older
+    // status never frees a run admitted since.
+    if status.phase != Some(ScanPhase::Running)
+        && let Some(job) = &status.job_ref
+        && let JobState::Finished { run, .. } = job_state(&ctx, &namespace, &job.name).await?
+    {
+        ctx.dispatch.finished_run(&key, &run);
+    }
+
     if scan.spec.suspend {
         ctx.dispatch.remove(&key);
         if status.next_scheduled_time.is_some() {
@@ -323,14 +335,6 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
             Some(phase @ (ScanPhase::Completed | ScanPhase::Failed)) => {
                 // The slot frees when the Job has ended, not when the status says
                 // so: the pod may still be running for a moment.
-                // A reconcile of an older run's status must never free the slot
-                // of a run admitted since: free only the reported Job's run.
-                if let Some(job) = &status.job_ref
-                    && let JobState::Finished { run, .. } =
-                        job_state(&ctx, &namespace, &job.name).await?
-                {
-                    ctx.dispatch.finished_run(&key, &run);
-                }
                 report_once(&ctx, &scan, phase).await;
                 remove_condition(&mut conditions, POD_NOT_STARTED)
                     .then(|| conditions_changed = true);

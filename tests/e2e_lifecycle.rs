@@ -1,0 +1,289 @@
+//! End-to-end, issue #4: cron rescans, manual rescans, operator crash and
+//! restart (queue rebuilt, no duplicate Job), leader election.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use nuclei_operator::api::{NucleiScan, ScanPhase};
+use serde_json::json;
+use support::{Operator, cluster, eventually, ingress, namespace, target_ip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+const P: &str = "nuclei.homelab.mortenolsen.pro/";
+
+/// A target on `ip:80` whose `/slow` answers after 4 s (testdata/templates/slow.yaml
+/// matches it) and whose `/canary` answers at once. Own thread and runtime.
+fn slow_target(ip: Ipv4Addr) {
+    let listener = std::net::TcpListener::bind((ip, 80)).expect("port 80 on the test address");
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 8192];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let body = if req.starts_with("GET /slow") {
+                        tokio::time::sleep(Duration::from_secs(4)).await;
+                        "SLOW-OK\n"
+                    } else if req.starts_with("GET /canary") {
+                        "CANARY-OK token=abc123\n"
+                    } else {
+                        "hello\n"
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+    });
+}
+
+struct Env {
+    cluster: devcluster::DevCluster,
+}
+
+static ENV: OnceCell<Env> = OnceCell::const_new();
+/// One operator at a time in this binary: the tests that start and kill
+/// operators must not overlap.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn env() -> &'static Env {
+    ENV.get_or_init(|| async {
+        let ip = target_ip(3);
+        slow_target(ip);
+        let names: Vec<String> = (0..4)
+            .map(|i| format!("s{i}.test"))
+            .chain(["cron.test".into(), "manual.test".into()])
+            .collect();
+        let hosts: Vec<(&str, Ipv4Addr)> = names.iter().map(|n| (n.as_str(), ip)).collect();
+        Env {
+            cluster: cluster(&hosts).await,
+        }
+    })
+    .await
+}
+
+fn phase(s: &NucleiScan) -> Option<ScanPhase> {
+    s.status.as_ref()?.phase
+}
+
+async fn jobs_by_scan(jobs: &Api<Job>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for j in jobs.list(&ListParams::default()).await.unwrap().items {
+        let scan = j
+            .labels()
+            .get("nuclei.homelab.mortenolsen.pro/scan")
+            .cloned()
+            .unwrap_or_default();
+        out.entry(scan).or_default().push(j.name_any());
+    }
+    out
+}
+
+#[tokio::test]
+async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_job() {
+    let _serial = SERIAL.lock().await;
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "crash").await;
+    let env_vars = [("MAX_CONCURRENT_SCANS", "1"), ("JOB_RATE_LIMIT", "0")];
+    let mut operator = Operator::start(&e.cluster, &env_vars).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    for i in 0..4 {
+        let ann = json!({format!("{P}templates"): "slow.yaml"});
+        ingresses
+            .create(
+                &PostParams::default(),
+                &ingress(&format!("s{i}"), &format!("s{i}.test"), ann),
+            )
+            .await
+            .unwrap();
+    }
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // Mid-run: one scan Running (its Job alive), the others waiting.
+    eventually(Duration::from_secs(60), "a scan Running", || async {
+        let l = scans.list(&ListParams::default()).await.ok()?;
+        (l.items.len() == 4 && l.items.iter().any(|s| phase(s) == Some(ScanPhase::Running)))
+            .then_some(())
+    })
+    .await;
+    operator.child.start_kill().unwrap();
+    operator.child.wait().await.unwrap();
+    let restarted = Instant::now();
+    let operator = Operator::start(&e.cluster, &env_vars).await;
+    // The queue is rebuilt from the NucleiScans alone.
+    let rebuilt = eventually(Duration::from_secs(30), "queue rebuilt", || async {
+        let q: serde_json::Value = serde_json::from_str(&operator.get("/queue").await?).ok()?;
+        let done = scans
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|s| phase(s) == Some(ScanPhase::Completed))
+            .count() as u64;
+        let known = q["pendingTotal"].as_u64()? + q["running"].as_array()?.len() as u64;
+        (known + done >= 4).then_some(restarted.elapsed())
+    })
+    .await;
+    eprintln!("queue rebuilt {:.2}s after restart", rebuilt.as_secs_f64());
+    for i in 0..4 {
+        let name = format!("s{i}-ingress");
+        eventually(
+            Duration::from_secs(120),
+            &format!("{name} Completed"),
+            || async {
+                let s = scans.get_opt(&name).await.ok()??;
+                assert_ne!(
+                    phase(&s),
+                    Some(ScanPhase::Failed),
+                    "{name}: {:?}",
+                    s.status.unwrap().last_error
+                );
+                (phase(&s) == Some(ScanPhase::Completed)).then_some(())
+            },
+        )
+        .await;
+    }
+    // Every scan ran exactly once: the restart adopted the running Job.
+    let by_scan = jobs_by_scan(&jobs).await;
+    assert_eq!(by_scan.len(), 4, "{by_scan:?}");
+    for (scan, js) in &by_scan {
+        assert_eq!(js.len(), 1, "{scan} has several Jobs: {js:?}");
+    }
+    drop(operator);
+}
+
+#[tokio::test]
+async fn an_every_minute_schedule_produces_a_second_run_and_a_rescan_request_a_third() {
+    let _serial = SERIAL.lock().await;
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "cron").await;
+    let _operator = Operator::start(&e.cluster, &[("JOB_RATE_LIMIT", "0")]).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann =
+        json!({format!("{P}templates"): "canary.yaml", format!("{P}schedule"): "*/1 * * * *"});
+    ingresses
+        .create(&PostParams::default(), &ingress("cron", "cron.test", ann))
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let completed_run = |after: Option<String>| {
+        let scans = scans.clone();
+        async move {
+            let s = scans.get_opt("cron-ingress").await.ok()??;
+            let st = s.status.as_ref()?;
+            let job = st.job_ref.as_ref()?.name.clone();
+            (st.phase == Some(ScanPhase::Completed) && Some(&job) != after.as_ref())
+                .then_some((job, s))
+        }
+    };
+    let (first, s) = eventually(Duration::from_secs(90), "first run", || completed_run(None)).await;
+    let next = s
+        .status
+        .unwrap()
+        .next_scheduled_time
+        .expect("nextScheduledTime set");
+    assert_eq!(
+        next.0.as_second() % 60,
+        0,
+        "a */1 schedule fires on the minute"
+    );
+    let (second, _) = eventually(Duration::from_secs(150), "second, scheduled run", || {
+        completed_run(Some(first.clone()))
+    })
+    .await;
+    assert_ne!(first, second);
+    // A manual rescan request runs at once, once per value.
+    scans
+        .patch(
+            "cron-ingress",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {format!("{P}rescan"): "1"}}})),
+        )
+        .await
+        .unwrap();
+    let (third, s) = eventually(Duration::from_secs(40), "manual rescan run", || {
+        completed_run(Some(second.clone()))
+    })
+    .await;
+    assert_eq!(s.status.unwrap().last_rescan_request.as_deref(), Some("1"));
+    assert_ne!(third, second);
+}
+
+/// Whether the operator says it leads (`/queue` → `leader`).
+async fn leader_of(op: &Operator) -> Option<bool> {
+    let q: serde_json::Value = serde_json::from_str(&op.get("/queue").await?).ok()?;
+    q["leader"].as_bool()
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_dispatches_and_a_new_leader_takes_over() {
+    let _serial = SERIAL.lock().await;
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "leader").await;
+    let replica = |name: &'static str| {
+        [
+            ("LEADER_ELECTION", "true"),
+            ("POD_NAME", name),
+            ("POD_NAMESPACE", "default"),
+            ("LEASE_NAME", "e2e-leader"),
+        ]
+    };
+    let a = Operator::start(&e.cluster, &replica("replica-a")).await;
+    let b = Operator::start(&e.cluster, &replica("replica-b")).await;
+    eventually(Duration::from_secs(30), "exactly one leader", || async {
+        let (la, lb) = (leader_of(&a).await?, leader_of(&b).await?);
+        (la != lb).then_some(())
+    })
+    .await;
+    let a_leads = leader_of(&a).await.unwrap();
+    let (mut leader, follower) = if a_leads { (a, b) } else { (b, a) };
+    leader.child.start_kill().unwrap();
+    leader.child.wait().await.unwrap();
+    let killed = Instant::now();
+    eventually(
+        Duration::from_secs(40),
+        "the follower takes over",
+        || async { leader_of(&follower).await?.then_some(()) },
+    )
+    .await;
+    eprintln!("new leader after {:.1}s", killed.elapsed().as_secs_f64());
+    // And it dispatches.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({format!("{P}templates"): "canary.yaml"});
+    ingresses
+        .create(&PostParams::default(), &ingress("led", "manual.test", ann))
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
+    eventually(
+        Duration::from_secs(90),
+        "scan Completed under the new leader",
+        || async {
+            let s = scans.get_opt("led-ingress").await.ok()??;
+            (phase(&s) == Some(ScanPhase::Completed)).then_some(())
+        },
+    )
+    .await;
+}
