@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use dispatcher::{Admitted, LaunchError, Launched, Launcher, Reason};
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -139,6 +139,28 @@ impl JobLauncher {
         }
         let job = jobs::build_job(&scan, &params);
         let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+        // One scan never runs twice at once: a Job of an earlier run that is
+        // still active (its status write lost in a crash, or a run superseded
+        // by a spec change) must end before the next starts.
+        let lp = ListParams::default().labels(&format!("{}={}", jobs::SCAN_LABEL, name));
+        match jobs_api.list(&lp).await {
+            Ok(list) => {
+                if let Some(active) = list
+                    .items
+                    .iter()
+                    .find(|j| j.name_any() != job.name_any() && jobs::job_finished(j).is_none())
+                {
+                    return Err(retry(
+                        Duration::from_secs(10),
+                        format!(
+                            "Job {} of an earlier run is still active",
+                            active.name_any()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(retry(Duration::from_secs(5), e)),
+        }
         let job = match jobs_api.create(&PostParams::default(), &job).await {
             Ok(j) => {
                 ctx.metrics.jobs_created.inc();
