@@ -287,3 +287,56 @@ async fn with_two_replicas_only_the_leader_dispatches_and_a_new_leader_takes_ove
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_scanner_pod_that_never_starts_is_reported_on_the_scan() {
+    let _serial = SERIAL.lock().await;
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "nostart").await;
+    let _operator = Operator::start(&e.cluster, &[("JOB_RATE_LIMIT", "0")]).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    // An image the process kubelet cannot "pull".
+    let ann = json!({format!("{P}scanner-image"): "registry.invalid/missing:1"});
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("nostart", "manual.test", ann),
+        )
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let cond = eventually(
+        Duration::from_secs(90),
+        "PodNotStarted condition",
+        || async {
+            let s = scans.get_opt("nostart-ingress").await.ok()??;
+            s.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "PodNotStarted" && c.status == "True")
+        },
+    )
+    .await;
+    assert_eq!(cond.reason, "ErrImagePull");
+    assert!(
+        cond.message.contains("registry.invalid/missing:1"),
+        "{}",
+        cond.message
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
+    eventually(
+        Duration::from_secs(20),
+        "ScanPodNotStarted event",
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("ScanPodNotStarted"))
+        },
+    )
+    .await;
+}
