@@ -92,6 +92,8 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 pub const CLONE_DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 /// Most `templateURLs` a scan may list (one init container each).
 pub const MAX_TEMPLATE_URLS: usize = 16;
+/// Most `templateConfigMaps` a scan may list (one volume each).
+pub const MAX_TEMPLATE_CONFIG_MAPS: usize = 16;
 /// Longest accepted `templateURLs` entry.
 pub const MAX_TEMPLATE_URL_LEN: usize = 2048;
 
@@ -188,8 +190,8 @@ pub struct JobParams {
     pub tolerations: Vec<Toleration>,
     /// Git repositories cloned into `/templates/git/<i>` before the scan.
     pub template_urls: Vec<String>,
-    /// ConfigMaps mounted at `/templates/configmaps/<name>`. Nothing in the
-    /// NucleiScan API sets these yet; callers may.
+    /// ConfigMaps (`spec.scannerConfig.templateConfigMaps`) mounted at
+    /// `/templates/configmaps/<name>`.
     pub template_config_maps: Vec<String>,
     /// Namespace of the scan (and of the Job).
     pub scan_namespace: String,
@@ -291,6 +293,22 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
                 .map_err(|e| format!("spec.scannerConfig.templateURLs[{i}]: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if config.template_config_maps.len() > MAX_TEMPLATE_CONFIG_MAPS {
+        return Err(format!(
+            "spec.scannerConfig.templateConfigMaps: {} entries, at most {MAX_TEMPLATE_CONFIG_MAPS} are allowed",
+            config.template_config_maps.len()
+        ));
+    }
+    let mut template_config_maps: Vec<String> = Vec::new();
+    for (i, name) in config.template_config_maps.iter().enumerate() {
+        let name = name.trim();
+        check_dns_subdomain(name)
+            .map_err(|e| format!("spec.scannerConfig.templateConfigMaps[{i}]: {e}"))?;
+        // Mounting one ConfigMap twice at the same path would be rejected.
+        if !template_config_maps.iter().any(|n| n == name) {
+            template_config_maps.push(name.to_owned());
+        }
+    }
 
     Ok(JobParams {
         image,
@@ -307,12 +325,39 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         node_selector: config.node_selector,
         tolerations: config.tolerations,
         template_urls,
-        template_config_maps: Vec::new(),
+        template_config_maps,
         run_token: run_token(scan),
         scan_namespace,
         scan_name,
         scan_uid,
     })
+}
+
+/// Accepts a ConfigMap name: a DNS-1123 subdomain (lower-case alphanumeric
+/// labels joined by `.`, inner `-` allowed, at most 253 characters). It becomes
+/// a directory name under [`CONFIGMAP_TEMPLATES_DIR`], so nothing else (`..`,
+/// `/`) may pass.
+fn check_dns_subdomain(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty ConfigMap name".to_owned());
+    }
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a ConfigMap name (lower-case letters, digits, '-' and '.')"
+        ))
+    }
 }
 
 /// Accepts `https://`, `http://`, `ssh://` and `git://` URLs and scp-style
@@ -1119,6 +1164,7 @@ mod tests {
                 resources: Some(resources.clone()),
                 timeout: Some("1h30m".into()),
                 template_urls: vec!["https://github.com/acme/templates.git".into()],
+                template_config_maps: vec![" team-templates ".into(), "cves.2025".into()],
                 node_selector: BTreeMap::from([("pool".into(), "scan".into())]),
                 tolerations: vec![toleration.clone()],
             },
@@ -1128,6 +1174,11 @@ mod tests {
         assert_eq!(p.timeout, Duration::from_secs(5400));
         assert_eq!(p.resources, Some(resources));
         assert_eq!(p.template_urls, ["https://github.com/acme/templates.git"]);
+        assert_eq!(p.template_config_maps, ["team-templates", "cves.2025"]);
+        assert_eq!(
+            p.extra_template_dirs(),
+            "/templates/git/0:/templates/configmaps/team-templates:/templates/configmaps/cves.2025"
+        );
         assert_eq!(p.node_selector["pool"], "scan");
         assert_eq!(p.tolerations, [toleration]);
     }
@@ -1220,6 +1271,81 @@ mod tests {
         );
         let e = effective_params(&s, &Settings::default()).unwrap_err();
         assert!(e.contains("at most 16"), "{e}");
+    }
+
+    #[test]
+    fn template_config_maps_must_be_configmap_names() {
+        for good in [
+            "t",
+            "team-templates",
+            "cves.2025",
+            "a-1.b-2",
+            &"a".repeat(253),
+        ] {
+            assert_eq!(check_dns_subdomain(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "Team",
+            "a_b",
+            "a b",
+            &"a".repeat(254),
+        ] {
+            assert!(check_dns_subdomain(bad).is_err(), "{bad:?}");
+        }
+
+        let s = with_config(
+            scan(),
+            ScannerConfig {
+                template_config_maps: vec!["ok".into(), "../etc".into()],
+                ..ScannerConfig::default()
+            },
+        );
+        let e = effective_params(&s, &Settings::default()).unwrap_err();
+        assert!(
+            e.starts_with("spec.scannerConfig.templateConfigMaps[1]: "),
+            "{e}"
+        );
+
+        let s = with_config(
+            scan(),
+            ScannerConfig {
+                template_config_maps: (0..=MAX_TEMPLATE_CONFIG_MAPS)
+                    .map(|i| format!("cm-{i}"))
+                    .collect(),
+                ..ScannerConfig::default()
+            },
+        );
+        let e = effective_params(&s, &Settings::default()).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
+    }
+
+    #[test]
+    fn a_configmap_listed_twice_is_mounted_once() {
+        let s = with_config(
+            scan(),
+            ScannerConfig {
+                template_config_maps: vec!["t".into(), " t".into(), "u".into()],
+                ..ScannerConfig::default()
+            },
+        );
+        let p = effective_params(&s, &Settings::default()).unwrap();
+        assert_eq!(p.template_config_maps, ["t", "u"]);
+        let job = build_job(&s, &p);
+        let volumes = job.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        let cms: Vec<&str> = volumes
+            .iter()
+            .filter_map(|v| v.config_map.as_ref().map(|c| c.name.as_str()))
+            .collect();
+        assert_eq!(cms, ["t", "u"]);
     }
 
     // ---- the Job -----------------------------------------------------------

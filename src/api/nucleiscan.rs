@@ -223,13 +223,30 @@ pub struct ScannerConfig {
     pub timeout: Option<String>,
 
     /// Git repositories of extra templates, cloned into the scanner pod before
-    /// the scan.
+    /// the scan (`https://`, `http://`, `ssh://`, `git://` or `user@host:path`).
+    /// Every template in them runs, on top of `templates` (still subject to
+    /// the tag, severity and exclusion filters). Not available in sync mode.
     #[serde(
         default,
         rename = "templateURLs",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub template_urls: Vec<String>,
+
+    /// ConfigMaps in the scan's namespace whose keys are nuclei templates
+    /// (e.g. `my-check.yaml`). Each is mounted read-only into the scanner pod
+    /// and every template in it runs, on top of `templates` (still subject to
+    /// the tag, severity and exclusion filters). A missing ConfigMap keeps the
+    /// scanner pod from starting. Not available in sync mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        )
+    )]
+    pub template_config_maps: Vec<String>,
 
     /// Node labels the scanner pod must be scheduled on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -465,7 +465,7 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan, phase: ScanPhase) {
         let first = !reported.contains_key(&key);
         reported.insert(key.clone(), marker);
         // After a restart the last run was reported by the previous process.
-        if first && ctx.settings_started_after(&status) {
+        if first && ctx.finished_before_start(&status) {
             return;
         }
     }
@@ -522,7 +522,7 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan, phase: ScanPhase) {
 impl ScanCtx {
     /// Whether the run in `status` finished before this process started (its
     /// events were then published by the previous leader).
-    fn settings_started_after(&self, status: &crate::api::NucleiScanStatus) -> bool {
+    fn finished_before_start(&self, status: &crate::api::NucleiScanStatus) -> bool {
         status
             .completion_time
             .as_ref()

@@ -53,9 +53,13 @@ pub struct ScanOptions {
     /// only these run.
     pub templates: Vec<String>,
     /// Directories to run in full when [`ScanOptions::templates`] is empty:
-    /// the built-in templates path plus ConfigMap-mounted and git-cloned
-    /// directories.
+    /// the built-in templates path.
     pub template_dirs: Vec<PathBuf>,
+    /// Directories the scan asked for by name (ConfigMap-mounted and
+    /// git-cloned templates): always run in full, on top of
+    /// [`ScanOptions::templates`] or [`ScanOptions::template_dirs`]. The
+    /// filters still apply to them.
+    pub extra_template_dirs: Vec<PathBuf>,
     /// nuclei's templates directory, against which relative
     /// [`ScanOptions::templates`] resolve; exported by [`nuclei_env`].
     pub templates_root: Option<PathBuf>,
@@ -104,6 +108,10 @@ pub fn nuclei_args(opts: &ScanOptions) -> Vec<OsString> {
             args.push("-t".into());
             args.push(t.into());
         }
+    }
+    for dir in &opts.extra_template_dirs {
+        args.push("-t".into());
+        args.push(dir.clone().into_os_string());
     }
 
     push_list(&mut args, "-tags", &opts.tags);
@@ -321,6 +329,40 @@ mod tests {
         assert_eq!(
             &s[9..],
             ["-t", "http/cves/", "-t", "dns/caa-fingerprint.yaml"]
+        );
+    }
+
+    #[test]
+    fn extra_template_directories_run_with_selected_templates_and_without() {
+        let extra = |templates: Vec<String>| ScanOptions {
+            templates,
+            template_dirs: vec!["/opt/nuclei-templates".into()],
+            extra_template_dirs: vec!["/templates/git/0".into(), "/templates/configmaps/t".into()],
+            ..base()
+        };
+        let args = nuclei_args(&extra(vec!["http/cves/".into()]));
+        assert_eq!(
+            &strings(&args)[9..],
+            [
+                "-t",
+                "http/cves/",
+                "-t",
+                "/templates/git/0",
+                "-t",
+                "/templates/configmaps/t"
+            ]
+        );
+        let args = nuclei_args(&extra(Vec::new()));
+        assert_eq!(
+            &strings(&args)[9..],
+            [
+                "-t",
+                "/opt/nuclei-templates",
+                "-t",
+                "/templates/git/0",
+                "-t",
+                "/templates/configmaps/t"
+            ]
         );
     }
 

@@ -11,12 +11,12 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use kube::api::Api;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tracing::{info, warn};
 
 use super::command::{Outcome, ScanOptions, classify_exit, nuclei_args, nuclei_env};
-use super::jsonl::read_findings;
+use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
 use crate::api::{NucleiScan, ScanPhase, Severity};
 use crate::scan::status::{patch_status, time};
@@ -61,8 +61,6 @@ pub fn scan_options(
         .transpose()?
         .flatten()
         .unwrap_or(d.timeout);
-    let mut template_dirs = vec![d.templates_path.clone()];
-    template_dirs.extend(d.extra_template_dirs.iter().cloned());
     Ok(ScanOptions {
         targets_file,
         templates: if spec.templates.is_empty() {
@@ -70,7 +68,8 @@ pub fn scan_options(
         } else {
             spec.templates.clone()
         },
-        template_dirs,
+        template_dirs: vec![d.templates_path.clone()],
+        extra_template_dirs: d.extra_template_dirs.clone(),
         templates_root: Some(d.templates_path.clone()),
         tags: spec.tags.clone(),
         exclude_tags: spec.exclude_tags.clone(),
@@ -86,7 +85,31 @@ pub fn scan_options(
     })
 }
 
+/// How much of the end of nuclei's stderr is kept for the failure message.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
+/// Longest stderr line kept (and echoed); the rest of a longer line is
+/// dropped unread, so one line without a newline cannot exhaust memory.
+const STDERR_MAX_LINE_BYTES: usize = 4 * 1024;
+
+/// Most bytes the whole serialized `status` of a NucleiScan may take: far
+/// below etcd's ~1.5 MiB object limit, with room for spec and metadata.
+pub const STATUS_BUDGET_BYTES: usize = 512 * 1024;
+/// Room kept free in [`STATUS_BUDGET_BYTES`] for what the final write adds
+/// besides the findings (summary, times) and for conditions the reconciler
+/// writes while the scan runs.
+pub const STATUS_HEADROOM_BYTES: usize = 16 * 1024;
+
+/// Byte budget of `status.findings` for a run of `scan`: the status budget
+/// minus everything else the status already holds and the headroom, so the
+/// status as a whole stays under [`STATUS_BUDGET_BYTES`].
+pub fn findings_budget(scan: &NucleiScan) -> usize {
+    let others = scan.status.as_ref().map_or(0, |status| {
+        let mut status = status.clone();
+        status.findings.clear();
+        serde_json::to_vec(&status).map_or(0, |v| v.len())
+    });
+    STATUS_BUDGET_BYTES.saturating_sub(others.saturating_add(STATUS_HEADROOM_BYTES))
+}
 
 /// Runs the scan `namespace/name` and records the result. Errors only when
 /// the scan could not be read or its result not written.
@@ -120,7 +143,7 @@ pub async fn run(
     let clock = Instant::now();
     let result = match scan_options(&scan, d, targets_file) {
         Err(e) => Err(format!("invalid scanner configuration: {e}")),
-        Ok(opts) => execute(&opts, d).await,
+        Ok(opts) => execute(&opts, d, findings_budget(&scan)).await,
     };
     let duration = clock.elapsed().as_secs() as i64;
     let now = Utc::now();
@@ -192,11 +215,12 @@ where
     unreachable!()
 }
 
-/// Runs nuclei, streaming its output into a [`Report`]; `Err` is the
-/// message for a failed scan.
+/// Runs nuclei, streaming its output into a [`Report`] whose findings take
+/// at most `budget_bytes`; `Err` is the message for a failed scan.
 async fn execute(
     opts: &ScanOptions,
     d: &ScannerDefaults,
+    budget_bytes: usize,
 ) -> Result<(Report, Option<String>), String> {
     let mut child = Command::new(&d.nuclei)
         .args(nuclei_args(opts))
@@ -209,24 +233,24 @@ async fn execute(
         .map_err(|e| format!("cannot start nuclei ({}): {e}", d.nuclei.display()))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let tail = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let mut bytes = 0;
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("nuclei: {line}");
-            bytes += line.len();
-            tail.push_back(line);
-            while bytes > STDERR_TAIL_BYTES {
-                bytes -= tail.pop_front().map(|l| l.len()).unwrap_or(0);
-            }
-        }
-        Vec::from(tail).join("\n")
+    let tail = tokio::spawn(stderr_tail(
+        stderr,
+        STDERR_MAX_LINE_BYTES,
+        STDERR_TAIL_BYTES,
+        |line| eprintln!("nuclei: {line}"),
+    ));
+    let mut report = Report::new(ReportLimits {
+        budget_bytes,
+        ..ReportLimits::default()
     });
-    let mut report = Report::new(ReportLimits::default());
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(30 * 60));
     let run = async {
         let stats = read_findings(stdout, |f| report.push(f)).await;
+        if stats.io_error.is_some() {
+            // Its output is lost from here on: stop nuclei rather than wait
+            // for a scan whose result could not be complete.
+            let _ = child.start_kill();
+        }
         let status = child.wait().await;
         (stats, status)
     };
@@ -244,24 +268,214 @@ async fn execute(
     let code = status
         .map_err(|e| format!("waiting for nuclei: {e}"))?
         .code();
+    let note = judge(code, &stderr_tail, &stats)?;
+    Ok((report, note))
+}
+
+/// Whether a finished nuclei run is a complete scan: `Ok` with an optional
+/// note for the log about skipped lines, or `Err` with the failure message.
+///
+/// Reading nuclei's output failing part-way is a failed scan whatever the
+/// exit code: the findings after the error are lost, and a clean exit would
+/// otherwise pass the partial list off as complete.
+fn judge(
+    code: Option<i32>,
+    stderr_tail: &str,
+    stats: &ParseStats,
+) -> Result<Option<String>, String> {
+    if let Some(e) = &stats.io_error {
+        return Err(format!(
+            "reading nuclei's output failed after {} lines ({e}): the findings would be incomplete",
+            stats.lines
+        ));
+    }
     let note = (stats.malformed + stats.oversized > 0).then(|| {
         format!(
             "nuclei output: {} malformed and {} oversized lines skipped (first: {:?})",
             stats.malformed, stats.oversized, stats.first_errors
         )
     });
-    match classify_exit(code, &stderr_tail) {
-        Outcome::Completed => Ok((report, note)),
+    match classify_exit(code, stderr_tail) {
+        Outcome::Completed => Ok(note),
         Outcome::NoTemplates => Err(format!(
             "nuclei loaded no templates (check templates, tags and severity filters): {}",
-            last_lines(&stderr_tail, 3)
+            last_lines(stderr_tail, 3)
         )),
         Outcome::Failed { code, reason } => Err(format!("nuclei failed (exit {code}): {reason}")),
         Outcome::Killed => Err("nuclei was killed by a signal".into()),
     }
 }
 
+/// Reads `reader` (nuclei's stderr) to its end, hands each line to `echo`,
+/// and returns the last lines, at most `max_tail` bytes, joined by newlines.
+///
+/// A line longer than `max_line` bytes is cut there (marked with `…`) and
+/// the rest of it is read and dropped, so memory stays bounded by `max_line`
+/// plus `max_tail` whatever nuclei writes. Invalid UTF-8 is decoded lossily.
+/// A read error ends the stream like its end does.
+async fn stderr_tail<R: AsyncRead + Unpin>(
+    reader: R,
+    max_line: usize,
+    max_tail: usize,
+    mut echo: impl FnMut(&str),
+) -> String {
+    let mut reader = BufReader::new(reader);
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut tail_bytes = 0;
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut finish = |line: &mut Vec<u8>, cut: &mut bool| {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if *cut {
+            text.push('…');
+        }
+        line.clear();
+        *cut = false;
+        echo(&text);
+        tail_bytes += text.len();
+        tail.push_back(text);
+        while tail_bytes > max_tail && tail.len() > 1 {
+            tail_bytes -= tail.pop_front().map_or(0, |l| l.len());
+        }
+    };
+    loop {
+        let (used, complete) = {
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => chunk,
+            };
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let body = &chunk[..newline.unwrap_or(chunk.len())];
+            let room = max_line.saturating_sub(line.len());
+            if body.len() > room {
+                cut = true;
+            }
+            line.extend_from_slice(&body[..body.len().min(room)]);
+            match newline {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            }
+        };
+        reader.consume(used);
+        if complete {
+            finish(&mut line, &mut cut);
+        }
+    }
+    if !line.is_empty() || cut {
+        finish(&mut line, &mut cut);
+    }
+    Vec::from(tail).join("\n")
+}
+
 fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::NucleiScanStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_read_error_on_nucleis_output_fails_the_scan_even_after_exit_zero() {
+        let stats = ParseStats {
+            lines: 42,
+            io_error: Some("Input/output error (os error 5)".into()),
+            ..ParseStats::default()
+        };
+        let e = judge(Some(0), "", &stats).unwrap_err();
+        assert!(
+            e.contains("reading nuclei's output failed after 42 lines"),
+            "{e}"
+        );
+        assert!(e.contains("os error 5"), "{e}");
+        assert!(e.contains("incomplete"), "{e}");
+        // Whatever nuclei's own outcome, the lost output is what is reported.
+        assert!(
+            judge(None, "", &stats)
+                .unwrap_err()
+                .contains("reading nuclei's output")
+        );
+    }
+
+    #[test]
+    fn a_clean_read_and_exit_zero_is_a_completed_scan_with_a_note_on_skipped_lines() {
+        assert_eq!(judge(Some(0), "", &ParseStats::default()), Ok(None));
+        let stats = ParseStats {
+            malformed: 2,
+            ..ParseStats::default()
+        };
+        let note = judge(Some(0), "", &stats).unwrap().unwrap();
+        assert!(note.contains("2 malformed"), "{note}");
+        let e = judge(
+            Some(1),
+            "[FTL] Could not run nuclei: bad flag\n",
+            &ParseStats::default(),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("nuclei failed (exit 1)"), "{e}");
+    }
+
+    async fn tail_of(
+        input: impl AsyncRead + Unpin,
+        max_line: usize,
+        max_tail: usize,
+    ) -> (String, Vec<String>) {
+        let mut echoed = Vec::new();
+        let tail = stderr_tail(input, max_line, max_tail, |l| echoed.push(l.to_owned())).await;
+        (tail, echoed)
+    }
+
+    #[tokio::test]
+    async fn the_stderr_tail_keeps_the_last_lines_within_its_budget() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let (tail, echoed) = tail_of(text.as_bytes(), 64, 40).await;
+        assert_eq!(echoed.len(), 100);
+        assert_eq!(tail, "line 95\nline 96\nline 97\nline 98\nline 99");
+        let (tail, _) = tail_of(&b"no newline at the end"[..], 64, 40).await;
+        assert_eq!(tail, "no newline at the end");
+    }
+
+    #[tokio::test]
+    async fn a_huge_stderr_line_is_cut_without_being_held_in_memory() {
+        // 64 MiB without a newline, then a normal last line.
+        let huge = tokio::io::repeat(b'x').take(64 << 20);
+        let input = huge.chain(&b"\n[FTL] the reason\n"[..]);
+        let (tail, echoed) = tail_of(input, 4096, 8192).await;
+        assert_eq!(echoed.len(), 2);
+        assert_eq!(echoed[0].len(), 4096 + '…'.len_utf8());
+        assert!(echoed[0].ends_with('…'));
+        assert!(tail.len() <= 8192 + 8, "{}", tail.len());
+        assert!(tail.ends_with("[FTL] the reason"), "{tail:.60}");
+    }
+
+    #[test]
+    fn the_findings_budget_leaves_room_for_the_rest_of_the_status() {
+        let mut scan = NucleiScan::new("s", Default::default());
+        assert_eq!(
+            findings_budget(&scan),
+            STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES
+        );
+        // Existing findings are replaced, so they do not count; a large
+        // condition message does.
+        let status = NucleiScanStatus {
+            findings: vec![Default::default(); 1000],
+            conditions: vec![Condition {
+                type_: "AnnotationsValid".into(),
+                status: "False".into(),
+                reason: "InvalidAnnotation".into(),
+                message: "x".repeat(100_000),
+                observed_generation: None,
+                last_transition_time: crate::scan::status::time(Utc::now()),
+            }],
+            ..NucleiScanStatus::default()
+        };
+        scan.status = Some(status);
+        let budget = findings_budget(&scan);
+        assert!(budget < STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES - 100_000);
+        assert!(budget > STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES - 101_000);
+    }
 }

@@ -8,6 +8,7 @@ use chrono::Utc;
 use dispatcher::{Admitted, LaunchError, Launched, Launcher};
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::events::EventType;
 use serde_json::json;
 use tracing::warn;
 
@@ -41,6 +42,26 @@ impl SyncLauncher {
     }
 }
 
+/// Why `scan` cannot run in sync mode, if it cannot: template ConfigMaps and
+/// `templateURLs` reach the scanner as pod volumes and init containers, which
+/// an in-process scan does not have.
+pub fn unsupported_in_sync_mode(scan: &NucleiScan) -> Option<String> {
+    let config = scan.spec.scanner_config.as_ref()?;
+    let mut fields = Vec::new();
+    if !config.template_config_maps.is_empty() {
+        fields.push("spec.scannerConfig.templateConfigMaps");
+    }
+    if !config.template_urls.is_empty() {
+        fields.push("spec.scannerConfig.templateURLs");
+    }
+    (!fields.is_empty()).then(|| {
+        format!(
+            "{} need SCANNER_MODE=pod: sync mode scans inside the operator, with no pod to mount or clone templates into",
+            fields.join(" and ")
+        )
+    })
+}
+
 impl Launcher<String> for SyncLauncher {
     async fn launch(&self, admitted: &Admitted<String>) -> Result<Launched, LaunchError> {
         let key = admitted.intent.key.clone();
@@ -58,6 +79,25 @@ impl Launcher<String> for SyncLauncher {
             return Ok(Launched::AlreadyFinished);
         }
         let now = Utc::now();
+        if let Some(message) = unsupported_in_sync_mode(&scan) {
+            // No pod means nothing to mount or clone into; scanning without
+            // the templates the scan asked for would look like a clean result.
+            let patch = json!({
+                "phase": ScanPhase::Failed,
+                "lastError": message,
+                "completionTime": time(now),
+                "observedGeneration": scan.metadata.generation,
+            });
+            if let Err(e) =
+                patch_status(&api, &name, scan.resource_version().as_deref(), patch).await
+            {
+                return Err(LaunchError::new(Duration::from_secs(2), e.to_string()));
+            }
+            self.ctx
+                .event(&scan, EventType::Warning, "ScanFailed", message)
+                .await;
+            return Ok(Launched::AlreadyFinished);
+        }
         let patch = json!({
             "phase": ScanPhase::Running,
             "lastScanTime": time(now),
@@ -80,5 +120,46 @@ impl Launcher<String> for SyncLauncher {
             ctx.dispatch.finished_run(&key, &run_id);
         });
         Ok(Launched::Running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ScannerConfig;
+
+    fn scan(config: Option<ScannerConfig>) -> NucleiScan {
+        let mut s = NucleiScan::new("s", Default::default());
+        s.spec.scanner_config = config;
+        s
+    }
+
+    #[test]
+    fn template_configmaps_and_urls_are_refused_in_sync_mode_with_a_reason() {
+        assert_eq!(unsupported_in_sync_mode(&scan(None)), None);
+        let plain = ScannerConfig {
+            timeout: Some("5m".into()),
+            ..ScannerConfig::default()
+        };
+        assert_eq!(unsupported_in_sync_mode(&scan(Some(plain))), None);
+        let cms = ScannerConfig {
+            template_config_maps: vec!["t".into()],
+            ..ScannerConfig::default()
+        };
+        let why = unsupported_in_sync_mode(&scan(Some(cms))).unwrap();
+        assert!(
+            why.starts_with("spec.scannerConfig.templateConfigMaps need SCANNER_MODE=pod"),
+            "{why}"
+        );
+        let both = ScannerConfig {
+            template_config_maps: vec!["t".into()],
+            template_urls: vec!["https://example.com/t.git".into()],
+            ..ScannerConfig::default()
+        };
+        let why = unsupported_in_sync_mode(&scan(Some(both))).unwrap();
+        assert!(
+            why.contains("templateConfigMaps and spec.scannerConfig.templateURLs"),
+            "{why}"
+        );
     }
 }
