@@ -1,0 +1,751 @@
+//! End-to-end, issue #5: where templates come from and how big results are
+//! kept. Real scanner Jobs (process kubelet) run the real nuclei against a
+//! local target with templates from a ConfigMap and from a git repository
+//! served on loopback by `git daemon`; a scan yielding thousands of findings
+//! leaves a status under budget with true totals; and sync mode
+//! (`SCANNER_MODE=sync`, a second cluster) scans in-process without a Job.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use devcluster::{ImageMapping, Tools};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
+use serde_json::json;
+use support::{canary_target, cluster, eventually, ingress, namespace, target_ip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+const P: &str = "nuclei.homelab.mortenolsen.pro/";
+/// The git image the operator is told to use (GIT_IMAGE); the process
+/// kubelet maps it to the host's git.
+const GIT_IMAGE: &str = "e2e.local/git:test";
+/// How many paths the "thousands of findings" template requests.
+const MANY: usize = 3000;
+/// How many of them the high-severity companion template requests.
+const MANY_HIGH: usize = 20;
+
+// ---- environment ------------------------------------------------------------
+
+/// The canary target, shared by both clusters (one listener on `ip:80`).
+static TARGET: OnceCell<Ipv4Addr> = OnceCell::const_new();
+
+async fn target() -> Ipv4Addr {
+    *TARGET
+        .get_or_init(|| async {
+            let ip = target_ip(1);
+            canary_target(ip).await;
+            ip
+        })
+        .await
+}
+
+/// Pod mode: a cluster, the operator, and a git daemon serving one repository.
+struct Env {
+    cluster: devcluster::DevCluster,
+    _operator: Daemon,
+    git: GitServer,
+}
+
+static ENV: OnceCell<Env> = OnceCell::const_new();
+
+async fn env() -> &'static Env {
+    ENV.get_or_init(|| async {
+        let ip = target().await;
+        let git = GitServer::start(
+            "git-canary.yaml",
+            &canary_template("nuclei-operator-git-canary", "medium", "git-e2e"),
+        );
+        let cluster = cluster(&[("canary.test", ip), ("many.test", ip)]).await;
+        cluster.add_image(ImageMapping {
+            image: GIT_IMAGE.split(':').next().unwrap().into(),
+            entrypoint: vec!["git".into()],
+            ..ImageMapping::default()
+        });
+        let operator = start_operator(
+            &cluster,
+            &[
+                ("MAX_CONCURRENT_SCANS", "4"),
+                ("JOB_RATE_LIMIT", "0"),
+                ("DEFAULT_TEMPLATES", ""),
+                ("GIT_IMAGE", GIT_IMAGE),
+            ],
+            None,
+        )
+        .await;
+        Env {
+            cluster,
+            _operator: operator,
+            git,
+        }
+    })
+    .await
+}
+
+/// Sync mode: its own cluster (two operators must not share one) and an
+/// operator that scans in-process.
+struct SyncEnv {
+    cluster: devcluster::DevCluster,
+    _operator: Daemon,
+}
+
+static SYNC_ENV: OnceCell<SyncEnv> = OnceCell::const_new();
+
+async fn sync_env() -> &'static SyncEnv {
+    SYNC_ENV
+        .get_or_init(|| async {
+            let ip = target().await;
+            let cluster = cluster(&[("canary.test", ip)]).await;
+            let tools = Tools::locate().unwrap();
+            let nuclei = tools.require(&tools.nuclei).unwrap().to_owned();
+            let templates = support::repo().join("testdata/templates");
+            let operator = start_operator(
+                &cluster,
+                &[
+                    ("SCANNER_MODE", "sync"),
+                    ("NUCLEI_BINARY", nuclei.to_str().unwrap()),
+                    ("NUCLEI_TEMPLATES_PATH", templates.to_str().unwrap()),
+                    ("DEFAULT_TEMPLATES", ""),
+                ],
+                Some(&[("canary.test", ip)]),
+            )
+            .await;
+            SyncEnv {
+                cluster,
+                _operator: operator,
+            }
+        })
+        .await
+}
+
+/// A long-lived helper process (git daemon, the sync-mode operator), killed
+/// when this test binary exits: it is started with a parent-death signal from
+/// a thread that lives as long as the process (a test's own thread ends with
+/// the test, and the signal follows the thread).
+struct Daemon {
+    pid: u32,
+}
+
+impl Daemon {
+    fn spawn(mut cmd: std::process::Command) -> Daemon {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || match cmd.spawn() {
+            Ok(mut child) => {
+                tx.send(Ok(child.id())).unwrap();
+                let _ = child.wait();
+            }
+            Err(e) => tx.send(Err(e)).unwrap(),
+        });
+        let pid = rx
+            .recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("spawning a helper process: {e}"));
+        Daemon { pid }
+    }
+}
+
+/// A command run under `setpriv --pdeathsig KILL`.
+fn guarded(program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--", program])
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare git repository holding one template, served read-only over
+/// `git://127.0.0.1:<port>/templates.git`.
+struct GitServer {
+    _dir: tempfile::TempDir,
+    _daemon: Daemon,
+    url: String,
+}
+
+impl GitServer {
+    fn start(file: &str, template: &str) -> GitServer {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::write(work.join(file), template).unwrap();
+        let git = |cwd: &Path, args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .current_dir(cwd)
+                .args([
+                    "-c",
+                    "user.name=e2e",
+                    "-c",
+                    "user.email=e2e@example.invalid",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-q", "-m", "e2e templates"]);
+        git(
+            dir.path(),
+            &["clone", "-q", "--bare", "work", "templates.git"],
+        );
+
+        let port = free_port();
+        // git-daemon itself, not `git daemon`: that runs it as a child, which
+        // would outlive the parent-death signal.
+        let exec_path = std::process::Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .unwrap();
+        let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+        let daemon_bin = Path::new(exec_path.trim()).join("git-daemon");
+        let mut cmd = guarded(daemon_bin.to_str().unwrap());
+        cmd.arg("--reuseaddr")
+            .arg("--export-all")
+            .arg("--informative-errors")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", dir.path().display()))
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let daemon = Daemon::spawn(cmd);
+        let url = format!("git://127.0.0.1:{port}/templates.git");
+        // Ready once it serves the repository.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = std::process::Command::new("git")
+                .args(["ls-remote", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "git daemon never served {url}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        GitServer {
+            _dir: dir,
+            _daemon: daemon,
+            url,
+        }
+    }
+}
+
+/// Starts the operator (as `support::Operator::start` does, with `env` on
+/// top) and waits for `/readyz`. With `hosts`, it runs in a private mount
+/// namespace whose `/etc/hosts` resolves them: in sync mode nuclei runs on the
+/// host, where the test names do not resolve otherwise. Unlike
+/// `Operator::start`, the process dies with this test binary.
+async fn start_operator(
+    cluster: &devcluster::DevCluster,
+    env: &[(&str, &str)],
+    hosts: Option<&[(&str, Ipv4Addr)]>,
+) -> Daemon {
+    let port = free_port();
+    let dir = cluster.dir().join(format!("operator-{port}"));
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = match hosts {
+        None => guarded(support::operator_binary().to_str().unwrap()),
+        Some(hosts) => {
+            let hosts_file = dir.join("hosts");
+            let mut text = String::from("127.0.0.1 localhost\n");
+            for (name, ip) in hosts {
+                text.push_str(&format!("{ip} {name}\n"));
+            }
+            std::fs::write(&hosts_file, text).unwrap();
+            let mut cmd = guarded("unshare");
+            cmd.args(["-m", "--propagation", "private", "--", "sh", "-c"])
+                .arg(r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#)
+                .arg("sh")
+                .arg(&hosts_file)
+                .arg(support::operator_binary());
+            cmd
+        }
+    };
+    let log = dir.join("operator.log");
+    let out = std::fs::File::create(&log).unwrap();
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SCANNER_IMAGE", support::IMAGE)
+        .env("LEADER_ELECTION", "false")
+        .env("TARGET_CHECK_TIMEOUT", "0")
+        .env("RUST_LOG", "info,kube_runtime=warn")
+        .env("JOB_TTL_AFTER_FINISHED", "600")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let daemon = Daemon::spawn(cmd);
+    let ready = async {
+        while http_get(port, "/readyz").await.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .is_err()
+    {
+        panic!(
+            "operator (pid {}) not ready in 30s; log:\n{}",
+            daemon.pid,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    daemon
+}
+
+/// GET `path` from 127.0.0.1:`port`; `Some(body)` on 200.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+// ---- fixtures -----------------------------------------------------------------
+
+/// A template matching the canary page, extracting its token.
+fn canary_template(id: &str, severity: &str, tags: &str) -> String {
+    format!(
+        r#"id: {id}
+
+info:
+  name: {id} (e2e)
+  author: nuclei-operator
+  severity: {severity}
+  description: Matches the canary page of the end-to-end target.
+  tags: {tags}
+
+http:
+  - method: GET
+    path:
+      - "{{{{BaseURL}}}}/canary"
+    matchers:
+      - type: word
+        name: canary-page
+        words:
+          - "CANARY-OK"
+    extractors:
+      - type: regex
+        group: 1
+        regex:
+          - "token=([a-z0-9]+)"
+"#
+    )
+}
+
+/// A template requesting `count` distinct paths, each of which the target
+/// answers with its default page: one finding per path.
+fn many_template(id: &str, severity: &str, prefix: &str, count: usize) -> String {
+    let payloads: String = (0..count)
+        .map(|i| format!("          - \"{prefix}-{i:05}\"\n"))
+        .collect();
+    format!(
+        r#"id: {id}
+
+info:
+  name: {id} (e2e, one finding per requested path)
+  author: nuclei-operator
+  severity: {severity}
+  description: Requests many distinct paths of the end-to-end target; every one answers with its default page, so every request is a finding. Used to check that a scan with thousands of findings keeps the NucleiScan status under its byte budget while the summary keeps the true totals.
+  reference:
+    - https://example.invalid/nuclei-operator/many-findings
+  tags: many-e2e
+
+http:
+  - method: GET
+    path:
+      - "{{{{BaseURL}}}}/many/{{{{n}}}}"
+    payloads:
+      n:
+{payloads}    matchers:
+      - type: word
+        name: default-page
+        words:
+          - "hello"
+"#
+    )
+}
+
+async fn config_map(client: &kube::Client, ns: &str, name: &str, data: &[(&str, String)]) {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "data": data.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+}
+
+/// A NucleiScan made by hand (as a user would) with the given spec fields
+/// on top of a source reference and one target.
+async fn create_scan(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    target: &str,
+    spec: serde_json::Value,
+) {
+    let mut body = json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiScan",
+        "metadata": {"name": name},
+        "spec": {
+            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                          "name": name, "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
+            "targets": [target],
+        },
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        body["spec"][k] = v.clone();
+    }
+    let scan: NucleiScan = serde_json::from_value(body).unwrap();
+    Api::<NucleiScan>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &scan)
+        .await
+        .unwrap();
+}
+
+async fn completed(api: &Api<NucleiScan>, name: &str, timeout: Duration) -> NucleiScan {
+    eventually(timeout, &format!("{name} Completed"), || async {
+        let s = api.get_opt(name).await.ok()??;
+        let phase = s.status.as_ref()?.phase?;
+        assert_ne!(
+            phase,
+            ScanPhase::Failed,
+            "{name} failed: {:?}",
+            s.status.as_ref().unwrap().last_error
+        );
+        (phase == ScanPhase::Completed).then_some(s)
+    })
+    .await
+}
+
+async fn jobs_of(client: &kube::Client, ns: &str) -> Vec<Job> {
+    Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+// ---- tests --------------------------------------------------------------------
+
+#[tokio::test]
+async fn templates_from_a_configmap_run_on_top_of_the_selected_templates() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "tpl-configmap").await;
+    config_map(
+        &client,
+        &ns,
+        "team-templates",
+        &[(
+            "configmap-canary.yaml",
+            canary_template(
+                "nuclei-operator-configmap-canary",
+                "medium",
+                "configmap-e2e",
+            ),
+        )],
+    )
+    .await;
+    create_scan(
+        &client,
+        &ns,
+        "cm",
+        "http://canary.test",
+        json!({
+            "templates": ["canary.yaml"],
+            "scannerConfig": {"templateConfigMaps": ["team-templates"]},
+        }),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let st = completed(&scans, "cm", Duration::from_secs(180))
+        .await
+        .status
+        .unwrap();
+    // The selected built-in template and the ConfigMap's, most severe first;
+    // none of the other built-in templates that match the page.
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["nuclei-operator-canary", "nuclei-operator-configmap-canary"]
+    );
+    let f = &st.findings[1];
+    assert_eq!(f.severity, Some(Severity::Medium));
+    assert_eq!(f.matched_at, "http://canary.test/canary");
+    assert_eq!(f.extracted_results, ["abc123"]);
+    assert_eq!(f.matcher_name, "canary-page");
+    assert_eq!(st.summary.unwrap().total_findings, 2);
+
+    let jobs = jobs_of(&client, &ns).await;
+    assert_eq!(jobs.len(), 1);
+    let pod = jobs[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let cms: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.config_map.as_ref().map(|c| c.name.as_str()))
+        .collect();
+    assert_eq!(cms, ["team-templates"]);
+}
+
+#[tokio::test]
+async fn templates_from_a_git_repository_are_cloned_by_the_init_container() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "tpl-git").await;
+    create_scan(
+        &client,
+        &ns,
+        "git",
+        "http://canary.test",
+        json!({
+            "tags": ["git-e2e"],
+            "scannerConfig": {"templateURLs": [e.git.url]},
+        }),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let st = completed(&scans, "git", Duration::from_secs(180))
+        .await
+        .status
+        .unwrap();
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-git-canary"]);
+    let f = &st.findings[0];
+    assert_eq!(f.severity, Some(Severity::Medium));
+    assert_eq!(f.matched_at, "http://canary.test/canary");
+    assert_eq!(f.extracted_results, ["abc123"]);
+
+    // Cloned by the init container, from the configured git image.
+    let jobs = jobs_of(&client, &ns).await;
+    assert_eq!(jobs.len(), 1);
+    let pod = jobs[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let init = pod
+        .init_containers
+        .as_ref()
+        .expect("a git-clone init container");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].image.as_deref(), Some(GIT_IMAGE));
+    assert!(
+        init[0].args.iter().flatten().any(|a| *a == e.git.url),
+        "{:?}",
+        init[0].args
+    );
+}
+
+#[tokio::test]
+async fn thousands_of_findings_leave_a_status_under_budget_with_true_totals() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "tpl-many").await;
+    config_map(
+        &client,
+        &ns,
+        "many-templates",
+        &[
+            (
+                "many-info.yaml",
+                many_template("nuclei-operator-many-info", "info", "info", MANY),
+            ),
+            (
+                "many-high.yaml",
+                many_template("nuclei-operator-many-high", "high", "high", MANY_HIGH),
+            ),
+        ],
+    )
+    .await;
+    create_scan(
+        &client,
+        &ns,
+        "many",
+        "http://many.test",
+        json!({
+            "tags": ["many-e2e"],
+            "rateLimit": 5000,
+            "scannerConfig": {"templateConfigMaps": ["many-templates"]},
+        }),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let st = completed(&scans, "many", Duration::from_secs(420))
+        .await
+        .status
+        .unwrap();
+    let elapsed = started.elapsed();
+
+    // The whole status as the API server stores it.
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<NucleiScan>(&()));
+    let obj = raw.get("many").await.unwrap();
+    let status_bytes = serde_json::to_vec(&obj.data["status"]).unwrap().len();
+    let object_bytes = serde_json::to_vec(&obj).unwrap().len();
+
+    let summary = st.summary.clone().unwrap();
+    let total = (MANY + MANY_HIGH) as i64;
+    let stored = st.findings.len();
+    eprintln!(
+        "thousands of findings: total {} (info {:?}, high {:?}), stored {stored}, truncated {}, \
+         status {status_bytes} bytes ({:.1} KiB), object {object_bytes} bytes, scan took {:.1}s",
+        summary.total_findings,
+        summary.findings_by_severity.get("info"),
+        summary.findings_by_severity.get("high"),
+        summary.findings_truncated,
+        status_bytes as f64 / 1024.0,
+        elapsed.as_secs_f64(),
+    );
+    assert_eq!(summary.total_findings, total, "the true count");
+    assert_eq!(
+        summary.findings_by_severity.get("info"),
+        Some(&(MANY as i64))
+    );
+    assert_eq!(
+        summary.findings_by_severity.get("high"),
+        Some(&(MANY_HIGH as i64))
+    );
+    assert!(summary.findings_truncated);
+    assert_eq!(summary.stored_findings, Some(stored as i64));
+    assert!(stored < MANY, "stored {stored} of {total}");
+    assert!(
+        status_bytes < 512 * 1024,
+        "status is {status_bytes} bytes, over the 512 KiB budget"
+    );
+    // Most severe first: every high finding is kept, ahead of the info ones.
+    let highs = st
+        .findings
+        .iter()
+        .take_while(|f| f.severity == Some(Severity::High))
+        .count();
+    assert_eq!(highs, MANY_HIGH);
+    assert!(
+        st.findings[MANY_HIGH..]
+            .iter()
+            .all(|f| f.severity == Some(Severity::Info))
+    );
+    // Distinct paths, as nuclei reported them.
+    let paths: std::collections::BTreeSet<&str> =
+        st.findings.iter().map(|f| f.matched_at.as_str()).collect();
+    assert_eq!(paths.len(), stored);
+    assert!(paths.contains("http://many.test/many/high-00000"));
+}
+
+#[tokio::test]
+async fn sync_mode_scans_the_canary_in_process_without_a_job() {
+    let e = sync_env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "sync-canary").await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({
+        format!("{P}tags"): "canary",
+        format!("{P}severity"): "high,critical",
+        format!("{P}exclude-templates"): "excluded.yaml",
+    });
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("canary", "canary.test", ann),
+        )
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let st = completed(&scans, "canary-ingress", Duration::from_secs(180))
+        .await
+        .status
+        .unwrap();
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-canary"]);
+    let f = &st.findings[0];
+    assert_eq!(f.severity, Some(Severity::High));
+    assert_eq!(f.matched_at, "http://canary.test/canary");
+    assert_eq!(f.extracted_results, ["abc123"]);
+    assert_eq!(f.cve_ids, ["CVE-2099-0001"]);
+    assert_eq!(f.matcher_name, "canary-page");
+    let summary = st.summary.unwrap();
+    assert_eq!(summary.total_findings, 1);
+    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
+    assert!(st.job_ref.is_none(), "{:?}", st.job_ref);
+    assert!(
+        jobs_of(&client, &ns).await.is_empty(),
+        "sync mode created a Job"
+    );
+}
+
+#[tokio::test]
+async fn sync_mode_refuses_template_configmaps_with_a_reason() {
+    let e = sync_env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "sync-configmap").await;
+    create_scan(
+        &client,
+        &ns,
+        "cm",
+        "http://canary.test",
+        json!({"scannerConfig": {"templateConfigMaps": ["team-templates"]}}),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let s = eventually(Duration::from_secs(90), "scan Failed", || async {
+        let s = scans.get_opt("cm").await.ok()??;
+        (s.status.as_ref()?.phase? == ScanPhase::Failed).then_some(s)
+    })
+    .await;
+    let err = s.status.unwrap().last_error.unwrap_or_default();
+    assert!(
+        err.contains("templateConfigMaps need SCANNER_MODE=pod"),
+        "{err}"
+    );
+    assert!(jobs_of(&client, &ns).await.is_empty());
+}
