@@ -1,0 +1,741 @@
+//! End-to-end, issue #6: the Helm chart, installed with the real `helm` into a
+//! devcluster, runs the operator as a pod under the chart's ServiceAccount
+//! (authenticated by its projected token, never by admin credentials), that
+//! operator scans an annotated Ingress, and `helm uninstall` takes away every
+//! object of the release.
+//!
+//! Each test starts its own cluster (one at a time: the machine has 2 cores).
+//! The operator pod shares the host network, so the chart's HTTP port is set to
+//! a free port; it resolves `canary.test` through devcluster's private
+//! `/etc/hosts`, so the default target check (`TARGET_CHECK_TIMEOUT=5s`) runs.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use devcluster::{Config, DevCluster, Tools};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::{Discovery, Scope, verbs};
+use kube::{Resource, ResourceExt};
+use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
+use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL, SCANNER_ROLE};
+use serde_json::json;
+use support::{canary_target, eventually, ingress, namespace, operator_image, repo, target_ip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+const P: &str = "nuclei.homelab.mortenolsen.pro/";
+/// Release name; the chart names its objects after it (it contains the chart name).
+const RELEASE: &str = "nuclei-operator";
+/// Name of the chart's objects (Deployment, ServiceAccount, ClusterRole, …).
+const FULLNAME: &str = "nuclei-operator";
+/// The chart's default leader-election Lease name, `<fullname>-leader`.
+const LEASE: &str = "nuclei-operator-leader";
+/// Label every object of the release carries.
+const RELEASE_SELECTOR: &str = "app.kubernetes.io/instance=nuclei-operator";
+const RELEASE_NS: &str = "nuclei-system";
+/// Namespace of the annotated Ingress, its scan and the scanner Job.
+const APP_NS: &str = "web";
+const HOST: &str = "canary.test";
+const CRD: &str = "nucleiscans.nuclei.homelab.mortenolsen.pro";
+/// The scan the Ingress `canary` gets.
+const SCAN: &str = "canary-ingress";
+/// Where the pod's ServiceAccount token is mounted (ServiceAccount admission).
+const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// One devcluster at a time in this binary.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// A cluster (without the CRD: the chart installs it) whose pods resolve
+/// [`HOST`] to a canary target, and the helm that installs into it.
+struct Env {
+    cluster: DevCluster,
+    client: kube::Client,
+    helm: PathBuf,
+    /// The operator's HTTP port (pods share the host network).
+    port: u16,
+    started: Instant,
+}
+
+impl Env {
+    async fn start(n: u8) -> Env {
+        let started = Instant::now();
+        let ip = target_ip(n);
+        canary_target(ip).await;
+        let cluster = DevCluster::start(Config {
+            images: vec![operator_image(&repo().join("testdata/templates"))],
+            hosts: vec![format!("{HOST}={ip}")],
+            ..Default::default()
+        })
+        .await
+        .expect("devcluster starts");
+        let client = cluster.client().await.unwrap();
+        let tools = Tools::locate().unwrap();
+        let helm = tools.require(&tools.helm).unwrap().to_owned();
+        let port = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let env = Env {
+            cluster,
+            client,
+            helm,
+            port,
+            started,
+        };
+        env.step("devcluster up");
+        env
+    }
+
+    fn step(&self, what: &str) {
+        eprintln!(
+            "[e2e_helm] {:>6.1}s  {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Runs helm against the cluster (its own config, cache and data
+    /// directories); panics with helm's output when it fails.
+    async fn helm(&self, args: &[&str]) -> String {
+        let home = self.cluster.dir().join("helm");
+        let out = tokio::process::Command::new(&self.helm)
+            .args(args)
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .await
+            .expect("helm runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "helm {args:?} failed ({}):\n{}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `helm install --wait`, with the values `scripts/demo.sh` uses.
+    async fn install(&self) {
+        let chart = repo().join("deploy/helm/nuclei-operator");
+        let port = self.port.to_string();
+        self.helm(&[
+            "install",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "3m",
+            "--set",
+            "image.repository=nuclei-operator",
+            "--set",
+            "image.tag=e2e",
+            "--set",
+            &format!("http.port={port}"),
+            "--set",
+            &format!("service.port={port}"),
+            "--set-json",
+            "templates.defaults=[]",
+            "--set",
+            "operator.logFormat=text",
+        ])
+        .await;
+        self.step("helm install --wait returned");
+    }
+
+    /// Creates the annotated Ingress in [`APP_NS`] (which must exist) and
+    /// waits for its scan to complete.
+    async fn scan_canary(&self) -> NucleiScan {
+        let ns = APP_NS;
+        let ann = json!({
+            format!("{P}tags"): "canary",
+            format!("{P}severity"): "high",
+            format!("{P}exclude-templates"): "excluded.yaml",
+        });
+        Api::<Ingress>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &ingress("canary", HOST, ann))
+            .await
+            .unwrap();
+        let scans: Api<NucleiScan> = Api::namespaced(self.client.clone(), ns);
+        let scan = eventually(
+            Duration::from_secs(180),
+            "the Ingress's scan Completed",
+            || async {
+                let s = scans.get_opt(SCAN).await.ok()??;
+                let status = s.status.as_ref()?;
+                assert_ne!(
+                    status.phase,
+                    Some(ScanPhase::Failed),
+                    "scan failed: {:?}",
+                    status.last_error
+                );
+                (status.phase == Some(ScanPhase::Completed)).then_some(s)
+            },
+        )
+        .await;
+        self.step("scan Completed");
+        scan
+    }
+
+    /// The one pod of the release's Deployment.
+    async fn operator_pod(&self) -> Pod {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), RELEASE_NS);
+        let list = pods
+            .list(&ListParams::default().labels(RELEASE_SELECTOR))
+            .await
+            .unwrap();
+        assert_eq!(list.items.len(), 1, "one operator pod");
+        list.items.into_iter().next().unwrap()
+    }
+
+    /// GET on the operator's HTTP server; `Some(body)` on 200.
+    async fn get(&self, path: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.split(' ')
+            .nth(1)
+            .is_some_and(|code| code == "200")
+            .then(|| body.to_string())
+    }
+
+    /// Prints the tail of every container log when the test fails.
+    fn dump_logs_on_panic(&self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let pods = self.cluster.dir().join("pods");
+        for ns in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            for pod in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                for f in std::fs::read_dir(pod.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let path = f.path();
+                    if path.extension().is_some_and(|e| e == "log") {
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        let lines: Vec<&str> = text.lines().collect();
+                        let tail = &lines[lines.len().saturating_sub(40)..];
+                        eprintln!("--- {}\n{}", path.display(), tail.join("\n"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.dump_logs_on_panic();
+    }
+}
+
+/// Creates a namespace that enforces the "restricted" Pod Security Standard.
+async fn restricted_namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {
+        "name": name,
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+    }}))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// The scan has exactly the canary finding: the tag, severity and exclusion
+/// filters keep out the other test templates, which match the page too.
+fn assert_only_the_canary_finding(scan: &NucleiScan) {
+    let st = scan.status.as_ref().unwrap();
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-canary"]);
+    let f = &st.findings[0];
+    assert_eq!(f.severity, Some(Severity::High));
+    assert_eq!(f.matched_at, format!("http://{HOST}/canary"));
+    assert_eq!(f.extracted_results, ["abc123"]);
+    let summary = st.summary.as_ref().unwrap();
+    assert_eq!(summary.total_findings, 1);
+    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
+}
+
+/// Every object the API lists (Events aside), as `Kind namespace/name` or
+/// `Kind name`; only those matching `selector` when given.
+async fn inventory(client: &kube::Client, selector: Option<&str>) -> BTreeSet<String> {
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let lp = match selector {
+        Some(s) => ListParams::default().labels(s),
+        None => ListParams::default(),
+    };
+    let mut out = BTreeSet::new();
+    for group in discovery.groups() {
+        for (ar, caps) in group.resources_by_stability() {
+            // Events are a record, not state; component statuses are probes.
+            if !caps.supports_operation(verbs::LIST)
+                || ar.kind == "Event"
+                || ar.kind == "ComponentStatus"
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let list = api
+                .list(&lp)
+                .await
+                .unwrap_or_else(|e| panic!("listing {}: {e}", ar.plural));
+            for o in list {
+                out.insert(match (&caps.scope, o.namespace()) {
+                    (Scope::Namespaced, Some(ns)) => {
+                        format!("{} {ns}/{}", ar.kind, o.name_any())
+                    }
+                    _ => format!("{} {}", ar.kind, o.name_any()),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Polls `f` once a second until it returns `want`; asserts equality (showing
+/// the difference) after `timeout`.
+async fn settles_to<F, Fut>(timeout: Duration, what: &str, want: &BTreeSet<String>, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BTreeSet<String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = f().await;
+        if &got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let extra: Vec<_> = got.difference(want).collect();
+            let missing: Vec<_> = want.difference(&got).collect();
+            panic!("{what} after {timeout:?}: unexpected {extra:#?}, missing {missing:#?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn set(items: &[String]) -> BTreeSet<String> {
+    items.iter().cloned().collect()
+}
+
+/// A client that authenticates only with `token` (verifying the API server
+/// against the CA the pod was given).
+async fn token_client(cluster: &DevCluster, token: &str, ca: &std::path::Path) -> kube::Client {
+    let kc: Kubeconfig = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": format!("https://127.0.0.1:{}", cluster.api_port()),
+            "certificate-authority": ca,
+        }}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
+        "current-context": "c",
+    }))
+    .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn helm_install_runs_the_operator_as_the_charts_service_account_and_it_scans_an_ingress() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(1).await;
+    let client = env.client.clone();
+    // Pod Security Admission rejects any operator or scanner pod that does not
+    // meet the restricted standard (helm keeps an existing namespace).
+    restricted_namespace(&client, RELEASE_NS).await;
+    restricted_namespace(&client, APP_NS).await;
+    env.install().await;
+
+    // The Deployment is available with its one replica.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), RELEASE_NS)
+        .get(FULLNAME)
+        .await
+        .unwrap();
+    let status = deployment.status.unwrap();
+    assert_eq!(status.available_replicas, Some(1));
+    assert_eq!(status.ready_replicas, Some(1));
+    let available =
+        status.conditions.unwrap_or_default().into_iter().any(|c| {
+            c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+        });
+    assert!(available, "Deployment Available");
+
+    // The pod runs as the chart's ServiceAccount, with the token the API
+    // server's ServiceAccount admission projects, and nothing else to log in with.
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), RELEASE_NS)
+        .get(FULLNAME)
+        .await
+        .unwrap();
+    assert_eq!(sa.labels()["app.kubernetes.io/instance"], RELEASE);
+    let pod = env.operator_pod().await;
+    let pod_name = pod.name_any();
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Running")
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some(FULLNAME));
+    let container = &spec.containers[0];
+    let env_names: Vec<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(!env_names.contains(&"KUBECONFIG"), "{env_names:?}");
+    let token_mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == TOKEN_MOUNT)
+        .expect("the ServiceAccount token is mounted");
+    let token_volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == token_mount.name)
+        .unwrap();
+    assert!(
+        token_volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .any(|s| s.service_account_token.is_some()),
+        "a projected, pod-bound ServiceAccount token"
+    );
+    // The token the process kubelet put in that volume is the
+    // ServiceAccount's, bound to this pod, and it is not an admin's.
+    let volume_dir = env
+        .cluster
+        .dir()
+        .join("pods")
+        .join(RELEASE_NS)
+        .join(&pod_name)
+        .join("volumes")
+        .join(&token_mount.name);
+    let token = std::fs::read_to_string(volume_dir.join("token")).unwrap();
+    let review = Api::<TokenReview>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &TokenReview {
+                spec: TokenReviewSpec {
+                    token: token.clone(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let review = review.status.unwrap();
+    assert_eq!(review.authenticated, Some(true), "{:?}", review.error);
+    let user = review.user.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:nuclei-system:nuclei-operator")
+    );
+    assert_eq!(
+        user.extra.unwrap()["authentication.kubernetes.io/pod-name"],
+        vec![pod_name.clone()]
+    );
+    let as_pod = token_client(&env.cluster, &token, &volume_dir.join("ca.crt")).await;
+    Api::<Ingress>::all(as_pod.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("the operator's token may list Ingresses");
+    let secrets = Api::<Secret>::all(as_pod)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&secrets, Err(kube::Error::Api(e)) if e.code == 403),
+        "the operator's token may not read Secrets: {secrets:?}"
+    );
+
+    // That pod is the leader (its identity holds the chart's Lease) and ready.
+    let lease = eventually(Duration::from_secs(30), "the Lease held", || async {
+        let l = Api::<Lease>::namespaced(client.clone(), RELEASE_NS)
+            .get_opt(LEASE)
+            .await
+            .ok()??;
+        l.spec.as_ref()?.holder_identity.as_ref()?;
+        Some(l)
+    })
+    .await;
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some(pod_name.as_str())
+    );
+    eventually(Duration::from_secs(30), "operator /readyz", || {
+        env.get("/readyz")
+    })
+    .await;
+
+    // It scans an annotated Ingress, checking the target first, to exactly
+    // the expected finding.
+    let scan = env.scan_canary().await;
+    assert_only_the_canary_finding(&scan);
+    let job_ref = scan.status.as_ref().unwrap().job_ref.clone().unwrap();
+    let job = Api::<Job>::namespaced(client.clone(), APP_NS)
+        .get(&job_ref.name)
+        .await
+        .unwrap();
+    let job_pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        job_pod.containers[0].image.as_deref(),
+        Some("nuclei-operator:e2e"),
+        "scanner pods run the operator's image"
+    );
+    // The operator checked the target before the Job (the chart keeps
+    // TARGET_CHECK_TIMEOUT on) and it answered at once: no retry, never
+    // WaitingForTargets.
+    let check = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "TARGET_CHECK_TIMEOUT")
+        .and_then(|e| e.value.as_deref());
+    assert_eq!(check, Some("5s"));
+    let st = scan.status.as_ref().unwrap();
+    assert_eq!(st.retry_count.unwrap_or(0), 0, "{:?}", st.conditions);
+    assert!(
+        !st.conditions
+            .iter()
+            .any(|c| c.type_ == "WaitingForTargets" && c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
+}
+
+#[tokio::test]
+async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_keeps() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(2).await;
+    let client = env.client.clone();
+    let before = inventory(&client, None).await;
+    env.install().await;
+    let pod = env.operator_pod().await;
+    let pod_name = pod.name_any();
+    namespace(&client, APP_NS).await;
+    let scan = env.scan_canary().await;
+    let job_ref = scan.status.as_ref().unwrap().job_ref.clone().unwrap();
+    let scanner_pod = job_ref.pod_name.clone().expect("jobRef.podName");
+
+    // Before: the chart's objects, and what the Deployment made of them, carry
+    // the release's labels (so the check below would see them).
+    let replica_set = &pod.owner_references()[0];
+    assert_eq!(replica_set.kind, "ReplicaSet");
+    let release_objects = set(&[
+        format!("Deployment {RELEASE_NS}/{FULLNAME}"),
+        format!("ReplicaSet {RELEASE_NS}/{}", replica_set.name),
+        format!("Pod {RELEASE_NS}/{pod_name}"),
+        format!("ServiceAccount {RELEASE_NS}/{FULLNAME}"),
+        format!("Service {RELEASE_NS}/{FULLNAME}"),
+        format!("ClusterRole {FULLNAME}"),
+        format!("ClusterRoleBinding {FULLNAME}"),
+        format!("Role {RELEASE_NS}/{FULLNAME}-leader-election"),
+        format!("RoleBinding {RELEASE_NS}/{FULLNAME}-leader-election"),
+    ]);
+    assert_eq!(
+        inventory(&client, Some(RELEASE_SELECTOR)).await,
+        release_objects
+    );
+
+    env.helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        RELEASE_NS,
+        "--wait",
+        "--timeout",
+        "2m",
+    ])
+    .await;
+    env.step("helm uninstall --wait returned");
+
+    // Nothing with the release's labels is left anywhere: not the Deployment,
+    // its ReplicaSet and pod (garbage-collected after the Deployment), the
+    // ServiceAccount, the RBAC or the Service.
+    settles_to(
+        Duration::from_secs(90),
+        "objects labelled with the release",
+        &BTreeSet::new(),
+        || inventory(&client, Some(RELEASE_SELECTOR)),
+    )
+    .await;
+    env.step("no object of the release left");
+    assert!(
+        env.get("/readyz").await.is_none(),
+        "the operator's HTTP server is gone"
+    );
+
+    // What is left, exactly, compared with the cluster before the install
+    // (anything else, such as helm's release Secret, is gone):
+    let created =
+        |now: &BTreeSet<String>| -> BTreeSet<String> { now.difference(&before).cloned().collect() };
+    let expected = set(&[
+        // Helm keeps CRDs from crds/ (and the API server serves its group).
+        format!("CustomResourceDefinition {CRD}"),
+        "APIService v1alpha1.nuclei.homelab.mortenolsen.pro".into(),
+        // `--create-namespace` namespaces are not part of the release; the
+        // controller-manager fills every namespace with these two.
+        format!("Namespace {RELEASE_NS}"),
+        format!("ServiceAccount {RELEASE_NS}/default"),
+        format!("ConfigMap {RELEASE_NS}/kube-root-ca.crt"),
+        // The leader-election Lease: the operator (kube-lease-manager) creates
+        // it at run time, not the chart, and nothing owns it.
+        format!("Lease {RELEASE_NS}/{LEASE}"),
+        // User data: the Ingress, its scan (owned by the Ingress), the scan's
+        // Job (owned by the scan, deleted after JOB_TTL_AFTER_FINISHED) and
+        // that Job's pod.
+        format!("Namespace {APP_NS}"),
+        format!("ServiceAccount {APP_NS}/default"),
+        format!("ConfigMap {APP_NS}/kube-root-ca.crt"),
+        format!("Ingress {APP_NS}/canary"),
+        format!("NucleiScan {APP_NS}/{SCAN}"),
+        format!("Job {APP_NS}/{}", job_ref.name),
+        format!("Pod {APP_NS}/{scanner_pod}"),
+        // The scanner's RBAC, which the operator applies in each namespace
+        // with scans; unowned, like the Lease.
+        format!("ServiceAccount {APP_NS}/nuclei-scanner"),
+        format!("Role {APP_NS}/{SCANNER_ROLE}"),
+        format!("RoleBinding {APP_NS}/{SCANNER_ROLE}"),
+    ]);
+    settles_to(
+        Duration::from_secs(30),
+        "objects created since before the install",
+        &expected,
+        || async { created(&inventory(&client, None).await) },
+    )
+    .await;
+    let now = inventory(&client, None).await;
+    let gone: Vec<&String> = before.difference(&now).collect();
+    assert!(
+        gone.is_empty(),
+        "objects deleted that predate the release: {gone:?}"
+    );
+
+    // The leftovers are what the comments above say they are.
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
+        .get(CRD)
+        .await
+        .unwrap();
+    assert!(
+        crd.labels().get("app.kubernetes.io/managed-by").is_none(),
+        "crds/ are installed unlabelled"
+    );
+    let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NS)
+        .get(LEASE)
+        .await
+        .unwrap();
+    assert!(
+        lease.owner_references().is_empty(),
+        "nothing owns the Lease"
+    );
+    assert!(
+        lease.labels().is_empty(),
+        "the chart did not create the Lease"
+    );
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    eprintln!("[e2e_helm] Lease {LEASE} left behind, holder {holder:?}");
+    assert!(
+        holder.is_none() || holder.as_deref() == Some(pod_name.as_str()),
+        "last held by the uninstalled operator pod: {holder:?}"
+    );
+    let scan = Api::<NucleiScan>::namespaced(client.clone(), APP_NS)
+        .get(SCAN)
+        .await
+        .unwrap();
+    assert_only_the_canary_finding(&scan);
+    let owner = &scan.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Ingress", "canary")
+    );
+    let job = Api::<Job>::namespaced(client.clone(), APP_NS)
+        .get(&job_ref.name)
+        .await
+        .unwrap();
+    assert_eq!(
+        job.owner_references()[0].uid,
+        scan.meta().uid.clone().unwrap()
+    );
+    let scanner_sa = Api::<ServiceAccount>::namespaced(client.clone(), APP_NS)
+        .get("nuclei-scanner")
+        .await
+        .unwrap();
+    assert_eq!(scanner_sa.labels()[MANAGED_BY_LABEL], MANAGED_BY);
+    assert!(scanner_sa.owner_references().is_empty());
+    env.step("leftovers checked");
+
+    // Nothing left behind gets in the way of the next install: the new pod
+    // takes the old pod's Lease once it expires, and the kept, completed scan
+    // is picked up (its rescan scheduled), not scanned again.
+    env.install().await;
+    let new_pod = env.operator_pod().await.name_any();
+    assert_ne!(new_pod, pod_name);
+    eventually(
+        Duration::from_secs(60),
+        "the new operator pod holding the Lease",
+        || async {
+            let l = Api::<Lease>::namespaced(client.clone(), RELEASE_NS)
+                .get_opt(LEASE)
+                .await
+                .ok()??;
+            (l.spec?.holder_identity? == new_pod).then_some(())
+        },
+    )
+    .await;
+    env.step("reinstalled operator leads");
+    let item: serde_json::Value = eventually(
+        Duration::from_secs(30),
+        "the kept scan in the new operator's queue",
+        || async { serde_json::from_str(&env.get(&format!("/queue/{APP_NS}/{SCAN}")).await?).ok() },
+    )
+    .await;
+    assert_eq!(item["state"], "scheduled", "{item}");
+    let jobs = Api::<Job>::namespaced(client.clone(), APP_NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(jobs.items.len(), 1, "no second scan");
+    let scan = Api::<NucleiScan>::namespaced(client.clone(), APP_NS)
+        .get(SCAN)
+        .await
+        .unwrap();
+    assert_eq!(
+        scan.status.as_ref().unwrap().phase,
+        Some(ScanPhase::Completed)
+    );
+    env.step("reinstall picked up the kept scan");
+}
