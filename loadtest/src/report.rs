@@ -1,0 +1,493 @@
+//! The results document (JSON) and its Markdown rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::apimetrics::VerbResource;
+use crate::operator::QueueTotals;
+use crate::procfs::Machine;
+use crate::stats::{Duplicates, Summary};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunConfig {
+    pub ingresses: usize,
+    pub namespaces: usize,
+    pub ingresses_per_host: usize,
+    pub create_concurrency: usize,
+    pub max_concurrent: u32,
+    /// JOB_RATE_LIMIT (per minute) of the first operator process.
+    pub job_rate_per_minute: u32,
+    /// JOB_RATE_LIMIT of the restarted operator (0 = unlimited).
+    pub restart_job_rate_per_minute: u32,
+    pub rate_window_secs: u64,
+    pub concurrency_window_secs: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ceiling {
+    pub creates: usize,
+    pub failed: usize,
+    pub secs: f64,
+    pub per_sec: f64,
+    pub latency_ms: Summary,
+    /// Deleting them again (delete-collection per namespace), not part of the ceiling.
+    pub delete_secs: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ingest {
+    pub ingress_creates: usize,
+    pub ingress_failed: usize,
+    pub ingress_create_secs: f64,
+    pub ingress_create_latency_ms: Summary,
+    pub expected_scans: usize,
+    pub scans_seen: usize,
+    pub missing_scans: usize,
+    pub unexpected_scans: usize,
+    /// First Ingress create sent → last expected NucleiScan seen.
+    pub all_scans_secs: Option<f64>,
+    pub all_scans_ratio_to_ceiling: Option<f64>,
+    /// Last Ingress created → last expected NucleiScan seen.
+    pub lag_after_last_ingress_secs: Option<f64>,
+    /// Ingress create returned → NucleiScan seen by the watch, ms.
+    pub latency_ms: Summary,
+    /// latency_ms percentiles divided by the ceiling's per-create percentiles.
+    pub latency_ratio_to_ceiling_create: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DispatchRate {
+    pub configured_per_minute: u32,
+    pub window_secs: f64,
+    pub jobs: usize,
+    /// Least-squares slope of Job index over creation time.
+    pub measured_per_minute: Option<f64>,
+    /// (Jobs − 1) / (last − first creation).
+    pub first_to_last_per_minute: Option<f64>,
+    pub deviation_pct: Option<f64>,
+    pub max_jobs_in_any_60s: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Concurrency {
+    pub max_concurrent: u32,
+    /// Over the whole run (both operator processes).
+    pub max_unfinished_observed: usize,
+    pub observations_above_limit: usize,
+    pub max_unfinished_rate_phase: usize,
+    pub max_unfinished_restart_and_after: usize,
+    /// Concurrency-bound phase (no rate limit): Job finished → next Job created, ms.
+    pub handover_ms: Summary,
+    pub jobs_in_concurrency_window: usize,
+    pub concurrency_window_secs: f64,
+    /// Job created → finished (watch), seconds.
+    pub job_duration_secs: Summary,
+    pub jobs_total: usize,
+    pub jobs_failed: usize,
+    pub jobs_listed_at_end: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OperatorRun {
+    pub label: String,
+    pub ready_secs: f64,
+    pub wall_secs: f64,
+    pub peak_rss_mib: f64,
+    pub rss_mib_at_end: f64,
+    pub cpu_secs: f64,
+    /// Peaks sampled every 100 ms (sockets ≈ API connections; when RSS peaked).
+    pub sampled: crate::operator::Sampled,
+    /// Selected lines of its /metrics at the end.
+    pub metrics: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Restart {
+    pub scans_present: usize,
+    pub unfinished_jobs_at_kill: usize,
+    pub queue_before_kill: Option<QueueTotals>,
+    pub ready_secs: Option<f64>,
+    pub queue_rebuilt_secs: Option<f64>,
+    pub queue_at_rebuild: Option<QueueTotals>,
+    pub first_new_job_secs: Option<f64>,
+    pub duplicates: Duplicates,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub secs: f64,
+    pub machine_busy_pct: f64,
+    /// CPU seconds per process (apiserver, etcd, controller-manager, operator,
+    /// harness incl. the process kubelet).
+    pub cpu_secs: BTreeMap<String, f64>,
+    pub requests_total: u64,
+    pub requests_by_verb: BTreeMap<String, u64>,
+    pub top_requests: Vec<VerbResource>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetRow {
+    pub target: String,
+    pub goal: String,
+    pub measured: String,
+    pub met: Option<bool>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    pub started_at: String,
+    pub machine: Machine,
+    pub load_avg_end: String,
+    pub operator_build: String,
+    pub command: String,
+    pub cluster: String,
+    pub fixture: String,
+    pub workload: String,
+    pub config: RunConfig,
+    pub ceiling: Ceiling,
+    pub ingest: Ingest,
+    pub dispatch_rate: DispatchRate,
+    pub concurrency: Concurrency,
+    pub operator: Vec<OperatorRun>,
+    pub restart: Restart,
+    pub phases: Vec<Phase>,
+    pub targets: Vec<TargetRow>,
+    pub notes: Vec<String>,
+    pub total_secs: f64,
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map(|v| format!("{v:.2} {unit}"))
+        .unwrap_or_else(|| "not reached".into())
+}
+
+fn ms3(s: &Summary) -> String {
+    format!("{:.0} / {:.0} / {:.0} ms", s.p50, s.p95, s.p99)
+}
+
+/// Evaluates the issue's targets (at N = 5,000 they are binding; at other N
+/// they are reported the same way).
+pub fn targets(r: &Results) -> Vec<TargetRow> {
+    let mut t = Vec::new();
+    let ratio = r.ingest.all_scans_ratio_to_ceiling;
+    t.push(TargetRow {
+        target: "All NucleiScans created".into(),
+        goal: "≤ 1.5× ceiling time".into(),
+        measured: match (r.ingest.all_scans_secs, ratio) {
+            (Some(s), Some(x)) => format!("{s:.1} s = {x:.2}× ({:.1} s ceiling)", r.ceiling.secs),
+            _ => format!(
+                "{} of {} scans",
+                r.ingest.scans_seen, r.ingest.expected_scans
+            ),
+        },
+        met: Some(ratio.is_some_and(|x| x <= 1.5)),
+        note: match ratio {
+            Some(x) if x > 1.5 => format!("missed by {:.0}%", (x / 1.5 - 1.0) * 100.0),
+            _ => String::new(),
+        },
+    });
+    t.push(TargetRow {
+        target: "Unfinished scan Jobs vs MaxConcurrent".into(),
+        goal: format!("0 observations above {}", r.concurrency.max_concurrent),
+        measured: format!(
+            "max {}; {} observations above",
+            r.concurrency.max_unfinished_observed, r.concurrency.observations_above_limit
+        ),
+        met: Some(r.concurrency.observations_above_limit == 0),
+        note: String::new(),
+    });
+    let dev = r.dispatch_rate.deviation_pct;
+    t.push(TargetRow {
+        target: "Job rate".into(),
+        goal: format!("within 5% of {}/min", r.dispatch_rate.configured_per_minute),
+        measured: match (r.dispatch_rate.measured_per_minute, dev) {
+            (Some(m), Some(d)) => format!("{m:.1}/min ({d:+.1}%)"),
+            _ => "too few Jobs".into(),
+        },
+        met: Some(dev.is_some_and(|d| d.abs() <= 5.0)),
+        note: String::new(),
+    });
+    let h = &r.concurrency.handover_ms;
+    t.push(TargetRow {
+        target: "Job finished → next Job created".into(),
+        goal: "p99 < 500 ms".into(),
+        measured: format!("p50 {:.0} ms, p99 {:.0} ms (n={})", h.p50, h.p99, h.count),
+        met: Some(h.count > 0 && h.p99 < 500.0),
+        note: if h.p99 >= 500.0 {
+            format!("missed by {:.0} ms", h.p99 - 500.0)
+        } else {
+            String::new()
+        },
+    });
+    let rss = r
+        .operator
+        .iter()
+        .map(|o| o.peak_rss_mib)
+        .fold(0.0, f64::max);
+    t.push(TargetRow {
+        target: "Operator peak RSS".into(),
+        goal: "< 100 MiB".into(),
+        measured: format!("{rss:.1} MiB"),
+        met: Some(rss > 0.0 && rss < 100.0),
+        note: String::new(),
+    });
+    let rs = &r.restart;
+    let worst = match (rs.queue_rebuilt_secs, rs.first_new_job_secs) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    };
+    t.push(TargetRow {
+        target: "Restart: queue rebuilt and dispatching".into(),
+        goal: "≤ 5 s after start-up".into(),
+        measured: format!(
+            "rebuilt {}, first new Job {}",
+            opt(rs.queue_rebuilt_secs, "s"),
+            opt(rs.first_new_job_secs, "s")
+        ),
+        met: Some(worst.is_some_and(|w| w <= 5.0)),
+        note: match worst {
+            Some(w) if w > 5.0 => format!("missed by {:.1} s", w - 5.0),
+            _ => String::new(),
+        },
+    });
+    let d = &rs.duplicates;
+    t.push(TargetRow {
+        target: "No duplicate Jobs".into(),
+        goal: "0".into(),
+        measured: format!(
+            "{} runs with 2+ Jobs, {} scans with overlapping Jobs, {} scans re-run (of {} with Jobs)",
+            d.duplicate_runs.len(),
+            d.overlapping_scans.len(),
+            d.scans_with_several_jobs,
+            d.scans_with_jobs
+        ),
+        met: Some(d.duplicate_runs.is_empty() && d.overlapping_scans.is_empty()),
+        note: String::new(),
+    });
+    t
+}
+
+fn mark(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "✅ met",
+        Some(false) => "❌ missed",
+        None => "—",
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "### N = {} — {} — {} CPUs, {:.1} GiB\n",
+        r.config.ingresses, r.started_at, m.nproc, m.memory_gib
+    );
+    let _ = writeln!(s, "- Command: `{}`", r.command);
+    let _ = writeln!(
+        s,
+        "- Machine: {} × {}, {:.1} GiB RAM, Linux {}; load average {} at start, {} at end \
+         (the machine is shared: other builds and tests may run at the same time)",
+        m.nproc, m.cpu_model, m.memory_gib, m.kernel, m.load_avg_start, r.load_avg_end
+    );
+    let _ = writeln!(s, "- Cluster: {}", r.cluster);
+    let _ = writeln!(s, "- Operator: {}", r.operator_build);
+    let _ = writeln!(s, "- {}", r.fixture);
+    let _ = writeln!(s, "- Workload: {}", r.workload);
+    let c = &r.config;
+    let _ = writeln!(
+        s,
+        "- Operator settings: MAX_CONCURRENT_SCANS={}; JOB_RATE_LIMIT={}/min for the first process \
+         (rate window {} s), {} after the restart (concurrency window {} s, from the end of the restart measurement); TARGET_CHECK_TIMEOUT=0, \
+         LEADER_ELECTION=false. Only the scans dispatched inside these windows run; the rest stay queued.",
+        c.max_concurrent,
+        c.job_rate_per_minute,
+        c.rate_window_secs,
+        if c.restart_job_rate_per_minute == 0 {
+            "unlimited (0)".to_string()
+        } else {
+            format!("{}/min", c.restart_job_rate_per_minute)
+        },
+        c.concurrency_window_secs
+    );
+    let _ = writeln!(s, "- Total run time: {:.0} s\n", r.total_secs);
+
+    let _ = writeln!(s, "| Measure | Result | Target | |\n|---|---|---|---|");
+    let ce = &r.ceiling;
+    let _ = writeln!(
+        s,
+        "| API create ceiling: {} Ingress creates, {} in flight, operator not running | {:.1} s = {:.0}/s; per create p50/p95/p99 {} | — | |",
+        ce.creates,
+        c.create_concurrency,
+        ce.secs,
+        ce.per_sec,
+        ms3(&ce.latency_ms)
+    );
+    let ig = &r.ingest;
+    let _ = writeln!(
+        s,
+        "| The same creates with the operator running | {:.1} s ({} failed); per create {} | — | |",
+        ig.ingress_create_secs,
+        ig.ingress_failed,
+        ms3(&ig.ingress_create_latency_ms)
+    );
+    let t = targets(r);
+    let _ = writeln!(
+        s,
+        "| Every Ingress has its NucleiScan ({} expected, {} seen, {} unexpected) | {} after the first create; last scan {} after the last Ingress | {} | {} |",
+        ig.expected_scans,
+        ig.scans_seen,
+        ig.unexpected_scans,
+        t[0].measured,
+        opt(ig.lag_after_last_ingress_secs, "s"),
+        t[0].goal,
+        mark(t[0].met)
+    );
+    let ratio = |k: &str| {
+        ig.latency_ratio_to_ceiling_create
+            .get(k)
+            .map(|v| format!("{v:.0}×"))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        s,
+        "| Ingress created → NucleiScan created, p50 / p95 / p99 | {} ({} / {} / {} a ceiling create) | — | |",
+        ms3(&ig.latency_ms),
+        ratio("p50"),
+        ratio("p95"),
+        ratio("p99")
+    );
+    let dr = &r.dispatch_rate;
+    let _ = writeln!(
+        s,
+        "| Jobs created per minute, rate-limited phase ({} Jobs over {:.0} s) | {}; busiest 60 s: {} Jobs | {} | {} |",
+        dr.jobs,
+        dr.window_secs,
+        t[2].measured,
+        dr.max_jobs_in_any_60s,
+        t[2].goal,
+        mark(t[2].met)
+    );
+    let cc = &r.concurrency;
+    let _ = writeln!(
+        s,
+        "| Unfinished scan Jobs (Job watch, whole run) | {} (rate phase max {}, restart and after max {}) | {} | {} |",
+        t[1].measured,
+        cc.max_unfinished_rate_phase,
+        cc.max_unfinished_restart_and_after,
+        t[1].goal,
+        mark(t[1].met)
+    );
+    let _ = writeln!(
+        s,
+        "| Job finished → next Job created, concurrency-bound phase ({} Jobs in {:.0} s) | {} | {} | {} |",
+        cc.jobs_in_concurrency_window,
+        cc.concurrency_window_secs,
+        t[3].measured,
+        t[3].goal,
+        mark(t[3].met)
+    );
+    let _ = writeln!(
+        s,
+        "| Scan Job duration (created → finished), p50 / p99 | {:.2} / {:.2} s ({} Jobs, {} failed) | — | |",
+        cc.job_duration_secs.p50, cc.job_duration_secs.p99, cc.jobs_total, cc.jobs_failed
+    );
+    for o in &r.operator {
+        let _ = writeln!(
+            s,
+            "| Operator {}: peak RSS (VmHWM), CPU | {:.1} MiB (highest sample {:.1} s after start); {:.1} CPU s over {:.0} s wall; up to {} open sockets (at {:.1} s) | < 100 MiB | {} |",
+            o.label,
+            o.peak_rss_mib,
+            o.sampled.max_rss_at,
+            o.cpu_secs,
+            o.wall_secs,
+            o.sampled.max_sockets,
+            o.sampled.max_sockets_at,
+            mark(Some(o.peak_rss_mib > 0.0 && o.peak_rss_mib < 100.0))
+        );
+    }
+    let rs = &r.restart;
+    let _ = writeln!(
+        s,
+        "| Restart after kill -9 with {} scans ({} Jobs unfinished): ready / queue rebuilt / first new Job | {} / {} / {} | ≤ 5 s | {} |",
+        rs.scans_present,
+        rs.unfinished_jobs_at_kill,
+        opt(rs.ready_secs, "s"),
+        opt(rs.queue_rebuilt_secs, "s"),
+        opt(rs.first_new_job_secs, "s"),
+        mark(t[5].met)
+    );
+    let _ = writeln!(
+        s,
+        "| Duplicate Jobs (by scan and `{}` label) | {} | 0 | {} |",
+        nuclei_operator::jobs::RUN_LABEL,
+        t[6].measured,
+        mark(t[6].met)
+    );
+
+    let _ = writeln!(
+        s,
+        "\nAPI requests by verb (API server `apiserver_request_total`, every client: operator, scanner pods, \
+         controller-manager, process kubelet, harness) and CPU seconds per phase:\n"
+    );
+    let mut verbs: Vec<String> = r
+        .phases
+        .iter()
+        .flat_map(|p| p.requests_by_verb.keys().cloned())
+        .collect();
+    verbs.sort();
+    verbs.dedup();
+    let _ = write!(s, "| Phase | wall s | machine busy | requests |");
+    for v in &verbs {
+        let _ = write!(s, " {v} |");
+    }
+    let mut procs: Vec<String> = r
+        .phases
+        .iter()
+        .flat_map(|p| p.cpu_secs.keys().cloned())
+        .collect();
+    procs.sort();
+    procs.dedup();
+    for p in &procs {
+        let _ = write!(s, " CPU {p} |");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|{}", "---|".repeat(4 + verbs.len() + procs.len()));
+    for p in &r.phases {
+        let _ = write!(
+            s,
+            "| {} | {:.1} | {:.0}% | {} |",
+            p.name, p.secs, p.machine_busy_pct, p.requests_total
+        );
+        for v in &verbs {
+            let _ = write!(s, " {} |", p.requests_by_verb.get(v).copied().unwrap_or(0));
+        }
+        for pr in &procs {
+            let _ = write!(s, " {:.1} |", p.cpu_secs.get(pr).copied().unwrap_or(0.0));
+        }
+        let _ = writeln!(s);
+    }
+    for p in &r.phases {
+        if p.top_requests.is_empty() {
+            continue;
+        }
+        let rows: Vec<String> = p
+            .top_requests
+            .iter()
+            .map(|v| format!("{} {} {}", v.verb, v.resource, v.count))
+            .collect();
+        let _ = writeln!(s, "\nTop requests, {}: {}", p.name, rows.join(", "));
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(s);
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}
