@@ -125,8 +125,7 @@ async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_jo
             .then_some(())
     })
     .await;
-    operator.child.start_kill().unwrap();
-    operator.child.wait().await.unwrap();
+    operator.kill().await;
     let restarted = Instant::now();
     let operator = Operator::start(&e.cluster, &env_vars).await;
     // The queue is rebuilt from the NucleiScans alone.
@@ -197,12 +196,17 @@ async fn an_every_minute_schedule_produces_a_second_run_and_a_rescan_request_a_t
                 .then_some((job, s))
         }
     };
-    let (first, s) = eventually(Duration::from_secs(90), "first run", || completed_run(None)).await;
-    let next = s
-        .status
-        .unwrap()
-        .next_scheduled_time
-        .expect("nextScheduledTime set");
+    let (first, _) = eventually(Duration::from_secs(90), "first run", || completed_run(None)).await;
+    // The reconciler records the next run right after the completion.
+    let next = eventually(Duration::from_secs(20), "nextScheduledTime", || async {
+        scans
+            .get_opt("cron-ingress")
+            .await
+            .ok()??
+            .status?
+            .next_scheduled_time
+    })
+    .await;
     assert_eq!(
         next.0.as_second() % 60,
         0,
@@ -228,6 +232,31 @@ async fn an_every_minute_schedule_produces_a_second_run_and_a_rescan_request_a_t
     .await;
     assert_eq!(s.status.unwrap().last_rescan_request.as_deref(), Some("1"));
     assert_ne!(third, second);
+    cleanup(&client, &ns, "cron").await;
+}
+
+/// Deletes an Ingress and waits until its scan's Jobs are gone, so a test
+/// leaves no running scan (slots, hosts) to the next one.
+async fn cleanup(client: &kube::Client, ns: &str, name: &str) {
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    ingresses
+        .delete(name, &kube::api::DeleteParams::foreground())
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(60),
+        "the scan's Jobs deleted",
+        || async {
+            jobs.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Whether the operator says it leads (`/queue` → `leader`).
@@ -259,8 +288,7 @@ async fn with_two_replicas_only_the_leader_dispatches_and_a_new_leader_takes_ove
     .await;
     let a_leads = leader_of(&a).await.unwrap();
     let (mut leader, follower) = if a_leads { (a, b) } else { (b, a) };
-    leader.child.start_kill().unwrap();
-    leader.child.wait().await.unwrap();
+    leader.kill().await;
     let killed = Instant::now();
     eventually(
         Duration::from_secs(40),
@@ -301,7 +329,7 @@ async fn a_scanner_pod_that_never_starts_is_reported_on_the_scan() {
     ingresses
         .create(
             &PostParams::default(),
-            &ingress("nostart", "manual.test", ann),
+            &ingress("nostart", "nostart.test", ann),
         )
         .await
         .unwrap();
@@ -324,7 +352,7 @@ async fn a_scanner_pod_that_never_starts_is_reported_on_the_scan() {
         "{}",
         cond.message
     );
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
     eventually(
         Duration::from_secs(20),
         "ScanPodNotStarted event",
@@ -339,4 +367,6 @@ async fn a_scanner_pod_that_never_starts_is_reported_on_the_scan() {
         },
     )
     .await;
+    // Its Job would hold a slot (and its host) until its deadline.
+    cleanup(&client, &ns, "nostart").await;
 }

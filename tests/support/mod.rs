@@ -102,9 +102,11 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
     cluster
 }
 
-/// The operator as a child process (admin kubeconfig), killed on drop.
+/// The operator as a child process (admin kubeconfig). Killed on drop, and by
+/// the kernel when the test binary exits (an operator shared by a binary's
+/// tests sits in a static and is never dropped).
 pub struct Operator {
-    pub child: tokio::process::Child,
+    pub pid: i32,
     pub port: u16,
     pub log: PathBuf,
 }
@@ -118,8 +120,10 @@ impl Operator {
             .port();
         let log = cluster.dir().join(format!("operator-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = tokio::process::Command::new(operator_binary());
-        cmd.env_clear()
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(operator_binary())
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -133,19 +137,37 @@ impl Operator {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let op = Operator { child, port, log };
+            .stderr(out);
+        // The parent-death signal fires when the spawning *thread* ends, so
+        // spawn from a thread that lives exactly as long as the child.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut child = cmd.spawn().expect("operator starts");
+            tx.send(child.id() as i32).unwrap();
+            let _ = child.wait();
+        });
+        let pid = rx.recv().unwrap();
+        let op = Operator { pid, port, log };
         eventually(Duration::from_secs(30), "operator /readyz", || {
             op.get("/readyz")
         })
         .await;
         op
+    }
+
+    /// `kill -9`, and waits until the process is gone.
+    pub async fn kill(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        eventually(Duration::from_secs(10), "operator gone", || async {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok();
+            // Gone, or a zombie about to be reaped by its thread.
+            stat.is_none_or(|s| s.split(' ').nth(2) == Some("Z"))
+                .then_some(())
+        })
+        .await;
     }
 
     /// GET a path of the operator's HTTP server; `Some(body)` on 200.
@@ -244,4 +266,13 @@ pub fn ingress(
         }]}}]}
     }))
     .unwrap()
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
