@@ -13,6 +13,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
 
+use nuclei_operator::api::{NucleiScan, SourceKind};
+
 use crate::workload::{self, Item};
 
 /// Image the scanner Jobs use in load runs on a devcluster; the process
@@ -188,6 +190,9 @@ pub struct CreateRec {
     pub attempts: u32,
     pub ok: bool,
     pub error: Option<String>,
+    /// uid of the created object.
+    #[serde(skip)]
+    pub uid: String,
 }
 
 /// Creates the Ingresses of `items` from a tight client loop with
@@ -216,7 +221,8 @@ pub async fn create_ingresses(
                 loop {
                     rec.attempts += 1;
                     match api.create(&PostParams::default(), &body).await {
-                        Ok(_) => {
+                        Ok(created) => {
+                            rec.uid = created.metadata.uid.unwrap_or_default();
                             rec.ok = true;
                             rec.error = None;
                             break;
@@ -239,4 +245,91 @@ pub async fn create_ingresses(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await
+}
+
+/// The writes the operator must make for one Ingress, done from a tight
+/// client loop: server-side apply of its NucleiScan (the operator's own body
+/// and field manager) and the `Pending` status patch. Owned by the ceiling
+/// Ingress `uids[key]`.
+pub async fn apply_scans(
+    client: &kube::Client,
+    items: &[Item],
+    uids: &std::collections::HashMap<String, String>,
+    concurrency: usize,
+    epoch: Instant,
+) -> Vec<CreateRec> {
+    use nuclei_operator::sources::apply::{FIELD_MANAGER, Source, desired_scan};
+    use nuclei_operator::sources::targets::{ingress_targets, scan_name};
+    futures::stream::iter(items.iter().filter(|i| i.expect_scan))
+        .map(|item| {
+            let client = client.clone();
+            async move {
+                let api: Api<NucleiScan> = Api::namespaced(client, &item.namespace);
+                let mut rec = CreateRec {
+                    key: item.scan_key(),
+                    start: epoch.elapsed().as_secs_f64(),
+                    attempts: 1,
+                    ..Default::default()
+                };
+                let source = Source {
+                    kind: SourceKind::Ingress,
+                    api_version: "networking.k8s.io/v1".into(),
+                    name: item.name.clone(),
+                    namespace: item.namespace.clone(),
+                    uid: uids.get(&item.key()).cloned().unwrap_or_default(),
+                };
+                let name = scan_name(SourceKind::Ingress, &item.name);
+                let targets = ingress_targets(&workload::ingress(item, "ceiling")).targets;
+                let parsed = nuclei_operator::annotations::parse(&item.annotations);
+                let body = desired_scan(&source, &name, targets, &parsed);
+                let status = serde_json::json!({"status": {
+                    "phase": "Pending",
+                    "conditions": [{
+                        "type": "AnnotationsValid", "status": "True", "reason": "Valid",
+                        "message": "all annotations parsed", "observedGeneration": 1,
+                        "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    }],
+                }});
+                let result = async {
+                    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                        .await?;
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await
+                }
+                .await;
+                rec.ok = result.is_ok();
+                rec.error = result.err().map(|e| e.to_string());
+                rec.end = epoch.elapsed().as_secs_f64();
+                rec
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Deletes every NucleiScan in `namespaces` and waits (at most 60 s) until they are gone.
+pub async fn delete_scans(client: &kube::Client, namespaces: &[String]) -> Result<()> {
+    for n in namespaces {
+        let api: Api<NucleiScan> = Api::namespaced(client.clone(), n);
+        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .with_context(|| format!("deleting the ceiling NucleiScans in {n}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in namespaces {
+        let api: Api<NucleiScan> = Api::namespaced(client.clone(), n);
+        while !api
+            .list(&ListParams::default().limit(1))
+            .await?
+            .items
+            .is_empty()
+        {
+            if Instant::now() > deadline {
+                bail!("the ceiling NucleiScans in {n} were not deleted within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
