@@ -733,7 +733,7 @@ async fn main() -> Result<()> {
         max_jobs_in_any_60s: max_in_window(&rate_jobs, 60.0),
     };
     let limit = args.max_concurrent as usize;
-    let (max_all, over_all) = concurrency(&jobs, limit, 0.0, f64::INFINITY);
+    let (max_all, over_at) = stats::concurrency_detail(&jobs, limit, 0.0, f64::INFINITY);
     let (max_rate, _) = concurrency(&jobs, limit, op1_spawn_t, kill_t);
     let (max_after, _) = concurrency(&jobs, limit, spawn_t, f64::INFINITY);
     let finishes: Vec<f64> = jobs
@@ -757,7 +757,8 @@ async fn main() -> Result<()> {
     let concurrency = Concurrency {
         max_concurrent: args.max_concurrent,
         max_unfinished_observed: max_all,
-        observations_above_limit: over_all,
+        observations_above_limit: over_at.len(),
+        above_limit_secs_after_restart: over_at.iter().map(|t| round2(t - spawn_t)).collect(),
         max_unfinished_rate_phase: max_rate,
         max_unfinished_restart_and_after: max_after,
         handover_ms: summarize(&handover),
@@ -858,6 +859,13 @@ async fn main() -> Result<()> {
         targets: Vec::new(),
         notes,
         total_secs: round2(epoch.elapsed().as_secs_f64()),
+        timeline: Timeline {
+            operator_1_spawned: round2(op1_spawn_t),
+            operator_1_killed: round2(kill_t),
+            operator_2_spawned: round2(spawn_t),
+            concurrency_window_start: round2(window_t),
+            jobs: jobs.clone(),
+        },
     };
     results.targets = report::targets(&results);
     let md = report::markdown(&results);

@@ -87,6 +87,9 @@ pub struct Concurrency {
     /// Over the whole run (both operator processes).
     pub max_unfinished_observed: usize,
     pub observations_above_limit: usize,
+    /// When they happened, seconds after the restarted operator was spawned
+    /// (negative: before the restart).
+    pub above_limit_secs_after_restart: Vec<f64>,
     pub max_unfinished_rate_phase: usize,
     pub max_unfinished_restart_and_after: usize,
     /// Concurrency-bound phase (no rate limit): Job finished → next Job created, ms.
@@ -98,6 +101,16 @@ pub struct Concurrency {
     pub jobs_total: usize,
     pub jobs_failed: usize,
     pub jobs_listed_at_end: usize,
+}
+
+/// Every scanner Job the watch saw (times in seconds since the run's epoch).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timeline {
+    pub operator_1_spawned: f64,
+    pub operator_1_killed: f64,
+    pub operator_2_spawned: f64,
+    pub concurrency_window_start: f64,
+    pub jobs: Vec<crate::stats::JobObs>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -169,6 +182,7 @@ pub struct Results {
     pub targets: Vec<TargetRow>,
     pub notes: Vec<String>,
     pub total_secs: f64,
+    pub timeline: Timeline,
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -405,8 +419,18 @@ pub fn markdown(r: &Results) -> String {
     let cc = &r.concurrency;
     let _ = writeln!(
         s,
-        "| Unfinished scan Jobs (Job watch, whole run) | {} (rate phase max {}, restart and after max {}) | {} | {} |",
+        "| Unfinished scan Jobs (Job watch, whole run) | {}{} (rate phase max {}, restart and after max {}) | {} | {} |",
         t[1].measured,
+        if cc.above_limit_secs_after_restart.is_empty() {
+            String::new()
+        } else {
+            let at: Vec<String> = cc
+                .above_limit_secs_after_restart
+                .iter()
+                .map(|t| format!("{t:+.2} s"))
+                .collect();
+            format!(" at {} from the restart", at.join(", "))
+        },
         cc.max_unfinished_rate_phase,
         cc.max_unfinished_restart_and_after,
         t[1].goal,

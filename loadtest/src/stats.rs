@@ -189,6 +189,13 @@ pub fn duplicates(jobs: &[JobObs]) -> Duplicates {
 /// events after which more than `limit` were unfinished), considering only
 /// events in `[from, to]` but counting Jobs that were live before `from`.
 pub fn concurrency(jobs: &[JobObs], limit: usize, from: f64, to: f64) -> (usize, usize) {
+    let (max, over) = concurrency_detail(jobs, limit, from, to);
+    (max, over.len())
+}
+
+/// Like [`concurrency`], with the times of the Job creations that took the
+/// count above `limit`.
+pub fn concurrency_detail(jobs: &[JobObs], limit: usize, from: f64, to: f64) -> (usize, Vec<f64>) {
     // (time, +1/-1); at equal times a finish goes before a start.
     let mut events: Vec<(f64, i64)> = Vec::new();
     for j in jobs {
@@ -198,7 +205,7 @@ pub fn concurrency(jobs: &[JobObs], limit: usize, from: f64, to: f64) -> (usize,
         }
     }
     events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut live, mut max, mut over) = (0i64, 0usize, 0usize);
+    let (mut live, mut max, mut over) = (0i64, 0usize, Vec::new());
     for (t, d) in events {
         live += d;
         if t < from || t > to {
@@ -207,7 +214,7 @@ pub fn concurrency(jobs: &[JobObs], limit: usize, from: f64, to: f64) -> (usize,
         let n = live.max(0) as usize;
         max = max.max(n);
         if d > 0 && n > limit {
-            over += 1;
+            over.push(t);
         }
     }
     (max, over)
