@@ -140,10 +140,12 @@ pub async fn run(settings: Settings) -> Result<()> {
             instance: Some(identity.clone()),
         },
     );
-    let scan_controller = reconcile::controller(client.clone());
+    let concurrency = settings.reconcile_concurrency;
+    let (scan_controller, job_store) = reconcile::controller(client.clone(), concurrency);
+    let scans = scan_controller.store();
     let source_ctx = Arc::new(SourceCtx {
         client: client.clone(),
-        scans: scan_controller.store(),
+        scans: scans.clone(),
         recorder: recorder.clone(),
         writes: AtomicU64::new(0),
     });
@@ -153,6 +155,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         handle.clone(),
         metrics.clone(),
         recorder,
+        job_store,
     ));
     let stop = || {
         let s = shutdown.clone();
@@ -160,23 +163,41 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reconcile::run(scan_controller, scan_ctx.clone(), stop()));
-    tasks.spawn(sources::run::<Ingress>(source_ctx.clone(), stop()));
-    tasks.spawn(watch_istio(source_ctx.clone(), shutdown.clone()));
+    tasks.spawn(sources::run::<Ingress>(
+        source_ctx.clone(),
+        concurrency,
+        stop(),
+    ));
+    tasks.spawn(watch_istio(
+        source_ctx.clone(),
+        concurrency,
+        shutdown.clone(),
+    ));
     {
-        let stop = stop();
-        match settings.scanner_mode {
-            ScannerMode::Pod => {
-                let launcher = JobLauncher {
-                    ctx: scan_ctx.clone(),
-                    rbac: RbacCache::default(),
-                };
-                tasks.spawn(async move { dispatcher.run(launcher, stop).await });
+        let (ctx, shutdown) = (scan_ctx.clone(), shutdown.clone());
+        let mode = settings.scanner_mode;
+        tasks.spawn(async move {
+            // Jobs still running from an earlier process hold their slots
+            // before anything new is admitted.
+            tokio::select! {
+                n = reconcile::adopt_live_jobs(&ctx, &scans) => info!(adopted = n, "scan caches ready: dispatching"),
+                _ = shutdown.cancelled() => return,
             }
-            ScannerMode::Sync => {
-                let launcher = crate::scanner::sync::SyncLauncher::new(scan_ctx.clone());
-                tasks.spawn(async move { dispatcher.run(launcher, stop).await });
+            let stop = shutdown.cancelled_owned();
+            match mode {
+                ScannerMode::Pod => {
+                    let launcher = JobLauncher {
+                        ctx,
+                        rbac: RbacCache::default(),
+                    };
+                    dispatcher.run(launcher, stop).await
+                }
+                ScannerMode::Sync => {
+                    let launcher = crate::scanner::sync::SyncLauncher::new(ctx);
+                    dispatcher.run(launcher, stop).await
+                }
             }
-        }
+        });
     }
     ready.store(true, Ordering::Relaxed);
     while let Some(r) = tasks.join_next().await {
@@ -197,7 +218,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 /// Runs the VirtualService controller while Istio's CRD is installed: the
 /// operator works without Istio, and picks VirtualServices up, without a
 /// restart, when the CRD appears.
-async fn watch_istio(ctx: Arc<SourceCtx>, shutdown: CancellationToken) {
+async fn watch_istio(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: CancellationToken) {
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("metadata.name={ISTIO_CRD}"));
     let stream = watcher(crds, cfg);
@@ -234,9 +255,11 @@ async fn watch_istio(ctx: Arc<SourceCtx>, shutdown: CancellationToken) {
                 info!("Istio VirtualService API found: watching VirtualServices");
                 let token = shutdown.child_token();
                 let t = token.clone();
-                tokio::spawn(sources::run::<VirtualService>(ctx.clone(), async move {
-                    t.cancelled_owned().await
-                }));
+                tokio::spawn(sources::run::<VirtualService>(
+                    ctx.clone(),
+                    concurrency,
+                    async move { t.cancelled_owned().await },
+                ));
                 running = Some(token);
             }
             (false, true) => {

@@ -3,6 +3,7 @@
 
 pub mod annotations;
 pub mod api;
+pub mod cache;
 pub mod controller;
 pub mod duration;
 pub mod error;

@@ -115,6 +115,12 @@ pub struct Settings {
     #[arg(long, env = "JOB_RATE_LIMIT", value_name = "JOB_RATE_LIMIT", default_value = "60", value_parser = parse_job_rate_limit)]
     pub job_rate_limit: u32,
 
+    /// Most reconciles running at once in each controller (sources, scans),
+    /// 1 to 1000: bounds the operator's API connections and memory when
+    /// thousands of objects change at once, as at start-up.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", value_name = "RECONCILE_CONCURRENCY", default_value = "32", value_parser = parse_reconcile_concurrency)]
+    pub reconcile_concurrency: u16,
+
     /// Retries of a failed scan (0 to 100) before it stays Failed until its
     /// spec changes or a rescan is requested.
     #[arg(long, env = "MAX_RETRIES", value_name = "MAX_RETRIES", default_value = "5", value_parser = parse_max_retries)]
@@ -367,6 +373,10 @@ where
 }
 
 fn parse_max_concurrent_scans(s: &str) -> Result<u32, String> {
+    parse_int_in(s, 1..=1000)
+}
+
+fn parse_reconcile_concurrency(s: &str) -> Result<u16, String> {
     parse_int_in(s, 1..=1000)
 }
 
@@ -775,13 +785,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 25);
+        assert_eq!(count, 26);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 25);
+        assert_eq!(table.len(), 26);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

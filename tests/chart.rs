@@ -433,6 +433,12 @@ fn cases() -> Vec<Case> {
             expect: |r| env_is(r, "MAX_RETRIES", "9"),
         },
         Case {
+            value: "operator.reconcileConcurrency",
+            context: NO_CONTEXT,
+            set: &["--set", "operator.reconcileConcurrency=12"],
+            expect: |r| env_is(r, "RECONCILE_CONCURRENCY", "12"),
+        },
+        Case {
             value: "operator.jobRateLimit",
             context: NO_CONTEXT,
             set: &["--set", "operator.jobRateLimit=0"],

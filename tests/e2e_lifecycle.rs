@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase};
@@ -167,6 +168,33 @@ async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_jo
     assert_eq!(by_scan.len(), 4, "{by_scan:?}");
     for (scan, js) in &by_scan {
         assert_eq!(js.len(), 1, "{scan} has several Jobs: {js:?}");
+    }
+    // With MAX_CONCURRENT_SCANS=1 the Jobs ran one after another, across the
+    // restart too: the new process held the old Job's slot before admitting.
+    let mut runs: Vec<(String, Time, Time)> =
+        eventually(Duration::from_secs(30), "every Job complete", || async {
+            jobs.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .map(|j| {
+                    let done = j.status.as_ref()?.completion_time.clone()?;
+                    Some((j.name_any(), j.metadata.creation_timestamp?, done))
+                })
+                .collect()
+        })
+        .await;
+    runs.sort_by(|a, b| a.1.cmp(&b.1));
+    for w in runs.windows(2) {
+        assert!(
+            w[1].1 >= w[0].2,
+            "{} was created at {:?}, before {} finished at {:?}",
+            w[1].0,
+            w[1].1,
+            w[0].0,
+            w[0].2
+        );
     }
     drop(operator);
 }

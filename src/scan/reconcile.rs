@@ -12,8 +12,10 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -25,6 +27,7 @@ use super::status::{
 };
 use crate::annotations;
 use crate::api::{NucleiScan, ScanPhase};
+use crate::cache;
 use crate::error::{Error, Result};
 use crate::jobs::{self, JobOutcome};
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, SeverityLabel};
@@ -38,6 +41,9 @@ pub struct ScanCtx {
     pub dispatch: DispatcherHandle<String>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// The operator's scan Jobs (without their pod template), filled by the
+    /// scan controller's watch.
+    pub jobs: Store<Job>,
     /// Finished runs already reported (events, metrics): scan key → run marker.
     reported: Mutex<HashMap<String, String>>,
 }
@@ -50,6 +56,7 @@ impl ScanCtx {
         dispatch: DispatcherHandle<String>,
         metrics: Arc<Metrics>,
         recorder: Recorder,
+        jobs: Store<Job>,
     ) -> Self {
         ScanCtx {
             client,
@@ -57,6 +64,7 @@ impl ScanCtx {
             dispatch,
             metrics,
             recorder,
+            jobs,
             reported: Mutex::new(HashMap::new()),
         }
     }
@@ -107,17 +115,71 @@ pub fn target_hosts(scan: &NucleiScan) -> Vec<String> {
     hosts
 }
 
-/// Runs the NucleiScan controller until `shutdown` resolves. Its store is
-/// shared with the source reconcilers.
-pub fn controller(client: kube::Client) -> Controller<NucleiScan> {
-    let scans: Api<NucleiScan> = Api::all(client.clone());
-    let jobs: Api<Job> = Api::all(client);
-    Controller::new(scans, watcher::Config::default().any_semantic()).owns(
-        jobs,
+/// The NucleiScan controller (at most `concurrency` reconciles at once) and
+/// the cache of the operator's Jobs its watch fills. Its scan store, shared
+/// with the source reconcilers, holds scans without `status.findings`
+/// (up to 512 KiB each; no reconciler reads them).
+pub fn controller(client: kube::Client, concurrency: u16) -> (Controller<NucleiScan>, Store<Job>) {
+    let (scans, scan_events) = cache::reflect(
+        Api::<NucleiScan>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        |scan| {
+            if let Some(status) = scan.status.as_mut() {
+                status.findings = Vec::new();
+            }
+        },
+    );
+    let (jobs, job_events) = cache::reflect(
+        Api::<Job>::all(client),
         watcher::Config::default()
-            .labels("app.kubernetes.io/managed-by=nuclei-operator")
+            .labels(&format!("{}={}", jobs::MANAGED_BY_LABEL, jobs::MANAGED_BY))
             .any_semantic(),
-    )
+        |job| job.spec = None,
+    );
+    let controller = Controller::for_stream(scan_events.applied_objects(), scans)
+        .owns_stream(job_events.touched_objects())
+        .with_config(ControllerConfig::default().concurrency(concurrency));
+    (controller, jobs)
+}
+
+/// Gives the dispatcher a slot for every unfinished scan Job left by an
+/// earlier operator process, before it admits anything: otherwise a new
+/// process would start up to MaxConcurrent Jobs next to the old ones before
+/// the reconciler reaches their scans. Waits for both caches; returns how
+/// many were adopted.
+pub async fn adopt_live_jobs(ctx: &ScanCtx, scans: &Store<NucleiScan>) -> usize {
+    if !(cache::ready(scans).await && cache::ready(&ctx.jobs).await) {
+        return 0;
+    }
+    let mut adopted = 0;
+    for job in ctx.jobs.state() {
+        if jobs::job_finished(&job).is_some() {
+            continue;
+        }
+        let Some(key) = job.annotations().get(jobs::SCAN_KEY_ANNOTATION) else {
+            continue;
+        };
+        let Some((namespace, name)) = key.split_once('/') else {
+            continue;
+        };
+        // A Job whose scan is gone is the garbage collector's: no slot.
+        let Some(scan) = scans.get(&ObjectRef::new(name).within(namespace)) else {
+            continue;
+        };
+        let run = job
+            .labels()
+            .get(jobs::RUN_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        if ctx
+            .dispatch
+            .adopt_running(key.clone(), target_hosts(&scan), run)
+        {
+            info!(scan = %key, job = job.name_any(), "adopted a running scan Job");
+            adopted += 1;
+        }
+    }
+    adopted
 }
 
 /// Drives `controller` with the scan reconciler.
@@ -156,13 +218,23 @@ fn error_policy(scan: Arc<NucleiScan>, err: &Error, ctx: Arc<ScanCtx>) -> Action
 /// dispatcher payload of the run), so only that run's slot is ever freed.
 enum JobState {
     Missing,
-    Active(Box<Job>),
+    Active(Arc<Job>),
     Finished { outcome: JobOutcome, run: String },
 }
 
+/// From the Job cache; a Job it has not seen (just created, or its watch
+/// lags) is read from the API server, so a new Job is never taken for a lost
+/// one. A cached Job that has finished since is reconciled again when the
+/// watch delivers the change.
 async fn job_state(ctx: &ScanCtx, namespace: &str, name: &str) -> Result<JobState> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(match api.get_opt(name).await? {
+    let job = match ctx.jobs.get(&ObjectRef::new(name).within(namespace)) {
+        Some(job) => Some(job),
+        None => Api::<Job>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(Arc::new),
+    };
+    Ok(match job {
         None => JobState::Missing,
         Some(job) => match jobs::job_finished(&job) {
             Some(outcome) => JobState::Finished {
@@ -173,7 +245,7 @@ async fn job_state(ctx: &ScanCtx, namespace: &str, name: &str) -> Result<JobStat
                     .cloned()
                     .unwrap_or_default(),
             },
-            None => JobState::Active(Box::new(job)),
+            None => JobState::Active(job),
         },
     })
 }

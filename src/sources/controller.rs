@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -21,7 +22,10 @@ use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_erro
 use super::targets::{Derived, ingress_targets, scan_name, virtual_service_targets};
 use crate::annotations;
 use crate::api::{NucleiScan, SourceKind, VirtualService};
+use crate::cache;
 use crate::error::{Error, Result, is_not_found};
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Shared by the source reconcilers.
 pub struct SourceCtx {
@@ -61,15 +65,34 @@ impl SourceObject for VirtualService {
     }
 }
 
-/// Runs the source controller for `K` until `shutdown` resolves.
+/// Runs the source controller for `K` until `shutdown` resolves, with at
+/// most `concurrency` reconciles at once.
 pub async fn run<K: SourceObject>(
     ctx: Arc<SourceCtx>,
+    concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let sources: Api<K> = Api::all(ctx.client.clone());
+    // Until the scan store has listed every scan, the applied-hash check
+    // skips nothing: every source would be applied again at each start.
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        ready = cache::ready(&ctx.scans) => if !ready { return },
+        _ = &mut shutdown => return,
+    }
+    let (sources, events) = cache::reflect(
+        Api::<K>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+        |o: &mut K| {
+            // A second copy of the object, kept by `kubectl apply`.
+            if let Some(a) = o.meta_mut().annotations.as_mut() {
+                a.remove(LAST_APPLIED);
+            }
+        },
+    );
     let scans: Api<NucleiScan> = Api::all(ctx.client.clone());
-    Controller::new(sources, watcher::Config::default().any_semantic())
+    Controller::for_stream(events.applied_objects(), sources)
         .owns(scans, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|r| async move {
