@@ -321,7 +321,9 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
             .to_string_lossy()
             .into_owned(),
         git_image: settings.git_image.clone(),
-        resources: config.resources,
+        resources: config
+            .resources
+            .or_else(|| settings.scanner_resources.clone()),
         node_selector: config.node_selector,
         tolerations: config.tolerations,
         template_urls,
@@ -1169,9 +1171,20 @@ mod tests {
                 tolerations: vec![toleration.clone()],
             },
         );
-        let p = effective_params(&s, &Settings::default()).unwrap();
+        let defaults = Settings {
+            scanner_resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([("cpu".into(), Quantity("100m".into()))])),
+                ..ResourceRequirements::default()
+            }),
+            ..Settings::default()
+        };
+        // The operator-wide default applies to a scan without its own.
+        let plain = effective_params(&scan(), &defaults).unwrap();
+        assert_eq!(plain.resources, defaults.scanner_resources);
+        let p = effective_params(&s, &defaults).unwrap();
         assert_eq!(p.image, "registry.local/nuclei-operator:v2");
         assert_eq!(p.timeout, Duration::from_secs(5400));
+        // A scan's own resources replace the default whole.
         assert_eq!(p.resources, Some(resources));
         assert_eq!(p.template_urls, ["https://github.com/acme/templates.git"]);
         assert_eq!(p.template_config_maps, ["team-templates", "cves.2025"]);

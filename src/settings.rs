@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, FromArgMatches, ValueEnum};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::Severity;
 use crate::duration::{format_duration, parse_duration};
@@ -66,6 +67,12 @@ pub struct Settings {
     /// image the operator itself runs from.
     #[arg(long, env = "SCANNER_IMAGE", value_name = "SCANNER_IMAGE", default_value = "nuclei-operator:latest", value_parser = parse_image)]
     pub scanner_image: String,
+
+    /// Default resources of the scanner container, as JSON such as
+    /// `{"requests":{"cpu":"100m","memory":"256Mi"},"limits":{"memory":"1Gi"}}`;
+    /// a NucleiScan's `scannerConfig.resources` replaces it. Unset means none.
+    #[arg(long, env = "SCANNER_RESOURCES", value_name = "SCANNER_RESOURCES", value_parser = parse_resources)]
+    pub scanner_resources: Option<ResourceRequirements>,
 
     /// Default scan timeout, a Go duration; becomes the Job's
     /// `activeDeadlineSeconds` and nuclei's own time limit.
@@ -449,6 +456,73 @@ fn parse_absolute_path(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+fn parse_resources(s: &str) -> Result<ResourceRequirements, String> {
+    const EXAMPLE: &str = r#"such as {"requests":{"cpu":"100m"},"limits":{"memory":"1Gi"}}"#;
+    let mut value: serde_json::Value =
+        serde_json::from_str(s).map_err(|e| format!("expected JSON {EXAMPLE}: {e}"))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| format!("expected a JSON object {EXAMPLE}"))?;
+    for (key, quantities) in obj {
+        if key != "requests" && key != "limits" {
+            return Err(format!("unknown key {key:?}: expected requests and limits"));
+        }
+        let quantities = quantities
+            .as_object_mut()
+            .ok_or_else(|| format!("{key}: expected an object of quantities {EXAMPLE}"))?;
+        for (name, q) in quantities.iter_mut() {
+            // `cpu: 1` in YAML arrives as a number.
+            if let Some(n) = q.as_number() {
+                *q = serde_json::Value::String(n.to_string());
+            }
+            let q = q
+                .as_str()
+                .ok_or_else(|| format!("{key}.{name}: expected a quantity such as \"500m\""))?;
+            if !is_quantity(q) {
+                return Err(format!(
+                    "{key}.{name}: {q:?} is not a quantity (such as 500m, 2, 256Mi, 1G)"
+                ));
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| format!("expected {EXAMPLE}: {e}"))
+}
+
+/// A Kubernetes quantity: a decimal number, then a binary (Ki..Ei) or
+/// decimal (n, u, m, k, M..E) suffix or an exponent.
+fn is_quantity(s: &str) -> bool {
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let number_ok = !number.is_empty()
+        && number.chars().filter(|&c| c == '.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let exponent = |e: &str| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    };
+    number_ok
+        && (matches!(
+            suffix,
+            "" | "n"
+                | "u"
+                | "m"
+                | "k"
+                | "M"
+                | "G"
+                | "T"
+                | "P"
+                | "E"
+                | "Ki"
+                | "Mi"
+                | "Gi"
+                | "Ti"
+                | "Pi"
+                | "Ei"
+        ) || suffix.strip_prefix(['e', 'E']).is_some_and(exponent))
+}
+
 fn parse_image(s: &str) -> Result<String, String> {
     let t = s.trim();
     if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -755,6 +829,62 @@ mod tests {
     }
 
     #[test]
+    fn scanner_resources_are_json_requests_and_limits_with_valid_quantities() {
+        let s = flags(&[r#"--scanner-resources={"requests":{"cpu":"100m","memory":"256Mi"},"limits":{"memory":"1.5Gi"}}"#]).unwrap();
+        let r = s.scanner_resources.unwrap();
+        assert_eq!(r.requests.unwrap()["cpu"].0, "100m");
+        assert_eq!(r.limits.unwrap()["memory"].0, "1.5Gi");
+        let numeric =
+            flags(&[r#"--scanner-resources={"requests":{"cpu":1,"memory":0.5}}"#]).unwrap();
+        let requests = numeric.scanner_resources.unwrap().requests.unwrap();
+        assert_eq!(
+            (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+            ("1", "0.5")
+        );
+        assert_eq!(flags(&[]).unwrap().scanner_resources, None);
+        for (bad, says) in [
+            ("cpu=1", "expected JSON"),
+            ("[]", "expected a JSON object"),
+            (r#"{"request":{"cpu":"1"}}"#, r#"unknown key "request""#),
+            (
+                r#"{"limits":{"cpu":true}}"#,
+                "limits.cpu: expected a quantity",
+            ),
+            (
+                r#"{"limits":{"cpu":-1}}"#,
+                r#"limits.cpu: "-1" is not a quantity"#,
+            ),
+            (
+                r#"{"limits":{"memory":"1GB"}}"#,
+                r#"limits.memory: "1GB" is not a quantity"#,
+            ),
+            (r#"{"limits":{"memory":"Gi"}}"#, r#""Gi" is not a quantity"#),
+        ] {
+            let e = rejected(&[&format!("--scanner-resources={bad}")]);
+            assert!(
+                e.contains("SCANNER_RESOURCES") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        for ok in [
+            "1",
+            "0.5",
+            "500m",
+            "2e3",
+            "1E-2",
+            "128974848",
+            "129e6",
+            "123Mi",
+            "1k",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", ".", "1..2", "m", "1mi", "1e", "-1", "1 Gi"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_backoff_max_below_the_initial_delay_names_both_variables() {
         let e = rejected(&["--backoff-initial=1m", "--backoff-max=30s"]);
         assert!(
@@ -785,13 +915,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 26);
+        assert_eq!(count, 27);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 26);
+        assert_eq!(table.len(), 27);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

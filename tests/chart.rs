@@ -355,6 +355,24 @@ fn cases() -> Vec<Case> {
             expect: |r| env_is(r, "SCANNER_TIMEOUT", "45m"),
         },
         Case {
+            value: "scanner.resources",
+            context: NO_CONTEXT,
+            set: &[
+                "--set",
+                "scanner.resources.requests.cpu=100m,scanner.resources.limits.memory=1Gi",
+            ],
+            expect: |r| {
+                env_is(
+                    r,
+                    "SCANNER_RESOURCES",
+                    r#"{"limits":{"memory":"1Gi"},"requests":{"cpu":"100m"}}"#,
+                )?;
+                let s = settings_of(r)?.scanner_resources.context("not parsed")?;
+                ensure!(s.limits.context("no limits")?["memory"].0 == "1Gi");
+                Ok(())
+            },
+        },
+        Case {
             value: "scanner.maxConcurrent",
             context: NO_CONTEXT,
             set: &["--set", "scanner.maxConcurrent=7"],
@@ -756,7 +774,7 @@ fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
     // Both list values set, so their conditionally rendered variables appear.
     let r = render(&[
         "--set",
-        "templates.defaults={http/cves/},templates.severity={critical}",
+        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi",
     ])?;
     let set: BTreeSet<String> = r.env()?.into_keys().collect();
     let known: BTreeSet<String> = env_table().into_iter().map(|row| row.env).collect();
@@ -949,6 +967,11 @@ fn values_outside_the_schema_are_rejected_before_anything_is_rendered() -> Resul
         ("templates.severity={severe}", "at '/templates/severity/0'"),
         ("templates.defaults={a\\,b}", "at '/templates/defaults/0'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        (
+            "scanner.resources.limits.memory=1GB",
+            "at '/scanner/resources/limits/memory'",
+        ),
+        ("scanner.resources.request.cpu=1", "'request' not allowed"),
     ] {
         let e = render_error(&["--set", set])?;
         assert!(e.contains("schema"), "{set}: {e}");
