@@ -32,7 +32,6 @@ use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL, SCANNER_ROLE};
 use serde_json::json;
 use support::{canary_target, eventually, ingress, namespace, operator_image, repo, target_ip};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -207,20 +206,7 @@ impl Env {
 
     /// GET on the operator's HTTP server; `Some(body)` on 200.
     async fn get(&self, path: &str) -> Option<String> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.split(' ')
-            .nth(1)
-            .is_some_and(|code| code == "200")
-            .then(|| body.to_string())
+        devcluster::http_get(self.port, path).await
     }
 
     /// Prints the tail of every container log when the test fails.

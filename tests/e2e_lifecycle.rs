@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::json;
-use support::{Operator, cluster, eventually, ingress, namespace, target_ip};
+use support::{Operator, cluster, completed, eventually, ingress, namespace, target_ip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
@@ -146,22 +146,7 @@ async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_jo
     .await;
     eprintln!("queue rebuilt {:.2}s after restart", rebuilt.as_secs_f64());
     for i in 0..4 {
-        let name = format!("s{i}-ingress");
-        eventually(
-            Duration::from_secs(120),
-            &format!("{name} Completed"),
-            || async {
-                let s = scans.get_opt(&name).await.ok()??;
-                assert_ne!(
-                    phase(&s),
-                    Some(ScanPhase::Failed),
-                    "{name}: {:?}",
-                    s.status.unwrap().last_error
-                );
-                (phase(&s) == Some(ScanPhase::Completed)).then_some(())
-            },
-        )
-        .await;
+        completed(&scans, &format!("s{i}-ingress"), Duration::from_secs(120)).await;
     }
     // Every scan ran exactly once: the restart adopted the running Job.
     let by_scan = jobs_by_scan(&jobs).await;

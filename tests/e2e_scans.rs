@@ -13,9 +13,12 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
+use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::json;
-use support::{Operator, canary_target, cluster, eventually, ingress, namespace, target_ip};
+use support::{
+    Operator, assert_only_the_canary_finding, canary_annotations, canary_target, cluster,
+    completed, eventually, ingress, namespace, target_ip,
+};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -53,55 +56,23 @@ async fn env() -> &'static Env {
     .await
 }
 
-async fn completed(api: &Api<NucleiScan>, name: &str, timeout: Duration) -> NucleiScan {
-    eventually(timeout, &format!("{name} Completed"), || async {
-        let s = api.get_opt(name).await.ok()??;
-        let phase = s.status.as_ref()?.phase?;
-        assert_ne!(
-            phase,
-            ScanPhase::Failed,
-            "{name} failed: {:?}",
-            s.status.as_ref().unwrap().last_error
-        );
-        (phase == ScanPhase::Completed).then_some(s)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn an_annotated_ingress_is_scanned_to_exactly_the_expected_finding() {
     let e = env().await;
     let client = e.cluster.client().await.unwrap();
     let ns = namespace(&client, "scan-canary").await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-    let ann = json!({
-        format!("{P}tags"): "canary",
-        format!("{P}severity"): "high,critical",
-        format!("{P}exclude-templates"): "excluded.yaml",
-    });
     ingresses
         .create(
             &PostParams::default(),
-            &ingress("canary", "canary.test", ann),
+            &ingress("canary", "canary.test", canary_annotations()),
         )
         .await
         .unwrap();
     let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
     let s = completed(&scans, "canary-ingress", Duration::from_secs(90)).await;
     let st = s.status.unwrap();
-    // other-tag.yaml (tag), low-severity.yaml (severity) and excluded.yaml
-    // (exclusion) match the page too: only the filters keep them out.
-    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
-    assert_eq!(ids, ["nuclei-operator-canary"]);
-    let f = &st.findings[0];
-    assert_eq!(f.severity, Some(Severity::High));
-    assert_eq!(f.matched_at, "http://canary.test/canary");
-    assert_eq!(f.extracted_results, ["abc123"]);
-    assert_eq!(f.cve_ids, ["CVE-2099-0001"]);
-    assert_eq!(f.matcher_name, "canary-page");
-    let summary = st.summary.unwrap();
-    assert_eq!(summary.total_findings, 1);
-    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
+    assert_only_the_canary_finding(&st);
     assert!(st.job_ref.unwrap().pod_name.is_some());
 }
 

@@ -20,11 +20,12 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use serde_json::json;
-use support::{canary_target, cluster, eventually, ingress, namespace, target_ip};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{
+    assert_only_the_canary_finding, canary_annotations, canary_target, cluster, completed,
+    eventually, ingress, namespace, target_ip,
+};
 use tokio::sync::OnceCell;
 
-const P: &str = "nuclei.homelab.mortenolsen.pro/";
 /// The git image the operator is told to use (GIT_IMAGE); the process
 /// kubelet maps it to the host's git.
 const GIT_IMAGE: &str = "e2e.local/git:test";
@@ -303,7 +304,7 @@ async fn start_operator(
     }
     let daemon = Daemon::spawn(cmd);
     let ready = async {
-        while http_get(port, "/readyz").await.is_none() {
+        while devcluster::http_get(port, "/readyz").await.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -318,21 +319,6 @@ async fn start_operator(
         );
     }
     daemon
-}
-
-/// GET `path` from 127.0.0.1:`port`; `Some(body)` on 200.
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
 }
 
 // ---- fixtures -----------------------------------------------------------------
@@ -439,21 +425,6 @@ async fn create_scan(
         .create(&PostParams::default(), &scan)
         .await
         .unwrap();
-}
-
-async fn completed(api: &Api<NucleiScan>, name: &str, timeout: Duration) -> NucleiScan {
-    eventually(timeout, &format!("{name} Completed"), || async {
-        let s = api.get_opt(name).await.ok()??;
-        let phase = s.status.as_ref()?.phase?;
-        assert_ne!(
-            phase,
-            ScanPhase::Failed,
-            "{name} failed: {:?}",
-            s.status.as_ref().unwrap().last_error
-        );
-        (phase == ScanPhase::Completed).then_some(s)
-    })
-    .await
 }
 
 async fn jobs_of(client: &kube::Client, ns: &str) -> Vec<Job> {
@@ -688,15 +659,10 @@ async fn sync_mode_scans_the_canary_in_process_without_a_job() {
     let client = e.cluster.client().await.unwrap();
     let ns = namespace(&client, "sync-canary").await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-    let ann = json!({
-        format!("{P}tags"): "canary",
-        format!("{P}severity"): "high,critical",
-        format!("{P}exclude-templates"): "excluded.yaml",
-    });
     ingresses
         .create(
             &PostParams::default(),
-            &ingress("canary", "canary.test", ann),
+            &ingress("canary", "canary.test", canary_annotations()),
         )
         .await
         .unwrap();
@@ -705,17 +671,7 @@ async fn sync_mode_scans_the_canary_in_process_without_a_job() {
         .await
         .status
         .unwrap();
-    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
-    assert_eq!(ids, ["nuclei-operator-canary"]);
-    let f = &st.findings[0];
-    assert_eq!(f.severity, Some(Severity::High));
-    assert_eq!(f.matched_at, "http://canary.test/canary");
-    assert_eq!(f.extracted_results, ["abc123"]);
-    assert_eq!(f.cve_ids, ["CVE-2099-0001"]);
-    assert_eq!(f.matcher_name, "canary-page");
-    let summary = st.summary.unwrap();
-    assert_eq!(summary.total_findings, 1);
-    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
+    assert_only_the_canary_finding(&st);
     assert!(st.job_ref.is_none(), "{:?}", st.job_ref);
     assert!(
         jobs_of(&client, &ns).await.is_empty(),

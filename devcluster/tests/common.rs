@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+pub use devcluster::eventually;
 use devcluster::{Config, DevCluster, ImageMapping};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
@@ -44,23 +45,4 @@ pub async fn namespace(client: &kube::Client, name: &str, labels: serde_json::Va
         .await
         .expect("namespace created");
     name.to_string()
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::procfs::{ProcStats, proc_stats};
 
@@ -160,24 +159,7 @@ impl Operator {
 
     /// GET a path of the operator's HTTP server; the body on 200.
     pub async fn get(&self, path: &str) -> Option<String> {
-        let fut = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .ok()?;
-            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .ok()?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await.ok()?;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let (head, body) = text.split_once("\r\n\r\n")?;
-            (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
-                .then(|| body.to_string())
-        };
-        tokio::time::timeout(Duration::from_secs(5), fut)
-            .await
-            .ok()
-            .flatten()
+        devcluster::http_get(self.port, path).await
     }
 
     /// `/queue` totals.

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+pub use devcluster::eventually;
 use devcluster::{Config, DevCluster, ImageMapping, Tools};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use nuclei_operator::api::{NucleiScan, NucleiScanStatus, ScanPhase, Severity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Image the operator's Jobs use in the tests; mapped to the freshly built binary.
@@ -172,18 +174,7 @@ impl Operator {
 
     /// GET a path of the operator's HTTP server; `Some(body)` on 200.
     pub async fn get(&self, path: &str) -> Option<String> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
-            .then(|| body.to_string())
+        devcluster::http_get(self.port, path).await
     }
 
     pub fn log_text(&self) -> String {
@@ -233,25 +224,6 @@ pub async fn namespace(client: &kube::Client, name: &str) -> String {
     name.to_string()
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// An Ingress with one host and the given annotations.
 pub fn ingress(
     name: &str,
@@ -275,4 +247,48 @@ impl Drop for Operator {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// Annotations that leave exactly the canary template: other-tag.yaml (tag),
+/// low-severity.yaml (severity) and excluded.yaml (exclusion) match the
+/// canary page too, and only these filters keep them out.
+pub fn canary_annotations() -> serde_json::Value {
+    const P: &str = "nuclei.homelab.mortenolsen.pro/";
+    serde_json::json!({
+        format!("{P}tags"): "canary",
+        format!("{P}severity"): "high,critical",
+        format!("{P}exclude-templates"): "excluded.yaml",
+    })
+}
+
+/// Waits until the scan `name` is Completed; panics, with its error, if it
+/// fails instead.
+pub async fn completed(api: &Api<NucleiScan>, name: &str, timeout: Duration) -> NucleiScan {
+    eventually(timeout, &format!("{name} Completed"), || async {
+        let s = api.get_opt(name).await.ok()??;
+        let phase = s.status.as_ref()?.phase?;
+        assert_ne!(
+            phase,
+            ScanPhase::Failed,
+            "{name} failed: {:?}",
+            s.status.as_ref().unwrap().last_error
+        );
+        (phase == ScanPhase::Completed).then_some(s)
+    })
+    .await
+}
+
+/// Asserts that `st` holds the canary's one finding, whole, and its summary.
+pub fn assert_only_the_canary_finding(st: &NucleiScanStatus) {
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-canary"]);
+    let f = &st.findings[0];
+    assert_eq!(f.severity, Some(Severity::High));
+    assert_eq!(f.matched_at, "http://canary.test/canary");
+    assert_eq!(f.extracted_results, ["abc123"]);
+    assert_eq!(f.cve_ids, ["CVE-2099-0001"]);
+    assert_eq!(f.matcher_name, "canary-page");
+    let summary = st.summary.as_ref().unwrap();
+    assert_eq!(summary.total_findings, 1);
+    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
 }
