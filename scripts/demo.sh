@@ -24,7 +24,7 @@ eval "$(devcluster/tools/build.sh --print-dir | sed 's/^/dir_/')"
 helm="$dir_helm/helm"
 
 step "building the operator"
-cargo build -q --bins
+cargo build -q -p nuclei-operator -p devcluster --bins
 bin="$root/target/debug"
 
 step "starting the dev cluster"
