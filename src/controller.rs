@@ -18,10 +18,10 @@ use tracing::{error, info, warn};
 
 use crate::api::VirtualService;
 use crate::http::{HttpState, router};
-use crate::jobs::RbacCache;
 use crate::metrics::Metrics;
 use crate::scan::launch::JobLauncher;
 use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
+use crate::scan::slots;
 use crate::settings::{ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
 
@@ -141,7 +141,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         },
     );
     let concurrency = settings.reconcile_concurrency;
-    let (scan_controller, job_store) = reconcile::controller(client.clone(), concurrency);
+    let (scan_controller, job_store) =
+        reconcile::controller(client.clone(), concurrency, handle.clone());
     let scans = scan_controller.store();
     let source_ctx = Arc::new(SourceCtx {
         client: client.clone(),
@@ -180,17 +181,16 @@ pub async fn run(settings: Settings) -> Result<()> {
             // Jobs still running from an earlier process hold their slots
             // before anything new is admitted.
             tokio::select! {
-                n = reconcile::adopt_live_jobs(&ctx, &scans) => info!(adopted = n, "scan caches ready: dispatching"),
+                n = slots::adopt_live_jobs(&ctx, &scans) => info!(adopted = n, "scan caches ready: dispatching"),
                 _ = shutdown.cancelled() => return,
             }
+            let audit_stop = shutdown.clone().cancelled_owned();
             let stop = shutdown.cancelled_owned();
             match mode {
                 ScannerMode::Pod => {
-                    let launcher = JobLauncher {
-                        ctx,
-                        rbac: RbacCache::default(),
-                    };
-                    dispatcher.run(launcher, stop).await
+                    let audit = slots::audit_forever(ctx.clone(), audit_stop);
+                    let launcher = JobLauncher::new(ctx);
+                    tokio::join!(dispatcher.run(launcher, stop), audit);
                 }
                 ScannerMode::Sync => {
                     let launcher = crate::scanner::sync::SyncLauncher::new(ctx);

@@ -37,7 +37,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use crate::annotations::rescan_request;
-use crate::api::NucleiScan;
+use crate::api::{NucleiScan, Severity};
 use crate::duration::format_duration;
 use crate::settings::Settings;
 
@@ -70,6 +70,10 @@ pub const SCANNER_CONTAINER: &str = "scanner";
 /// `/templates/configmaps/<name>` per template ConfigMap. Absent when there
 /// are none.
 pub const EXTRA_TEMPLATE_DIRS_ENV: &str = "EXTRA_TEMPLATE_DIRS";
+/// Environment variable of the scanner: templates for a scan that names none.
+pub const DEFAULT_TEMPLATES_ENV: &str = "DEFAULT_TEMPLATES";
+/// Environment variable of the scanner: severities for a scan that names none.
+pub const DEFAULT_SEVERITY_ENV: &str = "DEFAULT_SEVERITY";
 /// Where the `templateURLs` repositories are cloned, one numbered directory each.
 pub const GIT_TEMPLATES_DIR: &str = "/templates/git";
 /// Where template ConfigMaps are mounted, one directory per ConfigMap name.
@@ -201,6 +205,10 @@ pub struct JobParams {
     pub run_token: String,
     /// UID of the scan, for the owner reference.
     pub scan_uid: String,
+    /// DEFAULT_TEMPLATES, for a scan that names no templates.
+    pub default_templates: Vec<String>,
+    /// DEFAULT_SEVERITY, for a scan that names no severities.
+    pub default_severity: Vec<Severity>,
 }
 
 impl JobParams {
@@ -332,6 +340,8 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         scan_namespace,
         scan_name,
         scan_uid,
+        default_templates: settings.default_templates.clone(),
+        default_severity: settings.default_severity.clone(),
     })
 }
 
@@ -465,6 +475,18 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     let extra = params.extra_template_dirs();
     if !extra.is_empty() {
         env.push(env_value(EXTRA_TEMPLATE_DIRS_ENV, &extra));
+    }
+    // The operator's defaults reach the scanner as in sync mode: it applies
+    // them where the scan is silent.
+    if !params.default_templates.is_empty() {
+        env.push(env_value(
+            DEFAULT_TEMPLATES_ENV,
+            &params.default_templates.join(","),
+        ));
+    }
+    if !params.default_severity.is_empty() {
+        let severities: Vec<&str> = params.default_severity.iter().map(|s| s.as_str()).collect();
+        env.push(env_value(DEFAULT_SEVERITY_ENV, &severities.join(",")));
     }
 
     let scanner = Container {

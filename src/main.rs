@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use nuclei_operator::scanner::run::{RunResult, ScannerDefaults, run};
+use nuclei_operator::api::Severity;
+use nuclei_operator::scanner::run::{RunId, RunResult, ScannerDefaults, run};
 use nuclei_operator::settings::{LogFormat, Settings, treat_empty_env_as_unset};
 
 #[derive(Parser)]
@@ -34,7 +35,7 @@ enum Command {
     },
     /// Run one scan and write its result into the NucleiScan's status (what
     /// the scanner Job's pod runs).
-    Scanner(ScannerArgs),
+    Scanner(Box<ScannerArgs>),
     /// Print the NucleiScan CustomResourceDefinition as YAML.
     Crd,
 }
@@ -63,6 +64,15 @@ struct ScannerArgs {
     /// Templates when the scan lists none (comma-separated).
     #[arg(long, env = "DEFAULT_TEMPLATES", value_delimiter = ',')]
     default_templates: Vec<String>,
+    /// Severities when the scan lists none (comma-separated).
+    #[arg(long, env = "DEFAULT_SEVERITY", value_delimiter = ',', value_parser = nuclei_operator::settings::parse_severity)]
+    default_severity: Vec<Severity>,
+    /// The scan's uid: nothing is written to a scan of another uid.
+    #[arg(long, env = "SCAN_UID")]
+    scan_uid: String,
+    /// The run's token: nothing is written once the scan has moved on from it.
+    #[arg(long, env = "SCAN_RUN")]
+    run: String,
     /// This pod's name (downward API).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -157,17 +167,22 @@ async fn main() -> Result<()> {
                 extra_template_dirs: args.extra_template_dirs,
                 timeout: args.timeout,
                 templates: args.default_templates,
-                severity: Vec::new(),
+                severity: args.default_severity,
                 nuclei: args.nuclei,
                 pod_name: args.pod_name,
             };
             let client = kube::Client::try_default()
                 .await
                 .context("in-cluster configuration")?;
-            // Exit codes: 0 scan completed, 1 scan failed (recorded in the
-            // status), 2 the result could not be recorded (the Job may retry).
-            match run(client, namespace, name, &defaults).await {
-                Ok(RunResult::Completed { .. }) => Ok(()),
+            // Exit codes: 0 scan completed (or the scan moved on: nothing to
+            // record), 1 scan failed (recorded in the status), 2 the result
+            // could not be recorded.
+            let id = RunId {
+                uid: args.scan_uid,
+                token: args.run,
+            };
+            match run(client, namespace, name, &defaults, &id).await {
+                Ok(RunResult::Completed { .. } | RunResult::MovedOn { .. }) => Ok(()),
                 Ok(RunResult::Failed { message }) => {
                     eprintln!("scan failed: {message}");
                     std::fs::write("/dev/termination-log", &message).ok();

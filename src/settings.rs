@@ -138,6 +138,12 @@ pub struct Settings {
     #[arg(long, env = "TARGET_CHECK_TIMEOUT", value_name = "TARGET_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_duration_setting)]
     pub target_check_timeout: Duration,
 
+    /// How long a scanner pod may take to start (image pull, scheduling)
+    /// before its run is ended as Failed, its Job deleted and its slot freed;
+    /// a Go duration.
+    #[arg(long, env = "POD_START_TIMEOUT", value_name = "POD_START_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
+    pub pod_start_timeout: Duration,
+
     /// Image of the init container that clones `templateURLs` (needs `git`);
     /// pin a version or digest in production.
     #[arg(long, env = "GIT_IMAGE", value_name = "GIT_IMAGE", default_value = "alpine/git:latest", value_parser = parse_image)]
@@ -567,7 +573,8 @@ fn parse_list_item(s: &str) -> Result<String, String> {
     Ok(t.to_owned())
 }
 
-fn parse_severity(s: &str) -> Result<Severity, String> {
+/// A severity name (info, low, medium, high, critical, unknown).
+pub fn parse_severity(s: &str) -> Result<Severity, String> {
     s.parse()
 }
 
@@ -915,13 +922,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 27);
+        assert_eq!(count, 28);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 27);
+        assert_eq!(table.len(), 28);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -365,23 +365,7 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
                 due_in: due.saturating_duration_since(now),
             })
             .collect();
-        let mut running: Vec<RunningItem<P>> = admission
-            .runs()
-            .map(|(key, run)| RunningItem {
-                key: key.clone(),
-                reason: run.reason,
-                hosts: run.hosts.clone(),
-                payload: run.payload.clone(),
-                started_at: wall(run.started_at),
-                running_for: now.saturating_duration_since(run.started_at),
-                launching: run.launching,
-            })
-            .collect();
-        running.sort_by(|a, b| {
-            b.running_for
-                .cmp(&a.running_for)
-                .then_with(|| a.key.cmp(&b.key))
-        });
+        let running = running_items(admission, now, wall_now);
         let config = admission.config();
         Snapshot {
             taken_at: wall_now,
@@ -398,6 +382,18 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
         }
     }
 
+    /// Every scan holding a slot, longest running first (the `running` part
+    /// of a [`snapshot`](Self::snapshot), without the queue pages).
+    pub fn running(&self) -> Vec<RunningItem<P>> {
+        let state = self.shared.lock();
+        running_items(&state.admission, Instant::now(), SystemTime::now())
+    }
+
+    /// Whether `key` holds a slot (running, or its launch in flight).
+    pub fn is_running(&self, key: &str) -> bool {
+        self.shared.lock().admission.is_running(key)
+    }
+
     /// Counters for metrics: queue depth per reason, slots, totals.
     pub fn stats(&self) -> Stats {
         let state = self.shared.lock();
@@ -411,6 +407,38 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
             launch_failures_total: state.launch_failures_total,
         }
     }
+}
+
+/// The scans holding slots at `now` (`wall_now` on the wall clock), longest
+/// running first.
+fn running_items<P: Clone>(
+    admission: &Admission<P>,
+    now: Instant,
+    wall_now: SystemTime,
+) -> Vec<RunningItem<P>> {
+    let mut running: Vec<RunningItem<P>> = admission
+        .runs()
+        .map(|(key, run)| {
+            let running_for = now.saturating_duration_since(run.started_at);
+            RunningItem {
+                key: key.clone(),
+                reason: run.reason,
+                hosts: run.hosts.clone(),
+                payload: run.payload.clone(),
+                started_at: wall_now
+                    .checked_sub(running_for)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                running_for,
+                launching: run.launching,
+            }
+        })
+        .collect();
+    running.sort_by(|a, b| {
+        b.running_for
+            .cmp(&a.running_for)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    running
 }
 
 /// Owns the run loop. Build it with [`Dispatcher::new`], hand the

@@ -30,6 +30,8 @@ pub const MIN_RATE_LIMIT: i32 = 1;
 
 /// Largest accepted `spec.rateLimit` (requests per second).
 pub const MAX_RATE_LIMIT: i32 = 10_000;
+/// Largest `status.retryCount` (the CRD's maximum; counting stops there).
+pub const MAX_RETRY_COUNT: i32 = 10_000;
 
 /// The CEL rule the apiserver applies to every entry of `spec.targets`.
 ///
@@ -356,8 +358,14 @@ pub struct NucleiScanStatus {
 
     /// Consecutive failed attempts; reset by a successful scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 10000))]
     pub retry_count: Option<i32>,
+
+    /// Token of the run this status belongs to (the run in progress while
+    /// Running). A scanner writes the status only while it names its run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub run_token: Option<String>,
 
     /// When the last retry after a failure was started.
     #[serde(default, skip_serializing_if = "Option::is_none")]

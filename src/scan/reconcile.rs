@@ -1,43 +1,42 @@
-//! The NucleiScan reconciler: the phase machine of DESIGN §4. It never creates
-//! Jobs; it decides whether, why and when the scan should run next and hands
-//! that intent to the dispatcher.
+//! The NucleiScan reconciler: gathers what is known of a scan's run (its
+//! Job and the Job's pod), asks the pure phase machine ([`super::phase`])
+//! what to do, and does it. It never creates Jobs and never frees dispatcher
+//! slots: it hands intents to the dispatcher, writes status transitions,
+//! deletes the Job of a pod that never started, and publishes Events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dispatcher::{DispatcherHandle, Intent, Reason};
-use futures::StreamExt;
+use dispatcher::{DispatcherHandle, Intent};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
-use super::schedule::{Schedule, backoff_delay, next_run};
-use super::status::{
-    ANNOTATIONS_VALID, POD_NOT_STARTED, chrono, patch_status, remove_condition, set_condition, time,
-};
-use crate::annotations;
-use crate::api::{NucleiScan, ScanPhase};
+use super::phase::{JobView, Observed, Plan, PodView, Policy, QueueOp, decide};
+use super::status::{Transition, chrono, patch_status};
+use crate::api::{JobRef, NucleiScan, ScanPhase};
 use crate::cache;
-use crate::error::{Error, Result};
-use crate::jobs::{self, JobOutcome};
+use crate::error::{Error, Result, is_not_found};
+use crate::jobs;
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, SeverityLabel};
-use crate::settings::Settings;
-use crate::sources::apply::ANNOTATION_ERRORS;
+use crate::settings::{ScannerMode, Settings};
 
 /// Shared by the scan reconciler and the launchers.
 pub struct ScanCtx {
     pub client: kube::Client,
     pub settings: Settings,
+    /// The phase machine's share of the settings.
+    pub policy: Policy,
     pub dispatch: DispatcherHandle<String>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -60,6 +59,7 @@ impl ScanCtx {
     ) -> Self {
         ScanCtx {
             client,
+            policy: Policy::from_settings(&settings),
             settings,
             dispatch,
             metrics,
@@ -119,7 +119,14 @@ pub fn target_hosts(scan: &NucleiScan) -> Vec<String> {
 /// the cache of the operator's Jobs its watch fills. Its scan store, shared
 /// with the source reconcilers, holds scans without `status.findings`
 /// (up to 512 KiB each; no reconciler reads them).
-pub fn controller(client: kube::Client, concurrency: u16) -> (Controller<NucleiScan>, Store<Job>) {
+///
+/// Every Job event also goes to [`super::slots::on_job_event`], which frees
+/// the slot of a run whose Job finished or vanished.
+pub fn controller(
+    client: kube::Client,
+    concurrency: u16,
+    dispatch: DispatcherHandle<String>,
+) -> (Controller<NucleiScan>, Store<Job>) {
     let (scans, scan_events) = cache::reflect(
         Api::<NucleiScan>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -136,50 +143,12 @@ pub fn controller(client: kube::Client, concurrency: u16) -> (Controller<NucleiS
             .any_semantic(),
         |job| job.spec = None,
     );
+    let job_events =
+        job_events.inspect_ok(move |event| super::slots::on_job_event(&dispatch, event));
     let controller = Controller::for_stream(scan_events.applied_objects(), scans)
         .owns_stream(job_events.touched_objects())
         .with_config(ControllerConfig::default().concurrency(concurrency));
     (controller, jobs)
-}
-
-/// Gives the dispatcher a slot for every unfinished scan Job left by an
-/// earlier operator process, before it admits anything: otherwise a new
-/// process would start up to MaxConcurrent Jobs next to the old ones before
-/// the reconciler reaches their scans. Waits for both caches; returns how
-/// many were adopted.
-pub async fn adopt_live_jobs(ctx: &ScanCtx, scans: &Store<NucleiScan>) -> usize {
-    if !(cache::ready(scans).await && cache::ready(&ctx.jobs).await) {
-        return 0;
-    }
-    let mut adopted = 0;
-    for job in ctx.jobs.state() {
-        if jobs::job_finished(&job).is_some() {
-            continue;
-        }
-        let Some(key) = job.annotations().get(jobs::SCAN_KEY_ANNOTATION) else {
-            continue;
-        };
-        let Some((namespace, name)) = key.split_once('/') else {
-            continue;
-        };
-        // A Job whose scan is gone is the garbage collector's: no slot.
-        let Some(scan) = scans.get(&ObjectRef::new(name).within(namespace)) else {
-            continue;
-        };
-        let run = job
-            .labels()
-            .get(jobs::RUN_LABEL)
-            .cloned()
-            .unwrap_or_default();
-        if ctx
-            .dispatch
-            .adopt_running(key.clone(), target_hosts(&scan), run)
-        {
-            info!(scan = %key, job = job.name_any(), "adopted a running scan Job");
-            adopted += 1;
-        }
-    }
-    adopted
 }
 
 /// Drives `controller` with the scan reconciler.
@@ -214,298 +183,165 @@ fn error_policy(scan: Arc<NucleiScan>, err: &Error, ctx: Arc<ScanCtx>) -> Action
     })
 }
 
-/// How a Job referenced by a scan stands; `run` is the Job's run token (the
-/// dispatcher payload of the run), so only that run's slot is ever freed.
-enum JobState {
-    Missing,
-    Active(Arc<Job>),
-    Finished { outcome: JobOutcome, run: String },
-}
-
-/// From the Job cache; a Job it has not seen (just created, or its watch
-/// lags) is read from the API server, so a new Job is never taken for a lost
-/// one. A cached Job that has finished since is reconciled again when the
-/// watch delivers the change.
-async fn job_state(ctx: &ScanCtx, namespace: &str, name: &str) -> Result<JobState> {
-    let job = match ctx.jobs.get(&ObjectRef::new(name).within(namespace)) {
+/// What is known of the Job of the scan's run ([`JobView`]): from the Job
+/// cache, and for a Running scan, from the API server when the cache has not
+/// seen it (just created, or its watch lags), so a new Job is never taken
+/// for a lost one. Only Jobs the scan controls count. The pod is looked at
+/// only while the Job has no ready pod.
+async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
+    let key = scan_key(scan);
+    let status = scan.status.as_ref();
+    let in_process =
+        ctx.settings.scanner_mode == ScannerMode::Sync && ctx.dispatch.is_running(&key);
+    let unseen = Observed {
+        job: JobView::NotLooked,
+        in_process,
+    };
+    let phase = status.and_then(|s| s.phase);
+    if scan.spec.suspend || scan.metadata.deletion_timestamp.is_some() {
+        return Ok(unseen);
+    }
+    let (job_name, from_api) = match phase {
+        // The Job the launcher may have created for the run it waits for.
+        Some(ScanPhase::Pending) => (
+            jobs::job_name(&scan.name_any(), &jobs::run_token(scan)),
+            false,
+        ),
+        Some(phase) => match status.and_then(|s| s.job_ref.as_ref()) {
+            Some(j) => (j.name.clone(), phase == ScanPhase::Running),
+            None => return Ok(unseen),
+        },
+        None => return Ok(unseen),
+    };
+    let namespace = scan.namespace().unwrap_or_default();
+    let job = match ctx.jobs.get(&ObjectRef::new(&job_name).within(&namespace)) {
         Some(job) => Some(job),
-        None => Api::<Job>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
+        None if from_api => Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&job_name)
             .await?
             .map(Arc::new),
+        None => None,
     };
-    Ok(match job {
-        None => JobState::Missing,
+    let job = job.filter(|j| {
+        j.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == scan.metadata.uid.as_ref())
+    });
+    let job = match job {
+        None if from_api => JobView::Missing,
+        None => JobView::NotLooked,
         Some(job) => match jobs::job_finished(&job) {
-            Some(outcome) => JobState::Finished {
-                outcome,
+            Some(outcome) => JobView::Finished(outcome),
+            None => JobView::Active {
+                job: JobRef {
+                    name: job.name_any(),
+                    uid: job.uid().unwrap_or_default(),
+                    pod_name: None,
+                    start_time: job.metadata.creation_timestamp.clone(),
+                },
                 run: job
                     .labels()
                     .get(jobs::RUN_LABEL)
                     .cloned()
                     .unwrap_or_default(),
+                created: job.metadata.creation_timestamp.as_ref().map(chrono),
+                pod: pod_of(ctx, &job).await?,
             },
-            None => JobState::Active(job),
         },
-    })
+    };
+    Ok(Observed { job, in_process })
+}
+
+/// Whether the pod of an active Job has started: the Job's `ready` count
+/// says so without a request; otherwise its pods are listed.
+async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
+    if job.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0 {
+        return Ok(PodView::Started);
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    Ok(PodView::of(&pods.list(&lp).await?.items))
 }
 
 #[instrument(skip_all, fields(scan = %scan_key(&scan)))]
 async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
-    let key = scan_key(&scan);
-    let namespace = scan.namespace().unwrap_or_default();
-    let name = scan.name_any();
-    let api: Api<NucleiScan> = Api::namespaced(ctx.client.clone(), &namespace);
-    if scan.meta().deletion_timestamp.is_some() {
-        ctx.dispatch.remove(&key);
-        return Ok(Action::await_change());
-    }
+    let observed = observe(&ctx, &scan).await?;
     let now = Utc::now();
-    let generation = scan.metadata.generation;
-    let status = scan.status.clone().unwrap_or_default();
-    let mut conditions = status.conditions.clone();
-    let mut patch = serde_json::Map::new();
+    let plan = decide(&scan, &observed, &ctx.policy, now);
+    apply(&ctx, &scan, plan, now).await
+}
 
-    // Annotation errors found by the source reconciler become a condition.
-    let annotation_errors = scan.annotations().get(ANNOTATION_ERRORS).cloned();
-    let changed = match &annotation_errors {
-        Some(msg) => set_condition(
-            &mut conditions,
-            ANNOTATIONS_VALID,
-            false,
-            "InvalidAnnotation",
-            msg,
-            generation,
-            now,
-        ),
-        None => set_condition(
-            &mut conditions,
-            ANNOTATIONS_VALID,
-            true,
-            "Valid",
-            "all annotations parsed",
-            generation,
-            now,
-        ),
-    };
-    let mut conditions_changed = changed;
-
-    let spec_changed =
-        status.observed_generation.is_some() && status.observed_generation != generation;
-    let rescan = annotations::rescan_request(scan.annotations()).map(str::to_string);
-    let new_rescan = rescan.is_some() && rescan != status.last_rescan_request;
-    let token = jobs::run_token(&scan);
-    let hosts = target_hosts(&scan);
-    let intent = |reason| Intent::new(key.clone(), reason, token.clone()).with_hosts(hosts.clone());
-    let mut requeue = None;
-
-    // The slot of the last run frees when its Job has ended (not when the
-    // status says so: the pod may still be running), whatever phase the scan
-    // has moved on to meanwhile (a rescan request or spec change sets Pending
-    // while the Job winds down). Only that run's slot: a reconcile of an older
-    // status never frees a run admitted since.
-    if status.phase != Some(ScanPhase::Running)
-        && let Some(job) = &status.job_ref
-        && let JobState::Finished { run, .. } = job_state(&ctx, &namespace, &job.name).await?
-    {
-        ctx.dispatch.finished_run(&key, &run);
-    }
-
-    if scan.spec.suspend {
-        ctx.dispatch.remove(&key);
-        if status.next_scheduled_time.is_some() {
-            patch.insert("nextScheduledTime".into(), json!(null));
+/// Carries out a [`Plan`]: the status first (written against the version
+/// decided on, so a stale decision fails with a conflict and is made again),
+/// then the Job deletion, the queue and the Events.
+async fn apply(ctx: &ScanCtx, scan: &NucleiScan, plan: Plan, now: DateTime<Utc>) -> Result<Action> {
+    let key = scan_key(scan);
+    let name = scan.name_any();
+    let namespace = scan.namespace().unwrap_or_default();
+    if plan.writes_status() {
+        let mut patch = plan
+            .transition
+            .as_ref()
+            .map(Transition::patch)
+            .unwrap_or_default();
+        if let Some(conditions) = &plan.conditions {
+            patch.insert(
+                "conditions".into(),
+                serde_json::to_value(conditions).expect("conditions serialize"),
+            );
         }
-    } else {
-        match status.phase {
-            None => {
-                patch.insert("phase".into(), json!(ScanPhase::Pending));
-                ctx.dispatch.enqueue(intent(if new_rescan {
-                    Reason::ManualRescan
-                } else {
-                    Reason::NewScan
-                }));
-            }
-            Some(ScanPhase::Pending) => {
-                let reason = if new_rescan {
-                    Reason::ManualRescan
-                } else if spec_changed {
-                    Reason::SpecChanged
-                } else if status.last_scan_time.is_none() {
-                    Reason::NewScan
-                } else {
-                    Reason::Recovered
-                };
-                ctx.dispatch.enqueue(intent(reason));
-            }
-            Some(ScanPhase::Running) if status.job_ref.is_none() => {
-                // Sync mode runs scans in-process: a Running scan this process
-                // does not hold was cut off by a restart.
-                if ctx
-                    .dispatch
-                    .adopt_running(key.clone(), hosts.clone(), token.clone())
-                {
-                    ctx.dispatch.finished(&key);
-                    patch.insert("phase".into(), json!(ScanPhase::Pending));
-                    patch.insert("lastError".into(), json!("the in-process scan was interrupted by an operator restart; scanning again"));
-                    ctx.dispatch.enqueue(intent(Reason::Recovered));
-                }
-            }
-            Some(ScanPhase::Running) => {
-                let job_name = status
-                    .job_ref
-                    .as_ref()
-                    .map(|j| j.name.clone())
-                    .unwrap_or_default();
-                match job_state(&ctx, &namespace, &job_name).await? {
-                    JobState::Missing => {
-                        // Recovery: the run's Job is gone (deleted, or never created).
-                        ctx.dispatch.finished(&key);
-                        patch.insert("phase".into(), json!(ScanPhase::Pending));
-                        patch.insert(
-                            "lastError".into(),
-                            json!(format!(
-                                "Job {job_name:?} of the running scan is gone; scanning again"
-                            )),
-                        );
-                        ctx.dispatch.enqueue(intent(Reason::Recovered));
-                        info!("running scan lost its Job; re-queued");
-                    }
-                    JobState::Active(job) => {
-                        let run = job
-                            .labels()
-                            .get(jobs::RUN_LABEL)
-                            .cloned()
-                            .unwrap_or_default();
-                        if ctx.dispatch.adopt_running(key.clone(), hosts.clone(), run) {
-                            info!(job = job_name, "adopted running scan Job");
-                        }
-                        conditions_changed |=
-                            check_pod_started(&ctx, &scan, &job, &mut conditions, now).await;
-                        requeue = Some(Duration::from_secs(30));
-                    }
-                    JobState::Finished { outcome, run } => {
-                        ctx.dispatch.finished_run(&key, &run);
-                        let message = match outcome {
-                            JobOutcome::Complete => {
-                                "the scanner exited without reporting a result".to_string()
-                            }
-                            JobOutcome::Failed { reason, message } => {
-                                format!("Job {job_name} failed ({reason}): {message}")
-                            }
-                        };
-                        patch.insert("phase".into(), json!(ScanPhase::Failed));
-                        patch.insert("lastError".into(), json!(message));
-                        patch.insert("completionTime".into(), json!(time(now)));
-                        patch.insert(
-                            "retryCount".into(),
-                            json!(status.retry_count.unwrap_or(0) + 1),
-                        );
-                    }
-                }
-            }
-            Some(phase @ (ScanPhase::Completed | ScanPhase::Failed)) => {
-                // The slot frees when the Job has ended, not when the status says
-                // so: the pod may still be running for a moment.
-                report_once(&ctx, &scan, phase).await;
-                remove_condition(&mut conditions, POD_NOT_STARTED)
-                    .then(|| conditions_changed = true);
-                let retries = status.retry_count.unwrap_or(0).max(0) as u32;
-                if new_rescan || spec_changed {
-                    patch.insert("phase".into(), json!(ScanPhase::Pending));
-                    patch.insert("nextScheduledTime".into(), json!(null));
-                    ctx.dispatch.enqueue(intent(if new_rescan {
-                        Reason::ManualRescan
-                    } else {
-                        Reason::SpecChanged
-                    }));
-                } else {
-                    let last = status.last_scan_time.as_ref().map(chrono);
-                    let (due, reason) = if phase == ScanPhase::Failed
-                        && retries <= ctx.settings.max_retries
-                        && retries > 0
-                    {
-                        let finished = status.completion_time.as_ref().map(chrono).unwrap_or(now);
-                        let delay = backoff_delay(
-                            retries - 1,
-                            ctx.settings.backoff_initial,
-                            ctx.settings.backoff_max,
-                            ctx.settings.backoff_multiplier,
-                            super::schedule::DEFAULT_JITTER_FRACTION,
-                            &mut rand::rng(),
-                        );
-                        // Keep a due time already chosen, so jitter does not move it on every reconcile.
-                        let due = status
-                            .next_scheduled_time
-                            .as_ref()
-                            .map(chrono)
-                            .filter(|d| *d >= finished)
-                            .unwrap_or(
-                                finished + chrono::Duration::from_std(delay).unwrap_or_default(),
-                            );
-                        (Some(due), Reason::Retry)
-                    } else {
-                        let schedule = match scan.spec.schedule.as_deref().map(Schedule::parse) {
-                            Some(Ok(s)) => Some(s),
-                            Some(Err(e)) => {
-                                conditions_changed |= set_condition(
-                                    &mut conditions,
-                                    "ScheduleValid",
-                                    false,
-                                    "InvalidSchedule",
-                                    &e,
-                                    generation,
-                                    now,
-                                );
-                                None
-                            }
-                            None => None,
-                        };
-                        if schedule.is_some() || scan.spec.schedule.is_none() {
-                            conditions_changed |=
-                                remove_condition(&mut conditions, "ScheduleValid");
-                        }
-                        (
-                            next_run(
-                                schedule.as_ref(),
-                                ctx.settings.effective_rescan_age(),
-                                last,
-                                now,
-                            ),
-                            Reason::Scheduled,
-                        )
-                    };
-                    match due {
-                        Some(due) => {
-                            ctx.dispatch
-                                .enqueue_at(intent(reason), instant_at(due, now));
-                            if status.next_scheduled_time.as_ref().map(chrono) != Some(due) {
-                                patch.insert("nextScheduledTime".into(), json!(time(due)));
-                            }
-                        }
-                        None => {
-                            ctx.dispatch.remove(&key);
-                            if status.next_scheduled_time.is_some() {
-                                patch.insert("nextScheduledTime".into(), json!(null));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    if conditions_changed {
-        patch.insert(
-            "conditions".into(),
-            serde_json::to_value(&conditions).expect("conditions serialize"),
-        );
-    }
-    if !patch.is_empty() {
+        let api: Api<NucleiScan> = Api::namespaced(ctx.client.clone(), &namespace);
         let rv = scan.resource_version();
         patch_status(&api, &name, rv.as_deref(), serde_json::Value::Object(patch)).await?;
+        if let Some(Transition::Failed { message, .. }) = &plan.transition {
+            info!(error = %message, "scan run failed");
+        }
     }
-    Ok(requeue
+    if let Some(job) = &plan.delete_job {
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+        match jobs.delete(job, &DeleteParams::background()).await {
+            Ok(_) => info!(job, "deleted the Job of a scanner pod that never started"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(run) = &plan.hold_slot
+        && ctx
+            .dispatch
+            .adopt_running(key.clone(), target_hosts(scan), run.clone())
+    {
+        info!(run, "adopted a running scan Job");
+    }
+    let token = jobs::run_token(scan);
+    let intent =
+        |reason| Intent::new(key.clone(), reason, token.clone()).with_hosts(target_hosts(scan));
+    match plan.queue {
+        QueueOp::Keep => {}
+        QueueOp::Now(reason) => {
+            ctx.dispatch.enqueue(intent(reason));
+        }
+        QueueOp::At(reason, due) => {
+            ctx.dispatch
+                .enqueue_at(intent(reason), instant_at(due, now));
+        }
+        QueueOp::Remove => {
+            ctx.dispatch.remove(&key);
+        }
+    }
+    if let Some((reason, message)) = plan.pod_not_started {
+        ctx.event(
+            scan,
+            EventType::Warning,
+            "ScanPodNotStarted",
+            format!("{reason}: {message}"),
+        )
+        .await;
+    }
+    if plan.report {
+        report_once(ctx, scan).await;
+    }
+    Ok(plan
+        .requeue_after
         .map(Action::requeue)
         .unwrap_or_else(Action::await_change))
 }
@@ -517,8 +353,9 @@ fn instant_at(due: DateTime<Utc>, now: DateTime<Utc>) -> tokio::time::Instant {
 }
 
 /// Events and metrics for a finished run, once per run.
-async fn report_once(ctx: &ScanCtx, scan: &NucleiScan, phase: ScanPhase) {
+async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
     let status = scan.status.clone().unwrap_or_default();
+    let Some(phase) = status.phase else { return };
     let marker = format!(
         "{}/{:?}",
         status
@@ -609,73 +446,10 @@ pub fn mark_process_start() {
     std::sync::LazyLock::force(&PROCESS_START);
 }
 
-/// Reports a scanner pod that has not started (image pull errors, bad config)
-/// as a condition and an Event. Its Job ends by its deadline.
-async fn check_pod_started(
-    ctx: &ScanCtx,
-    scan: &NucleiScan,
-    job: &Job,
-    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    now: DateTime<Utc>,
-) -> bool {
-    let Some(ns) = job.namespace() else {
-        return false;
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
-    let Ok(list) = pods.list(&lp).await else {
-        return false;
-    };
-    let waiting = list.items.iter().find_map(|p| {
-        let st = p.status.as_ref()?;
-        st.init_container_statuses
-            .iter()
-            .flatten()
-            .chain(st.container_statuses.iter().flatten())
-            .find_map(|c| {
-                let w = c.state.as_ref()?.waiting.as_ref()?;
-                let reason = w.reason.clone().unwrap_or_default();
-                matches!(
-                    reason.as_str(),
-                    "ErrImagePull"
-                        | "ImagePullBackOff"
-                        | "InvalidImageName"
-                        | "CreateContainerConfigError"
-                        | "CreateContainerError"
-                        | "RunContainerError"
-                )
-                .then(|| (reason, w.message.clone().unwrap_or_default()))
-            })
-    });
-    match waiting {
-        Some((reason, message)) => {
-            let changed = set_condition(
-                conditions,
-                POD_NOT_STARTED,
-                true,
-                &reason,
-                &message,
-                scan.metadata.generation,
-                now,
-            );
-            if changed {
-                ctx.event(
-                    scan,
-                    EventType::Warning,
-                    "ScanPodNotStarted",
-                    format!("{reason}: {message}"),
-                )
-                .await;
-            }
-            changed
-        }
-        None => remove_condition(conditions, POD_NOT_STARTED),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn target_hosts_are_lowercase_distinct_and_ignore_ports() {

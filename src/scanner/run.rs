@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::Utc;
 use kube::api::Api;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tracing::{info, warn};
@@ -18,8 +18,10 @@ use tracing::{info, warn};
 use super::command::{Outcome, ScanOptions, classify_exit, nuclei_args, nuclei_env};
 use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
-use crate::api::{NucleiScan, ScanPhase, Severity};
-use crate::scan::status::{patch_status, time};
+use crate::api::{NucleiScan, Severity};
+use crate::scan::fence::{RunCheck, check_run, write_if};
+use crate::scan::phase::next_retry_count;
+use crate::scan::status::{Transition, time};
 
 /// Defaults the scanner applies where the scan's spec is silent.
 #[derive(Clone, Debug)]
@@ -40,12 +42,34 @@ pub struct ScannerDefaults {
     pub pod_name: Option<String>,
 }
 
-/// How a scan run ended, as recorded in the status.
+/// How a scan run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunResult {
+    /// Recorded as Completed.
     Completed { findings: i64 },
+    /// Recorded as Failed.
     Failed { message: String },
+    /// Nothing recorded: the scan no longer expects this run (deleted,
+    /// re-created, its spec changed, or the run was ended by the operator).
+    MovedOn { why: String },
 }
+
+/// The run a scanner works for: the scan's uid and the run's token. Every
+/// status write is fenced on them ([`check_run`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunId {
+    /// `metadata.uid` of the scan.
+    pub uid: String,
+    /// The run's token.
+    pub token: String,
+}
+
+/// How long the scanner waits for the launcher's Running write to land
+/// before it gives up on a run nobody recorded.
+const RUNNING_WRITE_WAIT: Duration = Duration::from_secs(120);
+/// The scanner stops retrying its final write this long before its Job's
+/// deadline would kill it, so it can still say why it gave up.
+const DEADLINE_SLACK: Duration = Duration::from_secs(10);
 
 /// The effective nuclei options for `scan`: defaults < spec.
 pub fn scan_options(
@@ -111,19 +135,29 @@ pub fn findings_budget(scan: &NucleiScan) -> usize {
     STATUS_BUDGET_BYTES.saturating_sub(others.saturating_add(STATUS_HEADROOM_BYTES))
 }
 
-/// Runs the scan `namespace/name` and records the result. Errors only when
-/// the scan could not be read or its result not written.
+/// Runs the scan `namespace/name` for run `id` and records the result.
+///
+/// Waits for the scan to name the run as Running (the launcher writes that
+/// right after creating the Job), and records nothing if the scan moves on.
+/// The final write is retried with backoff until shortly before the run's
+/// deadline (its timeout plus the Job's margin), so an API server outage
+/// shorter than that loses no findings. Errors only when the scan could not
+/// be read or its result not written in time.
 pub async fn run(
     client: kube::Client,
     namespace: &str,
     name: &str,
     d: &ScannerDefaults,
+    id: &RunId,
 ) -> Result<RunResult> {
     let api: Api<NucleiScan> = Api::namespaced(client, namespace);
-    let scan = api
-        .get(name)
-        .await
-        .with_context(|| format!("reading NucleiScan {namespace}/{name}"))?;
+    let begun = Instant::now();
+    let scan = match wait_until_running(&api, name, id, begun + RUNNING_WRITE_WAIT).await? {
+        Ok(scan) => scan,
+        Err(why) => return Ok(moved_on(namespace, name, why)),
+    };
+    let timeout = scan_timeout(&scan, d);
+    let deadline = begun + timeout + crate::jobs::DEADLINE_MARGIN - DEADLINE_SLACK;
     let started = Utc::now();
     let mut start = json!({"scanStartTime": time(started)});
     // jobRef's name and uid are required: add the pod only to an existing one.
@@ -132,7 +166,16 @@ pub async fn run(
     {
         start["jobRef"] = json!({"podName": pod});
     }
-    with_retries(|| patch_status(&api, name, None, start.clone())).await?;
+    // Only informative: a failure here must not cost the scan.
+    match write_if(&api, name, &id.uid, &id.token, &RunCheck::Current, |_| {
+        start.clone()
+    })
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(check)) => return Ok(moved_on(namespace, name, why_not(check))),
+        Err(e) => warn!("recording the scan's start failed: {e}"),
+    }
 
     let dir = tempfile::Builder::new()
         .prefix("nuclei-scan-")
@@ -151,8 +194,9 @@ pub async fn run(
         .status
         .as_ref()
         .and_then(|s| s.retry_count)
-        .unwrap_or(0);
-    let (patch, outcome) = match result {
+        .unwrap_or(0)
+        .max(0) as u32;
+    let (transition, outcome) = match result {
         Ok((report, stats_note)) => {
             let total = report.total();
             let summary = json!({
@@ -167,52 +211,129 @@ pub async fn run(
                 warn!("{note}");
             }
             (
-                json!({
-                    "phase": ScanPhase::Completed,
-                    "findings": report.into_findings(),
-                    "summary": summary,
-                    "completionTime": time(now),
-                    "lastError": null,
-                    "retryCount": 0,
-                }),
+                Transition::Completed {
+                    findings: json!(report.into_findings()),
+                    summary,
+                    at: now,
+                },
                 RunResult::Completed { findings: total },
             )
         }
         Err(message) => (
-            json!({
-                "phase": ScanPhase::Failed,
-                "lastError": message,
-                "completionTime": time(now),
-                "retryCount": retries + 1,
-            }),
+            Transition::Failed {
+                message: message.clone(),
+                retry_count: next_retry_count(retries),
+                at: now,
+                attempt: None,
+            },
             RunResult::Failed { message },
         ),
     };
-    with_retries(|| patch_status(&api, name, None, patch.clone()))
-        .await
-        .context("writing the scan result")?;
+    let patch = Value::Object(transition.patch());
+    match write_result(&api, name, id, &patch, deadline).await? {
+        Ok(()) => {}
+        Err(why) => return Ok(moved_on(namespace, name, why)),
+    }
     info!(scan = %format!("{namespace}/{name}"), ?outcome, duration, "scan finished");
     Ok(outcome)
 }
 
-async fn with_retries<T, F, Fut>(mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1.. {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 6 => {
-                warn!("status write failed (attempt {attempt}): {e}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e.into()),
-        }
+fn moved_on(namespace: &str, name: &str, why: String) -> RunResult {
+    info!(scan = %format!("{namespace}/{name}"), why, "the scan no longer expects this run: nothing recorded");
+    RunResult::MovedOn { why }
+}
+
+fn why_not(check: RunCheck) -> String {
+    match check {
+        RunCheck::MovedOn(why) => why,
+        RunCheck::NotStarted => "the run was never recorded as Running".into(),
+        RunCheck::Current => "the run is current".into(),
     }
-    unreachable!()
+}
+
+/// The scan's timeout: its own, else the scanner's default.
+fn scan_timeout(scan: &NucleiScan, d: &ScannerDefaults) -> Duration {
+    scan.spec
+        .scanner_config
+        .as_ref()
+        .and_then(|c| c.parsed_timeout().ok().flatten())
+        .unwrap_or(d.timeout)
+}
+
+/// Delay between attempts of a status read or write that failed: doubling
+/// from 0.5 s up to 10 s.
+fn next_delay(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(10))
+}
+
+/// Reads the scan until it names run `id` as Running. `Ok(Err(why))` when
+/// it has moved on, or still does not name the run at `wait_until`.
+async fn wait_until_running(
+    api: &Api<NucleiScan>,
+    name: &str,
+    id: &RunId,
+    wait_until: Instant,
+) -> Result<Result<NucleiScan, String>> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let check = match api.get_opt(name).await {
+            Ok(None) => return Ok(Err("the scan was deleted".into())),
+            Ok(Some(scan)) => match check_run(&scan, &id.uid, &id.token) {
+                RunCheck::Current => return Ok(Ok(scan)),
+                check => check,
+            },
+            Err(e) if Instant::now() + delay < wait_until => {
+                warn!("reading the scan failed: {e}");
+                RunCheck::NotStarted
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("reading NucleiScan {name}")));
+            }
+        };
+        match check {
+            RunCheck::NotStarted if Instant::now() + delay < wait_until => {}
+            check => return Ok(Err(why_not(check))),
+        }
+        tokio::time::sleep(delay).await;
+        delay = next_delay(delay);
+    }
+}
+
+/// Writes the result, retrying with backoff until `deadline`. `Ok(Err(why))`
+/// when the scan no longer expects the run (nothing written).
+async fn write_result(
+    api: &Api<NucleiScan>,
+    name: &str,
+    id: &RunId,
+    patch: &Value,
+    deadline: Instant,
+) -> Result<Result<(), String>> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let error = match write_if(api, name, &id.uid, &id.token, &RunCheck::Current, |_| {
+            patch.clone()
+        })
+        .await
+        {
+            Ok(Ok(_)) => return Ok(Ok(())),
+            Ok(Err(RunCheck::MovedOn(why))) => return Ok(Err(why)),
+            // Not Running this run (yet): only the launcher can change that.
+            Ok(Err(check)) => anyhow::anyhow!("{}", why_not(check)),
+            Err(e) => anyhow::Error::new(e),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(error.context(format!(
+                "writing the scan result: gave up after {attempt} attempts, before the run's deadline"
+            )));
+        }
+        warn!(
+            "writing the scan result failed (attempt {attempt}; retrying in {delay:?}): {error:#}"
+        );
+        tokio::time::sleep(delay).await;
+        delay = next_delay(delay);
+    }
 }
 
 /// Runs nuclei, streaming its output into a [`Report`] whose findings take

@@ -8,14 +8,16 @@ use chrono::Utc;
 use dispatcher::{Admitted, LaunchError, Launched, Launcher};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::events::EventType;
-use serde_json::json;
+use serde_json::Value;
 use tracing::warn;
 
-use super::run::{ScannerDefaults, run};
-use crate::api::{NucleiScan, ScanPhase};
+use super::run::{RunId, ScannerDefaults, run};
+use crate::api::NucleiScan;
+use crate::scan::fence::{RunCheck, check_run, write_if};
+use crate::scan::launch::{fail_attempt, split_key};
+use crate::scan::phase::next_retry_count;
 use crate::scan::reconcile::ScanCtx;
-use crate::scan::status::{patch_status, time};
+use crate::scan::status::{Attempt, Transition};
 
 /// Runs admitted scans as in-process tasks.
 pub struct SyncLauncher {
@@ -64,60 +66,71 @@ pub fn unsupported_in_sync_mode(scan: &NucleiScan) -> Option<String> {
 
 impl Launcher<String> for SyncLauncher {
     async fn launch(&self, admitted: &Admitted<String>) -> Result<Launched, LaunchError> {
+        let retry = |e: kube::Error| LaunchError::new(Duration::from_secs(5), e.to_string());
         let key = admitted.intent.key.clone();
-        let (namespace, name) = key
-            .split_once('/')
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .unwrap_or_default();
+        let run_token = admitted.intent.payload.clone();
+        let (namespace, name) = split_key(&key);
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
         let api: Api<NucleiScan> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let scan = match api.get_opt(&name).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(Launched::AlreadyFinished),
-            Err(e) => return Err(LaunchError::new(Duration::from_secs(5), e.to_string())),
+        let Some(scan) = api.get_opt(&name).await.map_err(retry)? else {
+            return Ok(Launched::AlreadyFinished);
         };
-        if scan.spec.suspend {
+        let uid = scan.uid().unwrap_or_default();
+        // A Running run of this token here is one a restart cut off: the
+        // reconciler recovers it.
+        if scan.spec.suspend || check_run(&scan, &uid, &run_token) != RunCheck::NotStarted {
             return Ok(Launched::AlreadyFinished);
         }
-        let now = Utc::now();
         if let Some(message) = unsupported_in_sync_mode(&scan) {
             // No pod means nothing to mount or clone into; scanning without
             // the templates the scan asked for would look like a clean result.
-            let patch = json!({
-                "phase": ScanPhase::Failed,
-                "lastError": message,
-                "completionTime": time(now),
-                "observedGeneration": scan.metadata.generation,
-            });
-            if let Err(e) =
-                patch_status(&api, &name, scan.resource_version().as_deref(), patch).await
-            {
-                return Err(LaunchError::new(Duration::from_secs(2), e.to_string()));
-            }
-            self.ctx
-                .event(&scan, EventType::Warning, "ScanFailed", message)
-                .await;
+            fail_attempt(&api, &scan, &run_token, message)
+                .await
+                .map_err(retry)?;
             return Ok(Launched::AlreadyFinished);
         }
-        let patch = json!({
-            "phase": ScanPhase::Running,
-            "lastScanTime": time(now),
-            "observedGeneration": scan.metadata.generation,
-            "nextScheduledTime": null,
-            "lastRescanRequest": crate::annotations::rescan_request(scan.annotations()),
-        });
-        if let Err(e) = patch_status(&api, &name, scan.resource_version().as_deref(), patch).await {
-            return Err(LaunchError::new(Duration::from_secs(2), e.to_string()));
+        let now = Utc::now();
+        let running = Transition::Running {
+            run: run_token.clone(),
+            job: None,
+            at: now,
+            attempt: Attempt::of(&scan),
+        };
+        let written = write_if(&api, &name, &uid, &run_token, &RunCheck::NotStarted, |_| {
+            Value::Object(running.patch())
+        })
+        .await
+        .map_err(retry)?;
+        if written.is_err() {
+            return Ok(Launched::AlreadyFinished);
         }
         self.ctx.metrics.jobs_created.inc();
         let (ctx, defaults) = (self.ctx.clone(), self.defaults.clone());
-        let run_id = admitted.intent.payload.clone();
+        let id = RunId {
+            uid,
+            token: run_token.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = run(ctx.client.clone(), &namespace, &name, &defaults).await {
+            if let Err(e) = run(ctx.client.clone(), &namespace, &name, &defaults, &id).await {
                 warn!(scan = %key, "in-process scan failed: {e:#}");
-                let patch = json!({"phase": ScanPhase::Failed, "lastError": format!("{e:#}"), "completionTime": time(Utc::now())});
-                let _ = patch_status(&api, &name, None, patch).await;
+                let failed = Transition::Failed {
+                    message: format!("{e:#}"),
+                    retry_count: next_retry_count(
+                        scan.status
+                            .as_ref()
+                            .and_then(|s| s.retry_count)
+                            .unwrap_or(0)
+                            .max(0) as u32,
+                    ),
+                    at: Utc::now(),
+                    attempt: None,
+                };
+                let _ = write_if(&api, &name, &id.uid, &id.token, &RunCheck::Current, |_| {
+                    Value::Object(failed.patch())
+                })
+                .await;
             }
-            ctx.dispatch.finished_run(&key, &run_id);
+            ctx.dispatch.finished_run(&key, &id.token);
         });
         Ok(Launched::Running)
     }

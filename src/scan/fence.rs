@@ -1,0 +1,212 @@
+//! Fenced status writes: a run writes its scan only while the scan still
+//! expects that run.
+//!
+//! A run is named by its token ([`crate::jobs::run_token`] of the scan as it
+//! stood when the run was queued) and the scan's uid. [`check_run`] says
+//! whether a scan, as read now, is waiting for that run to start, is being
+//! scanned by it, or has moved on (deleted, re-created under the same name,
+//! its spec changed, another run started or this one ended). [`write_if`]
+//! reads, checks and writes with the read `resourceVersion`, so nothing can
+//! slip in between the check and the write; a conflict reads again.
+
+use kube::ResourceExt;
+use kube::api::Api;
+use serde_json::Value;
+
+use super::status::patch_status;
+use crate::api::{NucleiScan, ScanPhase};
+use crate::error::is_conflict;
+use crate::jobs::{job_name, run_token};
+
+/// Where a scan stands with respect to one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunCheck {
+    /// The scan waits for this run to start: it is unchanged since the run
+    /// was queued.
+    NotStarted,
+    /// The scan is Running this run.
+    Current,
+    /// The scan no longer expects this run; why, for the log.
+    MovedOn(String),
+}
+
+/// Where `scan` stands with respect to run `run` of the scan with `uid`.
+pub fn check_run(scan: &NucleiScan, uid: &str, run: &str) -> RunCheck {
+    if scan.metadata.uid.as_deref() != Some(uid) {
+        return RunCheck::MovedOn("the scan was deleted and created again".into());
+    }
+    if scan.metadata.deletion_timestamp.is_some() {
+        return RunCheck::MovedOn("the scan is being deleted".into());
+    }
+    let status = scan.status.as_ref();
+    let phase = status.and_then(|s| s.phase);
+    let recorded = match status.and_then(|s| s.run_token.as_deref()) {
+        Some(token) => token == run,
+        // Written before run tokens were recorded: the Job name tells.
+        None => status
+            .and_then(|s| s.job_ref.as_ref())
+            .is_some_and(|j| j.name == job_name(&scan.name_any(), run)),
+    };
+    if recorded {
+        return match phase {
+            Some(ScanPhase::Running) => RunCheck::Current,
+            other => RunCheck::MovedOn(format!(
+                "the run has already ended (phase {})",
+                other.map_or("unset", ScanPhase::as_str)
+            )),
+        };
+    }
+    if run_token(scan) == run && phase != Some(ScanPhase::Running) {
+        RunCheck::NotStarted
+    } else {
+        RunCheck::MovedOn("the scan has moved on to another run".into())
+    }
+}
+
+/// Most conflicts [`write_if`] reads through before giving up with the last.
+const MAX_CONFLICTS: usize = 10;
+
+/// Merge-patches the status of `name` with `patch(scan)` if the scan, read
+/// now, stands at `want` for run `run` of `uid`. `Ok(Err(check))` when it
+/// does not (nothing written); `Err` when the API failed.
+pub async fn write_if(
+    api: &Api<NucleiScan>,
+    name: &str,
+    uid: &str,
+    run: &str,
+    want: &RunCheck,
+    patch: impl Fn(&NucleiScan) -> Value,
+) -> Result<Result<NucleiScan, RunCheck>, kube::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(scan) = api.get_opt(name).await? else {
+            return Ok(Err(RunCheck::MovedOn("the scan was deleted".into())));
+        };
+        let check = check_run(&scan, uid, run);
+        if check != *want {
+            return Ok(Err(check));
+        }
+        let rv = scan.resource_version();
+        match patch_status(api, name, rv.as_deref(), patch(&scan)).await {
+            Ok(written) => return Ok(Ok(written)),
+            Err(e) if is_conflict(&e) && attempt < MAX_CONFLICTS => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{JobRef, NucleiScanStatus};
+    use crate::scan::status::{Attempt, Transition};
+
+    fn scan(uid: &str) -> NucleiScan {
+        let mut s = NucleiScan::new("web", Default::default());
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some(uid.into());
+        s.metadata.generation = Some(1);
+        s.status = Some(NucleiScanStatus {
+            phase: Some(ScanPhase::Pending),
+            ..Default::default()
+        });
+        s
+    }
+
+    /// Applies a transition's patch to the in-memory scan, as the API
+    /// server's merge patch would.
+    fn apply(scan: &mut NucleiScan, t: &Transition) {
+        let mut status = serde_json::to_value(scan.status.clone().unwrap_or_default()).unwrap();
+        for (k, v) in t.patch() {
+            if v.is_null() {
+                status.as_object_mut().unwrap().remove(&k);
+            } else {
+                status[k] = v;
+            }
+        }
+        scan.status = Some(serde_json::from_value(status).unwrap());
+    }
+
+    fn running(run: &str) -> Transition {
+        Transition::Running {
+            run: run.into(),
+            job: Some(JobRef {
+                name: job_name("web", run),
+                uid: "j".into(),
+                ..Default::default()
+            }),
+            at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            attempt: Attempt::default(),
+        }
+    }
+
+    #[test]
+    fn a_queued_run_is_not_started_until_running_names_it_then_current_until_it_ends() {
+        let mut s = scan("u1");
+        let run = run_token(&s);
+        assert_eq!(check_run(&s, "u1", &run), RunCheck::NotStarted);
+        apply(&mut s, &running(&run));
+        assert_eq!(check_run(&s, "u1", &run), RunCheck::Current);
+        apply(
+            &mut s,
+            &Transition::Failed {
+                message: "x".into(),
+                retry_count: 1,
+                at: chrono::Utc::now(),
+                attempt: None,
+            },
+        );
+        assert!(matches!(check_run(&s, "u1", &run), RunCheck::MovedOn(_)));
+    }
+
+    #[test]
+    fn a_scan_created_again_under_the_same_name_is_not_the_runs_scan() {
+        let mut s = scan("u1");
+        let run = run_token(&s);
+        apply(&mut s, &running(&run));
+        let mut again = s.clone();
+        again.metadata.uid = Some("u2".into());
+        assert!(
+            matches!(check_run(&again, "u1", &run), RunCheck::MovedOn(m) if m.contains("created again"))
+        );
+    }
+
+    #[test]
+    fn a_later_run_or_a_spec_change_moves_the_scan_on_from_an_earlier_run() {
+        let mut s = scan("u1");
+        let first = run_token(&s);
+        apply(&mut s, &running(&first));
+        apply(
+            &mut s,
+            &Transition::Completed {
+                findings: Value::Array(vec![]),
+                summary: serde_json::json!({}),
+                at: chrono::Utc::now(),
+            },
+        );
+        let second = run_token(&s);
+        assert_ne!(first, second);
+        apply(&mut s, &running(&second));
+        assert!(matches!(check_run(&s, "u1", &first), RunCheck::MovedOn(_)));
+        assert_eq!(check_run(&s, "u1", &second), RunCheck::Current);
+
+        let mut queued = scan("u1");
+        let run = run_token(&queued);
+        queued.metadata.generation = Some(2);
+        assert!(matches!(
+            check_run(&queued, "u1", &run),
+            RunCheck::MovedOn(_)
+        ));
+    }
+
+    #[test]
+    fn a_status_from_before_run_tokens_is_matched_by_its_job_name() {
+        let mut s = scan("u1");
+        let run = run_token(&s);
+        apply(&mut s, &running(&run));
+        s.status.as_mut().unwrap().run_token = None;
+        assert_eq!(check_run(&s, "u1", &run), RunCheck::Current);
+        assert!(matches!(check_run(&s, "u1", "other"), RunCheck::MovedOn(_)));
+    }
+}
