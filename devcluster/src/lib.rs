@@ -20,7 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub use kubelet::ImageMapping;
 use process::{Component, free_port};
@@ -46,6 +46,40 @@ pub struct Config {
     pub tools: Option<Tools>,
 }
 
+/// A control-plane process that [`DevCluster::stop_component`] can stop and
+/// [`DevCluster::start_component`] start again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComponentName {
+    Etcd,
+    KubeApiserver,
+    KubeControllerManager,
+}
+
+impl ComponentName {
+    /// The process name, as in log file names and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentName::Etcd => "etcd",
+            ComponentName::KubeApiserver => "kube-apiserver",
+            ComponentName::KubeControllerManager => "kube-controller-manager",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request to the devcluster thread, answered on the oneshot.
+enum Control {
+    Stop(ComponentName),
+    Start(ComponentName),
+}
+
+type ControlRequest = (Control, oneshot::Sender<Result<()>>);
+
 /// What a running cluster tells its users.
 #[derive(Clone, Debug)]
 pub struct Endpoints {
@@ -59,7 +93,8 @@ pub struct DevCluster {
     endpoints: Endpoints,
     images: Arc<RwLock<Vec<ImageMapping>>>,
     failure: Arc<Mutex<Option<String>>>,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// Closed to stop the cluster.
+    control: Option<mpsc::UnboundedSender<ControlRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
 }
@@ -94,7 +129,7 @@ impl DevCluster {
         let images = Arc::new(RwLock::new(config.images.clone()));
         let failure = Arc::new(Mutex::new(None));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let thread = {
             let (dir, images, failure) = (dir.clone(), images.clone(), failure.clone());
             std::thread::Builder::new()
@@ -111,13 +146,7 @@ impl DevCluster {
                         }
                     };
                     rt.block_on(run(
-                        config,
-                        tools,
-                        dir,
-                        images,
-                        failure,
-                        ready_tx,
-                        shutdown_rx,
+                        config, tools, dir, images, failure, ready_tx, control_rx,
                     ));
                 })?
         };
@@ -128,7 +157,7 @@ impl DevCluster {
             endpoints,
             images,
             failure,
-            shutdown: Some(shutdown_tx),
+            control: Some(control_tx),
             thread: Some(thread),
             _tempdir: tempdir,
         })
@@ -164,6 +193,32 @@ impl DevCluster {
         kubelet::container_log(&self.endpoints.dir.join("pods"), namespace, pod, container)
     }
 
+    /// Stops one component (SIGTERM, SIGKILL after 5 s) and waits for it to
+    /// exit; its port then refuses connections. [`DevCluster::check`] does not
+    /// count a component stopped this way as failed. Errors if it is not running.
+    pub async fn stop_component(&self, which: ComponentName) -> Result<()> {
+        self.control(Control::Stop(which)).await
+    }
+
+    /// Starts a component stopped by [`DevCluster::stop_component`] again, with
+    /// the same arguments, ports and data (etcd keeps its objects), appending to
+    /// its log, and returns once it is ready: the API server's `/readyz`, etcd's
+    /// `/health` (and the API server's `/readyz` if it runs), the controller
+    /// manager's `/healthz`. Errors if it is already running.
+    pub async fn start_component(&self, which: ComponentName) -> Result<()> {
+        self.control(Control::Start(which)).await
+    }
+
+    async fn control(&self, request: Control) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .as_ref()
+            .and_then(|c| c.send((request, tx)).ok())
+            .ok_or_else(|| anyhow!("the devcluster thread has ended"))?;
+        rx.await
+            .map_err(|_| anyhow!("the devcluster thread ended before answering"))?
+    }
+
     /// Errors if a component died since start-up (the message names it and its log).
     pub fn check(&self) -> Result<()> {
         match self.failure.lock().expect("failure lock").as_ref() {
@@ -178,9 +233,7 @@ impl DevCluster {
     }
 
     fn stop_inner(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.control = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -201,6 +254,10 @@ pub async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// How long a stopping component gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
 struct Ports {
     etcd_client: u16,
     etcd_peer: u16,
@@ -226,11 +283,11 @@ async fn run(
     images: Arc<RwLock<Vec<ImageMapping>>>,
     failure: Arc<Mutex<Option<String>>>,
     ready: oneshot::Sender<Result<Endpoints>>,
-    shutdown: oneshot::Receiver<()>,
+    mut control: mpsc::UnboundedReceiver<ControlRequest>,
 ) {
     let started = Instant::now();
     let mut attempt = 0;
-    let (mut components, endpoints, client) = loop {
+    let (mut plane, endpoints) = loop {
         attempt += 1;
         match start_control_plane(&tools, &dir).await {
             Ok(ok) => break ok,
@@ -254,7 +311,7 @@ async fn run(
             hosts: config.hosts.clone(),
             images: images.clone(),
         };
-        match kubelet::Kubelet::start(client.clone(), kcfg).await {
+        match kubelet::Kubelet::start(plane.client.clone(), kcfg).await {
             Ok(k) => Some(k),
             Err(e) => {
                 let _ = ready.send(Err(e.context("starting the process kubelet")));
@@ -270,12 +327,17 @@ async fn run(
     let _ = ready.send(Ok(endpoints));
 
     // Supervise until asked to stop: a dying component is recorded, not hidden.
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            request = control.recv() => match request {
+                Some((request, reply)) => {
+                    let _ = reply.send(plane.control(request).await);
+                }
+                // The handle was stopped or dropped.
+                None => break,
+            },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                for c in components.iter_mut() {
+                for c in plane.components.iter_mut() {
                     if let Err(e) = c.check_alive() {
                         let mut f = failure.lock().expect("failure lock");
                         if f.is_none() {
@@ -290,9 +352,116 @@ async fn run(
     if let Some(k) = kubelet {
         k.shutdown().await;
     }
-    for c in components.iter_mut().rev() {
-        c.stop(Duration::from_secs(5)).await;
+    for c in plane.components.iter_mut().rev() {
+        let _ = c.stop(STOP_GRACE).await;
     }
+}
+
+/// The control-plane processes (etcd, kube-apiserver, kube-controller-manager,
+/// in start order) and what it takes to probe them.
+struct ControlPlane {
+    components: Vec<Component>,
+    client: kube::Client,
+    ports: Ports,
+}
+
+impl ControlPlane {
+    async fn control(&mut self, request: Control) -> Result<()> {
+        match request {
+            Control::Stop(which) => {
+                let started = Instant::now();
+                self.component(which).stop(STOP_GRACE).await?;
+                tracing::info!(
+                    "devcluster: {which} stopped in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }
+            Control::Start(which) => {
+                let started = Instant::now();
+                self.start(which)
+                    .await
+                    .with_context(|| format!("starting {which} again"))?;
+                tracing::info!(
+                    "devcluster: {which} ready again in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn component(&mut self, which: ComponentName) -> &mut Component {
+        self.components
+            .iter_mut()
+            .find(|c| c.name == which.as_str())
+            .expect("every ComponentName is started")
+    }
+
+    async fn start(&mut self, which: ComponentName) -> Result<()> {
+        self.component(which).restart()?;
+        let (ports, client) = (self.ports, self.client.clone());
+        match which {
+            ComponentName::Etcd => {
+                wait_until(
+                    &mut self.components,
+                    Duration::from_secs(30),
+                    "etcd /health",
+                    || http_ok(ports.etcd_client, "/health"),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
+                if self.component(ComponentName::KubeApiserver).is_running() {
+                    wait_api_ready(&mut self.components, &client)
+                        .await
+                        .map_err(|(e, _)| e)?;
+                }
+            }
+            ComponentName::KubeApiserver => {
+                wait_api_ready(&mut self.components, &client)
+                    .await
+                    .map_err(|(e, _)| e)?;
+            }
+            ComponentName::KubeControllerManager => {
+                // Anonymous and unverified: the controller manager serves /healthz
+                // to anyone, with a self-signed certificate.
+                let mut config =
+                    kube::Config::new(format!("https://127.0.0.1:{}", ports.kcm).parse()?);
+                config.accept_invalid_certs = true;
+                let kcm = kube::Client::try_from(config)?;
+                wait_until(
+                    &mut self.components,
+                    Duration::from_secs(60),
+                    "kube-controller-manager /healthz",
+                    || text_ok(&kcm, "/healthz"),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until the API server's `/readyz` answers `ok` to the admin client.
+async fn wait_api_ready(
+    components: &mut [Component],
+    client: &kube::Client,
+) -> std::result::Result<(), StartError> {
+    wait_until(
+        components,
+        Duration::from_secs(60),
+        "kube-apiserver /readyz",
+        || text_ok(client, "/readyz"),
+    )
+    .await
+}
+
+/// Whether `GET path` answers exactly `ok`.
+async fn text_ok(client: &kube::Client, path: &str) -> Option<()> {
+    let req = http::Request::get(path).body(Vec::new()).ok()?;
+    let text = client.request_text(req).await.ok()?;
+    (text.trim() == "ok").then_some(())
 }
 
 type StartError = (anyhow::Error, bool);
@@ -300,7 +469,7 @@ type StartError = (anyhow::Error, bool);
 async fn start_control_plane(
     tools: &Tools,
     dir: &Path,
-) -> std::result::Result<(Vec<Component>, Endpoints, kube::Client), StartError> {
+) -> std::result::Result<(ControlPlane, Endpoints), StartError> {
     let fatal = |e: anyhow::Error| (e, false);
     let ports = Ports::pick().map_err(fatal)?;
     let logs = dir.join("logs");
@@ -362,6 +531,9 @@ async fn start_control_plane(
             // the kubernetes Service's endpoints would only be a loopback address,
             // which the API rejects.
             "--endpoint-reconciler-type=none".into(),
+            // On SIGTERM, end open watches after 1 s rather than wait for the
+            // 60 s server shutdown timeout, so a stopped API server goes at once.
+            "--shutdown-watch-termination-grace-period=1s".into(),
             "--profiling=false".into(),
         ],
         &logs.join("kube-apiserver.log"),
@@ -372,26 +544,7 @@ async fn start_control_plane(
     let kubeconfig = dir.join("admin.kubeconfig");
     write_kubeconfig(&kubeconfig, ports.api, &pki).map_err(fatal)?;
     let client = admin_client(&kubeconfig).await.map_err(fatal)?;
-    {
-        let client = client.clone();
-        wait_until(
-            &mut components,
-            Duration::from_secs(60),
-            "kube-apiserver /readyz",
-            move || {
-                let client = client.clone();
-                async move {
-                    let req = http::Request::get("/readyz").body(Vec::new()).ok()?;
-                    client
-                        .request_text(req)
-                        .await
-                        .ok()
-                        .filter(|t| t.trim() == "ok")
-                }
-            },
-        )
-        .await?;
-    }
+    wait_api_ready(&mut components, &client).await?;
 
     let kcm = Component::spawn(
         "kube-controller-manager",
@@ -439,13 +592,16 @@ async fn start_control_plane(
         .await;
 
     Ok((
-        components,
+        ControlPlane {
+            components,
+            client,
+            ports,
+        },
         Endpoints {
             api_port: ports.api,
             dir: dir.to_owned(),
             kubeconfig,
         },
-        client,
     ))
 }
 

@@ -1,7 +1,7 @@
 //! Child processes of the control plane: spawned so that they die with us, logged
 //! to a file, and reported by name with their log when they fail.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,38 +15,57 @@ use tokio::process::{Child, Command};
 pub struct Component {
     pub name: &'static str,
     pub log: PathBuf,
-    child: Child,
+    program: PathBuf,
+    args: Vec<String>,
+    /// `None` while deliberately stopped ([`Component::stop`]).
+    child: Option<Child>,
 }
 
 impl Component {
-    /// Starts `program args…` with stdout and stderr appended to `log`. The child
-    /// gets SIGKILL when the thread that started it exits (`setpriv --pdeathsig`),
-    /// so a crashed test never leaves a control plane behind.
+    /// Starts `program args…` with stdout and stderr written to `log` (truncated
+    /// first). The child gets SIGKILL when the thread that started it exits
+    /// (`setpriv --pdeathsig`), so a crashed test never leaves a control plane behind.
     pub fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new("setpriv")
-            .arg("--pdeathsig")
-            .arg("KILL")
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        let child = start(name, program, args, out)?;
         Ok(Component {
             name,
             log: log.to_owned(),
-            child,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            child: Some(child),
         })
     }
 
-    /// Errors, naming the component and its log, if it has exited.
+    /// Starts a stopped (or dead) component again with the same program and
+    /// arguments, appending to its log.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("{} is already running", self.name);
+        }
+        let out = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        self.child = Some(start(self.name, &self.program, &self.args, out)?);
+        Ok(())
+    }
+
+    /// Whether the process is alive (not stopped, not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Errors, naming the component and its log, if it has exited. A component
+    /// stopped on purpose is not an error.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        if let Some(status) = child.try_wait()? {
             bail!(
                 "{} exited ({status}); log: {}\n{}",
                 self.name,
@@ -64,16 +83,43 @@ impl Component {
             .unwrap_or(false)
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
-    pub async fn stop(&mut self, grace: Duration) {
-        if let Some(pid) = self.child.id() {
+    /// SIGTERM, then SIGKILL after `grace`; waits for the exit. Errors, leaving
+    /// the component as it was, unless it was running: one that died on its own
+    /// stays dead so the supervisor still reports it.
+    pub async fn stop(&mut self, grace: Duration) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} is already stopped", self.name);
+        };
+        if let Some(status) = child.try_wait()? {
+            bail!("{} is not running: it exited ({status})", self.name);
+        }
+        if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
-                return;
+            if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+                self.child = None;
+                return Ok(());
             }
         }
-        let _ = self.child.kill().await;
+        let _ = child.kill().await;
+        self.child = None;
+        Ok(())
     }
+}
+
+fn start(name: &str, program: &Path, args: &[String], out: File) -> Result<Child> {
+    let err = out.try_clone()?;
+    Command::new("setpriv")
+        .arg("--pdeathsig")
+        .arg("KILL")
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", program.display()))
 }
 
 /// The last `lines` lines of a log file, for error messages.

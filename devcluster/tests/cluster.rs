@@ -6,47 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cluster, eventually, namespace};
+use common::{cluster, eventually, job_condition, namespace, shell_job};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-
-fn shell_job(name: &str, script: &str, extra: serde_json::Value) -> Job {
-    let mut job = json!({
-        "metadata": {"name": name},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {"spec": {
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 2,
-                "containers": [{"name": "main", "image": "local/sh:1", "args": ["-c", script]}],
-            }},
-        },
-    });
-    merge(&mut job, extra);
-    serde_json::from_value(job).unwrap()
-}
-
-fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-    match (a, b) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
-async fn job_condition(jobs: &Api<Job>, name: &str) -> Option<(String, String)> {
-    let job = jobs.get_opt(name).await.ok()??;
-    job.status?.conditions?.into_iter().find_map(|c| {
-        (matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
-            .then(|| (c.type_, c.reason.unwrap_or_default()))
-    })
-}
 
 #[tokio::test]
 async fn a_job_whose_pod_exits_zero_becomes_complete() {

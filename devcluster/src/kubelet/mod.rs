@@ -7,10 +7,10 @@
 mod plan;
 mod run;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -131,12 +131,47 @@ enum Signal {
     Stop(Duration),
 }
 
+/// How long a request keeps being retried while the API server (or etcd behind
+/// it) is unreachable or unavailable, as while a test restarts it.
+const API_RETRY: Duration = Duration::from_secs(300);
+
+/// Whether a failed request may succeed later: no connection, a timeout, or an
+/// API server that is starting, overloaded or without etcd.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs the request `f` until it succeeds, fails for good or [`API_RETRY`] has passed.
+async fn retry<T, F, Fut>(mut f: F) -> kube::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kube::Result<T>>,
+{
+    let deadline = Instant::now() + API_RETRY;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Err(e) if transient(&e) && Instant::now() + delay < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            result => return result,
+        }
+    }
+}
+
 async fn watch_pods(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let stream = watcher(pods, watcher::Config::default());
     futures::pin_mut!(stream);
     let mut tasks: HashMap<String, (watch::Sender<Signal>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
+    // Pods seen since the watcher started a (re)list; `None` while it watches.
+    let mut listed: Option<HashSet<String>> = None;
     loop {
         let event = tokio::select! {
             _ = stop.changed() => break,
@@ -156,6 +191,9 @@ async fn watch_pods(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 let Some(uid) = pod.metadata.uid.clone() else {
                     continue;
                 };
+                if let Some(listed) = listed.as_mut() {
+                    listed.insert(uid.clone());
+                }
                 let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
                 if node.as_deref().is_some_and(|n| n != ctx.config.node_name) {
                     continue;
@@ -199,7 +237,21 @@ async fn watch_pods(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                     let _ = tx.send(Signal::Stop(Duration::ZERO));
                 }
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::Init => listed = Some(HashSet::new()),
+            watcher::Event::InitDone => {
+                // A relist (the watch could not resume after an API server
+                // restart) reports no deletions: pods deleted meanwhile are the
+                // ones it did not list.
+                if let Some(listed) = listed.take() {
+                    tasks.retain(|uid, (tx, _)| {
+                        let keep = listed.contains(uid);
+                        if !keep {
+                            let _ = tx.send(Signal::Stop(Duration::ZERO));
+                        }
+                        keep
+                    });
+                }
+            }
         }
         tasks.retain(|_, (tx, h)| !h.is_finished() || !tx.is_closed());
     }
@@ -222,7 +274,7 @@ async fn finalize_delete(ctx: &Ctx, pod: &Pod) {
         }),
         ..Default::default()
     };
-    let _ = api.delete(name, &dp).await;
+    let _ = retry(|| api.delete(name, &dp)).await;
 }
 
 /// Per-pod state the kubelet reports.
@@ -285,15 +337,11 @@ impl PodState {
             "initContainerStatuses": self.init,
             "containerStatuses": self.main,
         });
-        if let Err(e) = self
-            .api
-            .patch_status(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-        {
+        let (pp, patch) = (
+            PatchParams::default(),
+            Patch::Merge(json!({"status": status})),
+        );
+        if let Err(e) = retry(|| self.api.patch_status(&self.name, &pp, &patch)).await {
             tracing::debug!("kubelet: status of {} not written: {e}", self.name);
         }
     }
@@ -314,14 +362,11 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Pod, mut signal: watch::Receiver<Signal>) {
             "metadata": {"name": name, "namespace": ns},
             "target": {"apiVersion": "v1", "kind": "Node", "name": ctx.config.node_name},
         });
-        if let Err(e) = api
-            .create_subresource::<_, serde_json::Value>(
-                "binding",
-                &name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
+        let pp = PostParams::default();
+        if let Err(e) = retry(|| {
+            api.create_subresource::<_, serde_json::Value>("binding", &name, &pp, &binding)
+        })
+        .await
         {
             tracing::warn!("kubelet: binding {ns}/{name} failed: {e}");
             return;
@@ -732,7 +777,7 @@ async fn config_map_data(
     optional: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    match api.get_opt(name).await? {
+    match retry(|| api.get_opt(name)).await? {
         Some(cm) => {
             let mut out: BTreeMap<String, Vec<u8>> = cm
                 .data
@@ -760,7 +805,7 @@ async fn secret_data(
     optional: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    match api.get_opt(name).await? {
+    match retry(|| api.get_opt(name)).await? {
         Some(s) => {
             let mut out: BTreeMap<String, Vec<u8>> = s
                 .data
@@ -880,8 +925,8 @@ async fn service_account_token(
         }),
         ..Default::default()
     };
-    let resp = api
-        .create_token_request(&sa_name, &PostParams::default(), &req)
+    let pp = PostParams::default();
+    let resp = retry(|| api.create_token_request(&sa_name, &pp, &req))
         .await
         .with_context(|| format!("TokenRequest for serviceaccount {ns}/{sa_name}"))?;
     resp.status
