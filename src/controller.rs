@@ -24,6 +24,7 @@ use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
 use crate::scan::slots;
 use crate::settings::{ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
+use crate::sources::triggers::Triggers;
 
 const ISTIO_CRD: &str = "virtualservices.networking.istio.io";
 
@@ -141,14 +142,20 @@ pub async fn run(settings: Settings) -> Result<()> {
         },
     );
     let concurrency = settings.reconcile_concurrency;
-    let (scan_controller, job_store) =
-        reconcile::controller(client.clone(), concurrency, handle.clone());
+    let triggers = Triggers::default();
+    let (scan_controller, job_store) = reconcile::controller(
+        client.clone(),
+        concurrency,
+        handle.clone(),
+        triggers.clone(),
+    );
     let scans = scan_controller.store();
     let source_ctx = Arc::new(SourceCtx {
         client: client.clone(),
         scans: scans.clone(),
         recorder: recorder.clone(),
         writes: AtomicU64::new(0),
+        triggers,
     });
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),

@@ -116,10 +116,12 @@ const GIT_ALLOW_PROTOCOL: &str = "https:http:ssh:git";
 ///
 /// Derived only from stored state: the scan's uid, `metadata.generation`,
 /// `status.lastScanTime` (whole seconds, as the apiserver keeps it, or
-/// `never`), `status.retryCount` (unset counts as 0) and the manual-rescan
-/// annotation. The same state gives the same token; starting a run sets
-/// `lastScanTime`, so the run after it gets a new one. 16 hex digits of
-/// FNV-1a 64, stable across Rust releases and operator restarts.
+/// `never`), `status.retryCount` (unset counts as 0), the manual-rescan
+/// annotation and `status.runToken`, the token of the run before. The same
+/// state gives the same token; starting a run records its token, so the run
+/// after it always gets another one (even two runs started within one
+/// second). 16 hex digits of FNV-1a 64, stable across Rust releases and
+/// operator restarts.
 pub fn run_token(scan: &NucleiScan) -> String {
     let status = scan.status.as_ref();
     let uid = scan.metadata.uid.as_deref().unwrap_or("");
@@ -135,7 +137,19 @@ pub fn run_token(scan: &NucleiScan) -> String {
     let retries = status.and_then(|s| s.retry_count).unwrap_or(0).to_string();
     let rescan = rescan_request(scan.annotations()).unwrap_or("");
 
-    stable_hash(&["v1", uid, &generation, &last_scan, &retries, rescan])
+    match status.and_then(|s| s.run_token.as_deref()) {
+        Some(previous) => stable_hash(&[
+            "v1",
+            uid,
+            &generation,
+            &last_scan,
+            &retries,
+            rescan,
+            previous,
+        ]),
+        // As before run tokens were recorded, so a Job made then is found.
+        None => stable_hash(&["v1", uid, &generation, &last_scan, &retries, rescan]),
+    }
 }
 
 /// The Job name of a run: the scan name (lower-cased, other characters than

@@ -12,16 +12,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use devcluster::{Config, DevCluster, Tools};
+use devcluster::DevCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -31,19 +29,15 @@ use kube::{Resource, ResourceExt};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL, SCANNER_ROLE};
 use serde_json::json;
-use support::{canary_target, eventually, ingress, namespace, operator_image, repo, target_ip};
+use support::chart::{
+    Chart, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
+};
+use support::{canary_target, eventually, ingress, namespace, target_ip};
 use tokio::sync::Mutex;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
-/// Release name; the chart names its objects after it (it contains the chart name).
-const RELEASE: &str = "nuclei-operator";
-/// Name of the chart's objects (Deployment, ServiceAccount, ClusterRole, …).
-const FULLNAME: &str = "nuclei-operator";
 /// The chart's default leader-election Lease name, `<fullname>-leader`.
 const LEASE: &str = "nuclei-operator-leader";
-/// Label every object of the release carries.
-const RELEASE_SELECTOR: &str = "app.kubernetes.io/instance=nuclei-operator";
-const RELEASE_NS: &str = "nuclei-system";
 /// Namespace of the annotated Ingress, its scan and the scanner Job.
 const APP_NS: &str = "web";
 const HOST: &str = "canary.test";
@@ -56,107 +50,33 @@ const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// One devcluster at a time in this binary.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// A cluster (without the CRD: the chart installs it) whose pods resolve
-/// [`HOST`] to a canary target, and the helm that installs into it.
-struct Env {
-    cluster: DevCluster,
-    client: kube::Client,
-    helm: PathBuf,
-    /// The operator's HTTP port (pods share the host network).
-    port: u16,
-    started: Instant,
+/// A cluster whose pods resolve [`HOST`] to a canary target, and the chart.
+struct Env(Chart);
+
+impl std::ops::Deref for Env {
+    type Target = Chart;
+    fn deref(&self) -> &Chart {
+        &self.0
+    }
 }
 
 impl Env {
     async fn start(n: u8) -> Env {
-        let started = Instant::now();
         let ip = target_ip(n);
         canary_target(ip).await;
-        let cluster = DevCluster::start(Config {
-            images: vec![operator_image(&repo().join("testdata/templates"))],
-            hosts: vec![format!("{HOST}={ip}")],
-            ..Default::default()
-        })
-        .await
-        .expect("devcluster starts");
-        let client = cluster.client().await.unwrap();
-        let tools = Tools::locate().unwrap();
-        let helm = tools.require(&tools.helm).unwrap().to_owned();
-        let port = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let env = Env {
-            cluster,
-            client,
-            helm,
-            port,
-            started,
-        };
-        env.step("devcluster up");
-        env
-    }
-
-    fn step(&self, what: &str) {
-        eprintln!(
-            "[e2e_helm] {:>6.1}s  {what}",
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-
-    /// Runs helm against the cluster (its own config, cache and data
-    /// directories); panics with helm's output when it fails.
-    async fn helm(&self, args: &[&str]) -> String {
-        let home = self.cluster.dir().join("helm");
-        let out = tokio::process::Command::new(&self.helm)
-            .args(args)
-            .env("KUBECONFIG", self.cluster.kubeconfig())
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_DATA_HOME", home.join("data"))
-            .output()
-            .await
-            .expect("helm runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "helm {args:?} failed ({}):\n{}{stdout}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        Env(Chart::start("e2e_helm", vec![format!("{HOST}={ip}")]).await)
     }
 
     /// `helm install --wait`, with the values `scripts/demo.sh` uses.
     async fn install(&self) {
-        let chart = repo().join("deploy/helm/nuclei-operator");
-        let port = self.port.to_string();
-        self.helm(&[
-            "install",
-            RELEASE,
-            chart.to_str().unwrap(),
-            "--namespace",
-            RELEASE_NS,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "3m",
-            "--set",
-            "image.repository=nuclei-operator",
-            "--set",
-            "image.tag=e2e",
-            "--set",
-            &format!("http.port={port}"),
-            "--set",
-            &format!("service.port={port}"),
-            "--set-json",
-            "templates.defaults=[]",
-            "--set",
-            "operator.logFormat=text",
-        ])
-        .await;
-        self.step("helm install --wait returned");
+        self.0
+            .install(&[
+                "--set-json",
+                "templates.defaults=[]",
+                "--set",
+                "operator.logFormat=text",
+            ])
+            .await;
     }
 
     /// Creates the annotated Ingress in [`APP_NS`] (which must exist) and
@@ -192,66 +112,6 @@ impl Env {
         self.step("scan Completed");
         scan
     }
-
-    /// The one pod of the release's Deployment.
-    async fn operator_pod(&self) -> Pod {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), RELEASE_NS);
-        let list = pods
-            .list(&ListParams::default().labels(RELEASE_SELECTOR))
-            .await
-            .unwrap();
-        assert_eq!(list.items.len(), 1, "one operator pod");
-        list.items.into_iter().next().unwrap()
-    }
-
-    /// GET on the operator's HTTP server; `Some(body)` on 200.
-    async fn get(&self, path: &str) -> Option<String> {
-        devcluster::http_get(self.port, path).await
-    }
-
-    /// Prints the tail of every container log when the test fails.
-    fn dump_logs_on_panic(&self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let pods = self.cluster.dir().join("pods");
-        for ns in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-            for pod in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                for f in std::fs::read_dir(pod.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let path = f.path();
-                    if path.extension().is_some_and(|e| e == "log") {
-                        let text = std::fs::read_to_string(&path).unwrap_or_default();
-                        let lines: Vec<&str> = text.lines().collect();
-                        let tail = &lines[lines.len().saturating_sub(40)..];
-                        eprintln!("--- {}\n{}", path.display(), tail.join("\n"));
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.dump_logs_on_panic();
-    }
-}
-
-/// Creates a namespace that enforces the "restricted" Pod Security Standard.
-async fn restricted_namespace(client: &kube::Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {
-        "name": name,
-        "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-    }}))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
 }
 
 /// The scan has exactly the canary finding: the tag, severity and exclusion

@@ -14,47 +14,12 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::json;
-use support::{Operator, cluster, completed, eventually, ingress, namespace, target_ip};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{
+    Operator, cluster, completed, eventually, ingress, namespace, slow_target, target_ip,
+};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
-
-/// A target on `ip:80` whose `/slow` answers after 4 s (testdata/templates/slow.yaml
-/// matches it) and whose `/canary` answers at once. Own thread and runtime.
-fn slow_target(ip: Ipv4Addr) {
-    let listener = std::net::TcpListener::bind((ip, 80)).expect("port 80 on the test address");
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 8192];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let body = if req.starts_with("GET /slow") {
-                        tokio::time::sleep(Duration::from_secs(4)).await;
-                        "SLOW-OK\n"
-                    } else if req.starts_with("GET /canary") {
-                        "CANARY-OK token=abc123\n"
-                    } else {
-                        "hello\n"
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-    });
-}
 
 struct Env {
     cluster: devcluster::DevCluster,
@@ -68,8 +33,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
         let ip = target_ip(3);
-        slow_target(ip);
-        let names: Vec<String> = (0..4)
+        slow_target(ip, Duration::from_secs(4));
+        let names: Vec<String> = (0..KILL_SCANS)
             .map(|i| format!("s{i}.test"))
             .chain(["cron.test".into(), "manual.test".into()])
             .collect();
@@ -98,8 +63,14 @@ async fn jobs_by_scan(jobs: &Api<Job>) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// How many times the kill test kills the operator, each time with a scan
+/// mid-run (the load-test harness does it at scale: `--kills`).
+const KILLS: usize = 3;
+const KILL_SCANS: usize = 6;
+
 #[tokio::test]
-async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_job() {
+async fn killing_the_operator_mid_run_again_and_again_rebuilds_the_queue_and_starts_no_second_job()
+{
     let _serial = SERIAL.lock().await;
     let e = env().await;
     let client = e.cluster.client().await.unwrap();
@@ -107,7 +78,7 @@ async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_jo
     let env_vars = [("MAX_CONCURRENT_SCANS", "1"), ("JOB_RATE_LIMIT", "0")];
     let mut operator = Operator::start(&e.cluster, &env_vars).await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-    for i in 0..4 {
+    for i in 0..KILL_SCANS {
         let ann = json!({format!("{P}templates"): "slow.yaml"});
         ingresses
             .create(
@@ -119,38 +90,54 @@ async fn killing_the_operator_mid_run_rebuilds_the_queue_and_starts_no_second_jo
     }
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    // Mid-run: one scan Running (its Job alive), the others waiting.
-    eventually(Duration::from_secs(60), "a scan Running", || async {
-        let l = scans.list(&ListParams::default()).await.ok()?;
-        (l.items.len() == 4 && l.items.iter().any(|s| phase(s) == Some(ScanPhase::Running)))
-            .then_some(())
-    })
-    .await;
-    operator.kill().await;
-    let restarted = Instant::now();
-    let operator = Operator::start(&e.cluster, &env_vars).await;
-    // The queue is rebuilt from the NucleiScans alone.
-    let rebuilt = eventually(Duration::from_secs(30), "queue rebuilt", || async {
-        let q: serde_json::Value = serde_json::from_str(&operator.get("/queue").await?).ok()?;
-        let done = scans
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .filter(|s| phase(s) == Some(ScanPhase::Completed))
-            .count() as u64;
-        let known = q["pendingTotal"].as_u64()? + q["running"].as_array()?.len() as u64;
-        (known + done >= 4).then_some(restarted.elapsed())
-    })
-    .await;
-    eprintln!("queue rebuilt {:.2}s after restart", rebuilt.as_secs_f64());
-    for i in 0..4 {
+    let mut killed_in: Vec<String> = Vec::new();
+    for kill in 0..KILLS {
+        // Mid-run: a scan Running (its Job alive) that was not running at
+        // the last kill, the others waiting or done.
+        let running = eventually(Duration::from_secs(60), "a scan Running", || async {
+            let l = scans.list(&ListParams::default()).await.ok()?;
+            if l.items.len() < KILL_SCANS {
+                return None;
+            }
+            l.items
+                .iter()
+                .find(|s| {
+                    phase(s) == Some(ScanPhase::Running) && !killed_in.contains(&s.name_any())
+                })
+                .map(|s| s.name_any())
+        })
+        .await;
+        operator.kill().await;
+        killed_in.push(running.clone());
+        let restarted = Instant::now();
+        operator = Operator::start(&e.cluster, &env_vars).await;
+        // The queue is rebuilt from the NucleiScans alone.
+        let rebuilt = eventually(Duration::from_secs(30), "queue rebuilt", || async {
+            let q: serde_json::Value = serde_json::from_str(&operator.get("/queue").await?).ok()?;
+            let done = scans
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|s| phase(s) == Some(ScanPhase::Completed))
+                .count() as u64;
+            let known = q["pendingTotal"].as_u64()? + q["running"].as_array()?.len() as u64;
+            (known + done >= KILL_SCANS as u64).then_some(restarted.elapsed())
+        })
+        .await;
+        eprintln!(
+            "kill {}: {running} was running; queue rebuilt {:.2}s after restart",
+            kill + 1,
+            rebuilt.as_secs_f64()
+        );
+    }
+    for i in 0..KILL_SCANS {
         completed(&scans, &format!("s{i}-ingress"), Duration::from_secs(120)).await;
     }
     // Every scan ran exactly once: the restart adopted the running Job.
     let by_scan = jobs_by_scan(&jobs).await;
-    assert_eq!(by_scan.len(), 4, "{by_scan:?}");
+    assert_eq!(by_scan.len(), KILL_SCANS, "{by_scan:?}");
     for (scan, js) in &by_scan {
         assert_eq!(js.len(), 1, "{scan} has several Jobs: {js:?}");
     }

@@ -210,3 +210,135 @@ mod tests {
         assert!(matches!(check_run(&s, "u1", "other"), RunCheck::MovedOn(_)));
     }
 }
+
+/// The fence over arbitrary histories of a scan.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::api::{JobRef, NucleiScanStatus};
+    use crate::scan::status::{Attempt, Transition};
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The launcher starts the run the scan waits for, at second `at`.
+        Start(i64),
+        Complete,
+        Fail,
+        /// Its spec changes.
+        Edit,
+        /// A rescan is requested.
+        Rescan,
+        /// It is deleted and created again under the same name.
+        Recreate,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0i64..3).prop_map(Step::Start),
+            2 => Just(Step::Complete),
+            2 => Just(Step::Fail),
+            1 => Just(Step::Edit),
+            1 => Just(Step::Rescan),
+            1 => Just(Step::Recreate),
+        ]
+    }
+
+    fn fresh(uid: &str) -> NucleiScan {
+        let mut s = NucleiScan::new("web", Default::default());
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some(uid.into());
+        s.metadata.generation = Some(1);
+        s.status = Some(NucleiScanStatus {
+            phase: Some(ScanPhase::Pending),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn write(scan: &mut NucleiScan, t: &Transition) {
+        let mut status = serde_json::to_value(scan.status.clone().unwrap_or_default()).unwrap();
+        for (k, v) in t.patch() {
+            if v.is_null() {
+                status.as_object_mut().unwrap().remove(&k);
+            } else {
+                status[k] = v;
+            }
+        }
+        scan.status = Some(serde_json::from_value(status).unwrap());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// No run writes a scan that has moved on: after any history, only
+        /// the run in progress is Current; every other run ever started is
+        /// refused; and no two runs ever had the same token (so never the
+        /// same Job), even when started within the same second.
+        #[test]
+        fn only_the_run_in_progress_may_write_and_no_two_runs_share_a_token(
+            steps in prop::collection::vec(step(), 1..30)
+        ) {
+            let mut uid = 0;
+            let mut scan = fresh("u0");
+            let mut started: Vec<(String, String)> = Vec::new();
+            let mut current: Option<usize> = None;
+            let mut rescans = 0;
+            for step in steps {
+                let phase = scan.status.as_ref().and_then(|s| s.phase);
+                match step {
+                    Step::Start(at) if phase != Some(ScanPhase::Running) => {
+                        let run = run_token(&scan);
+                        prop_assert_eq!(check_run(&scan, &format!("u{uid}"), &run), RunCheck::NotStarted);
+                        prop_assert!(
+                            !started.iter().any(|(_, r)| *r == run),
+                            "token {} used twice", run
+                        );
+                        let running = Transition::Running {
+                            run: run.clone(),
+                            job: Some(JobRef { name: job_name("web", &run), uid: "j".into(), ..Default::default() }),
+                            at: chrono::Utc.timestamp_opt(1_800_000_000 + at, 0).unwrap(),
+                            attempt: Attempt::of(&scan),
+                        };
+                        write(&mut scan, &running);
+                        started.push((format!("u{uid}"), run));
+                        current = Some(started.len() - 1);
+                    }
+                    Step::Complete | Step::Fail if phase == Some(ScanPhase::Running) => {
+                        let t = if matches!(step, Step::Complete) {
+                            Transition::Completed { findings: serde_json::json!([]), summary: serde_json::json!({}), at: chrono::Utc::now() }
+                        } else {
+                            Transition::Failed { message: "x".into(), retry_count: 1, at: chrono::Utc::now(), attempt: None }
+                        };
+                        write(&mut scan, &t);
+                        current = None;
+                    }
+                    Step::Edit => {
+                        *scan.metadata.generation.as_mut().unwrap() += 1;
+                    }
+                    Step::Rescan => {
+                        rescans += 1;
+                        scan.metadata.annotations = Some(
+                            [(crate::annotations::RESCAN.to_string(), rescans.to_string())].into(),
+                        );
+                    }
+                    Step::Recreate => {
+                        uid += 1;
+                        scan = fresh(&format!("u{uid}"));
+                        current = None;
+                    }
+                    _ => {}
+                }
+                for (i, (u, run)) in started.iter().enumerate() {
+                    let check = check_run(&scan, u, run);
+                    if Some(i) == current {
+                        prop_assert_eq!(check, RunCheck::Current);
+                    } else {
+                        prop_assert!(matches!(check, RunCheck::MovedOn(_)), "run {} of {}: {:?}", i, u, check);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, instrument, warn};
 
 use super::fence::{RunCheck, check_run, write_if};
-use super::phase::{after, next_retry_count};
+use super::phase::{after, next_retry_count, whole_second};
 use super::reconcile::ScanCtx;
 use super::status::{
     Attempt, POD_NOT_STARTED, Transition, WAITING_FOR_TARGETS, chrono, remove_condition,
@@ -295,7 +295,7 @@ impl JobLauncher {
             .policy
             .backoff
             .while_waiting(silent_for, &format!("{run}/{}", silent_for.as_secs()));
-        let next = after(now, delay);
+        let next = whole_second(after(now, delay));
         let message = format!(
             "no target answered within {}; next check at {}",
             crate::duration::format_duration(ctx.settings.target_check_timeout),

@@ -39,7 +39,7 @@ use crate::jobs::JobOutcome;
 use crate::sources::apply::ANNOTATION_ERRORS;
 
 /// How often a Running scan whose pod has not started is looked at again.
-const POD_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+const POD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Exponential backoff with jitter (BACKOFF_INITIAL, BACKOFF_MAX,
 /// BACKOFF_MULTIPLIER).
@@ -501,7 +501,7 @@ pub fn decide(scan: &NucleiScan, seen: &Observed, policy: &Policy, now: DateTime
                             let delay = policy
                                 .backoff
                                 .delay(retries - 1, &format!("{uid}/{retries}"));
-                            Some((Reason::Retry, after(finished, delay)))
+                            Some((Reason::Retry, whole_second(after(finished, delay))))
                         } else {
                             // Retries spent: wait for a spec change or a rescan.
                             None
@@ -606,6 +606,16 @@ fn schedule_of(
         }
         None => (None, remove_condition(conditions, SCHEDULE_VALID)),
     }
+}
+
+/// `t` rounded up to a whole second: the API server keeps times to the
+/// second, so a due time written with a fraction would read back different
+/// and be written again on every reconcile.
+pub fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    if t.timestamp_subsec_nanos() == 0 {
+        return t;
+    }
+    DateTime::from_timestamp(t.timestamp().saturating_add(1), 0).unwrap_or(t)
 }
 
 /// `t + d`, or `t` itself where that would overflow (durations come from
@@ -842,7 +852,7 @@ mod tests {
             Some(("ErrImagePull".into(), "m".into()))
         );
         assert!(plan.transition.is_none());
-        assert_eq!(plan.requeue_after, Some(Duration::from_secs(30)));
+        assert_eq!(plan.requeue_after, Some(POD_CHECK_INTERVAL));
         // Reported: the next look writes nothing and reports nothing.
         s.status.as_mut().unwrap().conditions = plan.conditions.unwrap();
         let plan = decide(&s, &seen, &policy(), at(40));
@@ -1048,5 +1058,258 @@ mod tests {
             no_jitter(Duration::from_secs(86_400), "c").max(Duration::from_secs(480)),
             no_jitter(Duration::from_secs(86_400), "c")
         );
+    }
+}
+
+/// Invariants of [`decide`] over arbitrary scans, observations and times.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::api::{JobRef, NucleiScanStatus};
+    use crate::scan::status::time;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            max_retries: 3,
+            backoff: Backoff {
+                initial: Duration::from_secs(10),
+                max: Duration::from_secs(600),
+                multiplier: 2.0,
+            },
+            rescan_age: Some(Duration::from_secs(3600)),
+            pod_start_timeout: Duration::from_secs(300),
+        }
+    }
+
+    fn phase() -> impl Strategy<Value = Option<ScanPhase>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(ScanPhase::Pending)),
+            Just(Some(ScanPhase::Running)),
+            Just(Some(ScanPhase::Completed)),
+            Just(Some(ScanPhase::Failed)),
+        ]
+    }
+
+    fn time_opt() -> impl Strategy<Value = Option<i64>> {
+        prop::option::of(-5000i64..5000)
+    }
+
+    prop_compose! {
+        fn scan()(
+            phase in phase(),
+            generation in 1i64..4,
+            observed in prop::option::of(1i64..4),
+            retries in prop::option::of(0i32..6),
+            last_scan in time_opt(),
+            completion in time_opt(),
+            next in time_opt(),
+            job in any::<bool>(),
+            schedule in prop::option::of(prop_oneof![
+                Just("*/5 * * * *".to_string()),
+                Just("@daily".to_string()),
+                Just("not a schedule".to_string()),
+            ]),
+            suspend in prop::bool::weighted(0.1),
+            rescan in prop::option::of(prop_oneof![Just("a"), Just("b")]),
+            last_rescan in prop::option::of(prop_oneof![Just("a"), Just("b")]),
+            annotation_error in prop::bool::weighted(0.2),
+        ) -> NucleiScan {
+            let mut annotations = serde_json::Map::new();
+            if let Some(r) = rescan {
+                annotations.insert(annotations::RESCAN.into(), json!(r));
+            }
+            if annotation_error {
+                annotations.insert(ANNOTATION_ERRORS.into(), json!("timeout: bad"));
+            }
+            let mut s: NucleiScan = serde_json::from_value(json!({
+                "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+                "kind": "NucleiScan",
+                "metadata": {"name": "web", "namespace": "team", "uid": "u1",
+                             "generation": generation, "annotations": annotations},
+                "spec": {
+                    "sourceRef": {"apiVersion": "v1", "kind": "Ingress", "name": "a", "namespace": "team", "uid": "i"},
+                    "targets": ["https://a.example.com"],
+                    "suspend": suspend
+                }
+            }))
+            .unwrap();
+            s.spec.schedule = schedule;
+            s.status = Some(NucleiScanStatus {
+                phase,
+                observed_generation: observed,
+                retry_count: retries,
+                last_scan_time: last_scan.map(|t| time(at(t))),
+                completion_time: completion.map(|t| time(at(t))),
+                next_scheduled_time: next.map(|t| time(at(t))),
+                job_ref: job.then(|| JobRef { name: "web-abc".into(), uid: "j".into(), ..Default::default() }),
+                last_rescan_request: last_rescan.map(str::to_owned),
+                ..Default::default()
+            });
+            s
+        }
+    }
+
+    fn job_view() -> impl Strategy<Value = JobView> {
+        let pod = prop_oneof![
+            Just(PodView::Started),
+            Just(PodView::NotStarted {
+                reason: "ErrImagePull".into(),
+                message: "m".into(),
+                stuck: true
+            }),
+            Just(PodView::NotStarted {
+                reason: "NoPod".into(),
+                message: "m".into(),
+                stuck: false
+            }),
+        ];
+        prop_oneof![
+            Just(JobView::NotLooked),
+            Just(JobView::Missing),
+            Just(JobView::Finished(JobOutcome::Complete)),
+            Just(JobView::Finished(JobOutcome::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: "m".into()
+            })),
+            (pod, -1000i64..1000).prop_map(|(pod, created)| JobView::Active {
+                job: JobRef {
+                    name: "web-abc".into(),
+                    uid: "j".into(),
+                    ..Default::default()
+                },
+                run: "r".into(),
+                created: Some(at(created)),
+                pod,
+            }),
+        ]
+    }
+
+    /// What the API server makes of a status merge patch.
+    fn write(scan: &mut NucleiScan, plan: &Plan) {
+        let mut status = serde_json::to_value(scan.status.clone().unwrap_or_default()).unwrap();
+        let mut patch = plan
+            .transition
+            .as_ref()
+            .map(Transition::patch)
+            .unwrap_or_default();
+        if let Some(c) = &plan.conditions {
+            patch.insert("conditions".into(), serde_json::to_value(c).unwrap());
+        }
+        for (k, v) in patch {
+            match v {
+                Value::Null => {
+                    status.as_object_mut().unwrap().remove(&k);
+                }
+                Value::Object(fields) if status.get(&k).is_some_and(Value::is_object) => {
+                    for (f, v) in fields {
+                        if v.is_null() {
+                            status[&k].as_object_mut().unwrap().remove(&f);
+                        } else {
+                            status[&k][f] = v;
+                        }
+                    }
+                }
+                v => status[k] = v,
+            }
+        }
+        scan.status = Some(serde_json::from_value(status).unwrap());
+    }
+
+    /// A finished Job after a Failed write: the observation a scan that left
+    /// Running gets (its run's Job is no longer what decides).
+    fn after_write(seen: &Observed, scan: &NucleiScan, before: Option<ScanPhase>) -> Observed {
+        let phase = scan.status.as_ref().and_then(|s| s.phase);
+        let job = match (&seen.job, before, phase) {
+            // Deleting the Job of a pod that never started takes it away.
+            (JobView::Active { .. }, Some(ScanPhase::Running), Some(ScanPhase::Failed)) => {
+                JobView::Missing
+            }
+            (JobView::Active { .. }, Some(ScanPhase::Pending), Some(ScanPhase::Running)) => {
+                seen.job.clone()
+            }
+            (job, _, Some(ScanPhase::Pending)) if !matches!(job, JobView::Active { .. }) => {
+                JobView::NotLooked
+            }
+            (job, _, _) => job.clone(),
+        };
+        Observed {
+            job,
+            in_process: seen.in_process,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Bounded writes: whatever the scan and what is observed of it,
+        /// deciding again on what was written settles within four writes at
+        /// the same moment (no write loop, whatever the target does). Four:
+        /// a rescan request (Pending), a Job already made for it (Running),
+        /// its pod past the start timeout (Failed), the retry (its due time).
+        #[test]
+        fn deciding_again_on_the_written_status_settles_within_four_writes(
+            scan in scan(), seen in job_view(), in_process in any::<bool>(), now in -5000i64..5000
+        ) {
+            let (mut scan, now) = (scan, at(now));
+            let mut seen = Observed { job: seen, in_process };
+            let mut writes = 0;
+            loop {
+                let plan = decide(&scan, &seen, &policy(), now);
+                if !plan.writes_status() {
+                    break;
+                }
+                writes += 1;
+                prop_assert!(writes <= 4, "still writing after 4: {plan:?}");
+                let before = scan.status.as_ref().and_then(|s| s.phase);
+                write(&mut scan, &plan);
+                seen = after_write(&seen, &scan, before);
+            }
+        }
+
+        /// Every scan is accounted for: once settled, a scan that is not
+        /// suspended, deleted, running or out of retries is in the queue,
+        /// now or at a due time (a scan with nothing to schedule aside).
+        #[test]
+        fn a_settled_scan_is_queued_unless_running_suspended_or_out_of_retries(
+            scan in scan(), seen in job_view(), now in -5000i64..5000
+        ) {
+            let (mut scan, now) = (scan, at(now));
+            let mut seen = Observed { job: seen, in_process: false };
+            let mut plan = decide(&scan, &seen, &policy(), now);
+            for _ in 0..4 {
+                if !plan.writes_status() {
+                    break;
+                }
+                let before = scan.status.as_ref().and_then(|s| s.phase);
+                write(&mut scan, &plan);
+                seen = after_write(&seen, &scan, before);
+                plan = decide(&scan, &seen, &policy(), now);
+            }
+            let status = scan.status.clone().unwrap_or_default();
+            let retries = status.retry_count.unwrap_or(0).max(0) as u32;
+            let exempt = scan.spec.suspend
+                || status.phase == Some(ScanPhase::Running)
+                || (status.phase == Some(ScanPhase::Failed) && retries > policy().max_retries);
+            if !exempt {
+                prop_assert!(
+                    matches!(plan.queue, QueueOp::Now(_) | QueueOp::At(_, _)),
+                    "{:?} left out of the queue: {plan:?}", status.phase
+                );
+            }
+            // A scan that waits says until when.
+            if let QueueOp::At(_, due) = plan.queue
+                && status.phase != Some(ScanPhase::Pending)
+            {
+                prop_assert_eq!(status.next_scheduled_time.as_ref().map(chrono), Some(due));
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ use crate::error::{Error, Result, is_not_found};
 use crate::jobs;
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, SeverityLabel};
 use crate::settings::{ScannerMode, Settings};
+use crate::sources::triggers::Triggers;
 
 /// Shared by the scan reconciler and the launchers.
 pub struct ScanCtx {
@@ -122,18 +123,27 @@ pub fn target_hosts(scan: &NucleiScan) -> Vec<String> {
 ///
 /// Every Job event also goes to [`super::slots::on_job_event`], which frees
 /// the slot of a run whose Job finished or vanished.
+///
+/// Every scan event, once in the cache, also asks the scan's source to be
+/// reconciled (see [`Triggers`]).
 pub fn controller(
     client: kube::Client,
     concurrency: u16,
     dispatch: DispatcherHandle<String>,
+    triggers: Triggers,
 ) -> (Controller<NucleiScan>, Store<Job>) {
-    let (scans, scan_events) = cache::reflect(
-        Api::<NucleiScan>::all(client.clone()),
+    let (scans, scan_events) = cache::reflect_each(
+        client.clone(),
         watcher::Config::default().any_semantic(),
-        |scan| {
+        |scan: &mut NucleiScan| {
             if let Some(status) = scan.status.as_mut() {
                 status.findings = Vec::new();
             }
+        },
+        |metadata| NucleiScan {
+            metadata,
+            spec: Default::default(),
+            status: None,
         },
     );
     let (jobs, job_events) = cache::reflect(
@@ -145,6 +155,7 @@ pub fn controller(
     );
     let job_events =
         job_events.inspect_ok(move |event| super::slots::on_job_event(&dispatch, event));
+    let scan_events = scan_events.inspect_ok(move |event| triggers.notify(event));
     let controller = Controller::for_stream(scan_events.applied_objects(), scans)
         .owns_stream(job_events.touched_objects())
         .with_config(ControllerConfig::default().concurrency(concurrency));
@@ -265,6 +276,10 @@ async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
 
 #[instrument(skip_all, fields(scan = %scan_key(&scan)))]
 async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
+    if cache::unreadable(scan.as_ref()).is_some() {
+        // Logged by the cache; nothing can be decided without its status.
+        return Ok(Action::await_change());
+    }
     let observed = observe(&ctx, &scan).await?;
     let now = Utc::now();
     let plan = decide(&scan, &observed, &ctx.policy, now);

@@ -20,6 +20,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
 use super::targets::{Derived, ingress_targets, scan_name, virtual_service_targets};
+use super::triggers::Triggers;
 use crate::annotations;
 use crate::api::{NucleiScan, SourceKind, VirtualService};
 use crate::cache;
@@ -35,6 +36,8 @@ pub struct SourceCtx {
     pub recorder: Recorder,
     /// Writes (apply, delete) made to NucleiScans, for tests and metrics.
     pub writes: AtomicU64,
+    /// Reconcile requests from the scan watch (a scan changed or vanished).
+    pub triggers: Triggers,
 }
 
 /// A Kubernetes object that exposes web endpoints.
@@ -89,9 +92,8 @@ pub async fn run<K: SourceObject>(
             }
         },
     );
-    let scans: Api<NucleiScan> = Api::all(ctx.client.clone());
     Controller::for_stream(events.applied_objects(), sources)
-        .owns(scans, watcher::Config::default().any_semantic())
+        .reconcile_on(ctx.triggers.subscribe::<K>())
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)

@@ -3,3 +3,4 @@
 pub mod apply;
 pub mod controller;
 pub mod targets;
+pub mod triggers;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod chart;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -186,6 +188,17 @@ impl Operator {
 /// It runs on its own thread and runtime, so it outlives the test that
 /// started it (tests share one target).
 pub async fn canary_target(ip: Ipv4Addr) {
+    serve(ip, None);
+}
+
+/// Like [`canary_target`], and `/slow` answers `SLOW-OK` (what
+/// testdata/templates/slow.yaml matches) after `delay`, so a scan with that
+/// template stays Running for a while.
+pub fn slow_target(ip: Ipv4Addr, delay: Duration) {
+    serve(ip, Some(delay));
+}
+
+fn serve(ip: Ipv4Addr, slow: Option<Duration>) {
     let listener = std::net::TcpListener::bind((ip, 80)).expect("port 80 on the test address");
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -200,8 +213,15 @@ pub async fn canary_target(ip: Ipv4Addr) {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 8192];
                     let n = s.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]);
-                    let body = if req.starts_with("GET /canary") { "CANARY-OK token=abc123\n" } else { "hello\n" };
+                    let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let body = match slow {
+                        Some(delay) if req.starts_with("GET /slow") => {
+                            tokio::time::sleep(delay).await;
+                            "SLOW-OK\n"
+                        }
+                        _ if req.starts_with("GET /canary") => "CANARY-OK token=abc123\n",
+                        _ => "hello\n",
+                    };
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
