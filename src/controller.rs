@@ -200,8 +200,14 @@ pub async fn run(settings: Settings) -> Result<()> {
                     tokio::join!(dispatcher.run(launcher, stop), audit);
                 }
                 ScannerMode::Sync => {
-                    let launcher = crate::scanner::sync::SyncLauncher::new(ctx);
-                    dispatcher.run(launcher, stop).await
+                    let launcher = crate::scanner::sync::SyncLauncher::new(ctx.clone());
+                    let audit = crate::scanner::sync::audit_forever(
+                        ctx,
+                        launcher.runs(),
+                        scans,
+                        audit_stop,
+                    );
+                    tokio::join!(dispatcher.run(launcher, stop), audit);
                 }
             }
         });

@@ -475,11 +475,9 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     }
 
     let mut env = vec![
-        env_value("SCAN_NAMESPACE", &params.scan_namespace),
-        env_value("SCAN_NAME", &params.scan_name),
+        // The run the scanner writes for (`--scan` names the scan).
         env_value("SCAN_UID", &params.scan_uid),
         env_value("SCAN_RUN", &params.run_token),
-        env_value("JOB_NAME", &name),
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_value("NUCLEI_TEMPLATES_PATH", &params.templates_path),
@@ -1570,11 +1568,12 @@ mod tests {
         };
         let job = build_job(&scan(), &p);
         let c = scanner(&job);
-        assert_eq!(env_val(c, "SCAN_NAMESPACE"), Some("web"));
-        assert_eq!(env_val(c, "SCAN_NAME"), Some("shop-ingress"));
         assert_eq!(env_val(c, "SCAN_UID"), Some(p.scan_uid.as_str()));
         assert_eq!(env_val(c, "SCAN_RUN"), Some(p.run_token.as_str()));
-        assert_eq!(env_val(c, "JOB_NAME"), job.metadata.name.as_deref());
+        // Nothing the scanner does not read.
+        for unread in ["SCAN_NAMESPACE", "SCAN_NAME", "JOB_NAME"] {
+            assert_eq!(env_val(c, unread), None, "{unread}");
+        }
         assert_eq!(
             env_val(c, "NUCLEI_TEMPLATES_PATH"),
             Some("/nuclei-templates")

@@ -391,6 +391,12 @@ fn cases() -> Vec<Case> {
             expect: |r| env_is(r, "JOB_BACKOFF_LIMIT", "2"),
         },
         Case {
+            value: "scanner.startTimeout",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.startTimeout=90s"],
+            expect: |r| env_is(r, "POD_START_TIMEOUT", "90s"),
+        },
+        Case {
             value: "scanner.serviceAccountName",
             context: NO_CONTEXT,
             set: &["--set", "scanner.serviceAccountName=scanner"],

@@ -550,6 +550,18 @@ async fn an_api_server_refusing_connections_while_scans_finish_loses_no_findings
         .await
         .unwrap();
     env.step("kube-apiserver back after 40s");
+    // As in a real cluster, whose controller manager loses its leader lease
+    // in such an outage and restarts (devcluster's runs without election;
+    // otherwise its Job controller backs off for up to two minutes before
+    // it marks the Jobs that finished during the outage complete).
+    env.cluster
+        .stop_component(ComponentName::KubeControllerManager)
+        .await
+        .unwrap();
+    env.cluster
+        .start_component(ComponentName::KubeControllerManager)
+        .await
+        .unwrap();
     let client = env.cluster.client().await.unwrap();
     let api = scans(&client, ns);
     for name in ["o1-ingress", "o2-ingress"] {

@@ -17,7 +17,7 @@ use devcluster::{ImageMapping, Tools};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use serde_json::json;
 use support::{
@@ -71,7 +71,7 @@ async fn env() -> &'static Env {
             entrypoint: vec!["git".into()],
             ..ImageMapping::default()
         });
-        let operator = start_operator(
+        let (operator, _) = start_operator(
             &cluster,
             &[
                 ("MAX_CONCURRENT_SCANS", "4"),
@@ -96,6 +96,8 @@ async fn env() -> &'static Env {
 struct SyncEnv {
     cluster: devcluster::DevCluster,
     _operator: Daemon,
+    /// The operator's HTTP port.
+    port: u16,
 }
 
 static SYNC_ENV: OnceCell<SyncEnv> = OnceCell::const_new();
@@ -104,11 +106,14 @@ async fn sync_env() -> &'static SyncEnv {
     SYNC_ENV
         .get_or_init(|| async {
             let ip = target().await;
+            // `/slow` answers after 30 s: an in-process scan stays on it.
+            let slow = target_ip(2);
+            support::slow_target(slow, Duration::from_secs(30));
             let cluster = cluster(&[("canary.test", ip)]).await;
             let tools = Tools::locate().unwrap();
             let nuclei = tools.require(&tools.nuclei).unwrap().to_owned();
             let templates = support::repo().join("testdata/templates");
-            let operator = start_operator(
+            let (operator, port) = start_operator(
                 &cluster,
                 &[
                     ("SCANNER_MODE", "sync"),
@@ -116,12 +121,13 @@ async fn sync_env() -> &'static SyncEnv {
                     ("NUCLEI_TEMPLATES_PATH", templates.to_str().unwrap()),
                     ("DEFAULT_TEMPLATES", ""),
                 ],
-                Some(&[("canary.test", ip)]),
+                Some(&[("canary.test", ip), ("slow.test", slow)]),
             )
             .await;
             SyncEnv {
                 cluster,
                 _operator: operator,
+                port,
             }
         })
         .await
@@ -262,7 +268,7 @@ async fn start_operator(
     cluster: &devcluster::DevCluster,
     env: &[(&str, &str)],
     hosts: Option<&[(&str, Ipv4Addr)]>,
-) -> Daemon {
+) -> (Daemon, u16) {
     let port = free_port();
     let dir = cluster.dir().join(format!("operator-{port}"));
     let home = dir.join("home");
@@ -318,7 +324,7 @@ async fn start_operator(
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
-    daemon
+    (daemon, port)
 }
 
 // ---- fixtures -----------------------------------------------------------------
@@ -677,6 +683,42 @@ async fn sync_mode_scans_the_canary_in_process_without_a_job() {
         jobs_of(&client, &ns).await.is_empty(),
         "sync mode created a Job"
     );
+}
+
+#[tokio::test]
+async fn sync_mode_stops_an_in_process_scan_whose_ingress_is_deleted_and_frees_its_slot() {
+    let e = sync_env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "sync-deleted").await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({"nuclei.homelab.mortenolsen.pro/templates": "slow.yaml"});
+    ingresses
+        .create(&PostParams::default(), &ingress("slow", "slow.test", ann))
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "scan Running", || async {
+        let s = scans.get_opt("slow-ingress").await.ok()??;
+        (s.status?.phase? == ScanPhase::Running).then_some(())
+    })
+    .await;
+    ingresses
+        .delete("slow", &DeleteParams::default())
+        .await
+        .unwrap();
+    let key = format!("{ns}/slow-ingress");
+    // Within the audit interval (10 s), well before nuclei would give up on
+    // the page (twice its 10 s request timeout).
+    eventually(Duration::from_secs(15), "the slot freed", || async {
+        let queue: serde_json::Value =
+            serde_json::from_str(&devcluster::http_get(e.port, "/queue").await?).ok()?;
+        let held = queue["running"]
+            .as_array()?
+            .iter()
+            .any(|r| r["scan"] == key.as_str());
+        (!held).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

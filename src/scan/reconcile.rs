@@ -320,7 +320,13 @@ async fn apply(ctx: &ScanCtx, scan: &NucleiScan, plan: Plan, now: DateTime<Utc>)
             Err(e) => return Err(e.into()),
         }
     }
+    // Still running as the cache has it now: a Job that finished while this
+    // reconcile ran has had its slot freed, which must not be taken again.
     if let Some(run) = &plan.hold_slot
+        && ctx
+            .jobs
+            .get(&ObjectRef::new(&jobs::job_name(&name, run)).within(&namespace))
+            .is_some_and(|j| jobs::job_finished(&j).is_none())
         && ctx
             .dispatch
             .adopt_running(key.clone(), target_hosts(scan), run.clone())

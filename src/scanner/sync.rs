@@ -1,15 +1,18 @@
 //! Sync mode (`SCANNER_MODE=sync`): the scanner runs inside the operator,
 //! under the same dispatcher limits, for clusters that cannot run Jobs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use dispatcher::{Admitted, LaunchError, Launched, Launcher};
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::Value;
-use tracing::warn;
+use tokio::task::AbortHandle;
+use tracing::{info, warn};
 
 use super::run::{RunId, ScannerDefaults, run};
 use crate::api::NucleiScan;
@@ -17,15 +20,69 @@ use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::launch::{fail_attempt, split_key};
 use crate::scan::phase::next_retry_count;
 use crate::scan::reconcile::ScanCtx;
+use crate::scan::slots::AUDIT_INTERVAL;
 use crate::scan::status::{Attempt, Transition};
+
+/// In-process scans running now: scan key → run token and the task.
+type Runs = Arc<Mutex<HashMap<String, (String, AbortHandle)>>>;
 
 /// Runs admitted scans as in-process tasks.
 pub struct SyncLauncher {
     ctx: Arc<ScanCtx>,
     defaults: ScannerDefaults,
+    runs: Runs,
+}
+
+/// Stops in-process scans whose scan is gone or has moved on (deleted,
+/// disabled, re-created, its spec changed), every [`AUDIT_INTERVAL`], and
+/// frees their slots, as the Job watch does for scanner Jobs in pod mode.
+pub async fn audit_forever(
+    ctx: Arc<ScanCtx>,
+    runs: Runs,
+    scans: Store<NucleiScan>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(AUDIT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let stale: Vec<(String, String, AbortHandle)> = {
+            let runs = runs.lock().expect("runs lock");
+            runs.iter()
+                .filter(|(key, (run, _))| {
+                    let Some((namespace, name)) = key.split_once('/') else {
+                        return true;
+                    };
+                    match scans.get(&ObjectRef::new(name).within(namespace)) {
+                        None => true,
+                        Some(scan) => matches!(
+                            check_run(&scan, &scan.uid().unwrap_or_default(), run),
+                            RunCheck::MovedOn(_)
+                        ),
+                    }
+                })
+                .map(|(key, (run, task))| (key.clone(), run.clone(), task.clone()))
+                .collect()
+        };
+        for (key, run, task) in stale {
+            task.abort();
+            runs.lock().expect("runs lock").remove(&key);
+            if ctx.dispatch.finished_run(&key, &run) {
+                info!(scan = %key, "the scan moved on: in-process scan stopped, slot freed");
+            }
+        }
+    }
 }
 
 impl SyncLauncher {
+    /// The in-process scans running now, for [`audit_forever`].
+    pub fn runs(&self) -> Runs {
+        self.runs.clone()
+    }
+
     /// A launcher using the operator's settings as scanner defaults.
     pub fn new(ctx: Arc<ScanCtx>) -> Self {
         let s = &ctx.settings;
@@ -40,7 +97,11 @@ impl SyncLauncher {
                 .unwrap_or_else(|| "nuclei".into()),
             pod_name: s.pod_name.clone(),
         };
-        SyncLauncher { ctx, defaults }
+        SyncLauncher {
+            ctx,
+            defaults,
+            runs: Runs::default(),
+        }
     }
 }
 
@@ -68,6 +129,7 @@ impl Launcher<String> for SyncLauncher {
     async fn launch(&self, admitted: &Admitted<String>) -> Result<Launched, LaunchError> {
         let retry = |e: kube::Error| LaunchError::new(Duration::from_secs(5), e.to_string());
         let key = admitted.intent.key.clone();
+        let key_for_registry = key.clone();
         let run_token = admitted.intent.payload.clone();
         let (namespace, name) = split_key(&key);
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
@@ -110,7 +172,11 @@ impl Launcher<String> for SyncLauncher {
             uid,
             token: run_token.clone(),
         };
-        tokio::spawn(async move {
+        let runs = self.runs.clone();
+        // Held across the spawn so the task cannot finish (and remove its
+        // entry) before the entry is made.
+        let mut registry = self.runs.lock().expect("runs lock");
+        let task = tokio::spawn(async move {
             if let Err(e) = run(ctx.client.clone(), &namespace, &name, &defaults, &id).await {
                 warn!(scan = %key, "in-process scan failed: {e:#}");
                 let failed = Transition::Failed {
@@ -130,8 +196,10 @@ impl Launcher<String> for SyncLauncher {
                 })
                 .await;
             }
+            runs.lock().expect("runs lock").remove(&key);
             ctx.dispatch.finished_run(&key, &id.token);
         });
+        registry.insert(key_for_registry, (run_token, task.abort_handle()));
         Ok(Launched::Running)
     }
 }
