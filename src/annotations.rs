@@ -916,3 +916,66 @@ mod tests {
         assert_eq!(ScannerConfig::default().parsed_timeout(), Ok(None));
     }
 }
+
+/// Whatever a namespace user writes into annotations: no panic, bounded text.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::sources::apply::{MAX_ERRORS_TEXT, describe_errors};
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(KNOWN_KEYS.to_vec()).prop_map(str::to_owned),
+            1 => "[a-z-]{1,20}".prop_map(|k| format!("{PREFIX}{k}")),
+            1 => "[a-z./-]{1,30}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,60}",
+            "[0-9.]{1,40}[a-zµ]{0,3}",
+            "(\\*|[0-9]{1,3}|@every [0-9]+[smh]|@daily)( [0-9*/,-]{1,6}){0,6}",
+            "[a-z0-9/,.-]{0,400}",
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_annotations_parse_without_panicking_and_their_errors_stay_bounded(
+            annotations in prop::collection::btree_map(key(), value(), 0..40)
+        ) {
+            let parsed = parse(&annotations);
+            prop_assert!(describe_errors(&parsed.errors).len() <= MAX_ERRORS_TEXT);
+            let mut spec = crate::api::NucleiScanSpec::default();
+            parsed.overrides.apply(&mut spec);
+            if let Some(t) = parsed.overrides.timeout {
+                prop_assert!((MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t));
+            }
+            for item in spec.templates.iter().chain(&spec.tags).chain(&spec.exclude_templates) {
+                prop_assert!(item.len() <= MAX_ITEM_LEN);
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+        #[test]
+        fn thousands_of_bad_keys_give_a_bounded_error_text(n in 1usize..2000) {
+            let annotations: BTreeMap<String, String> =
+                (0..n).map(|i| (format!("{PREFIX}unknown-{i}"), "x".repeat(300))).collect();
+            let parsed = parse(&annotations);
+            prop_assert_eq!(parsed.errors.len(), n);
+            let text = describe_errors(&parsed.errors);
+            prop_assert!(text.len() <= MAX_ERRORS_TEXT, "{}", text.len());
+            prop_assert!(n == 1 || text.contains("more") || text.len() < MAX_ERRORS_TEXT);
+        }
+    }
+}

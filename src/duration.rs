@@ -114,7 +114,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             let digits = &frac_part[..frac_part.len().min(MAX_FRACTION_DIGITS)];
             let numerator: u128 = digits.parse().map_err(|_| too_large())?;
             let scale = 10u128.pow(digits.len() as u32);
-            part += numerator * unit_nanos / scale;
+            // Checked: a whole part just below the limit plus its fraction
+            // overflowed here (a crash in debug builds, a wrap in release).
+            part = part
+                .checked_add(numerator * unit_nanos / scale)
+                .ok_or_else(too_large)?;
         }
         total = total.checked_add(part).ok_or_else(too_large)?;
         if total > MAX_NANOS {
@@ -267,6 +271,13 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_part_just_below_the_u128_limit_plus_a_fraction_is_too_large_not_a_crash() {
+        // Crash-looped the operator as an Ingress `timeout` annotation.
+        let e = parse_duration("94522879700260684295381835.999999999999999999h").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
     fn values_beyond_gos_limit_are_rejected_without_panicking() {
         assert_eq!(ok("2562047h"), Duration::from_secs(2_562_047 * 3600));
         assert!(err("2562048h").contains("too large"));
@@ -305,6 +316,41 @@ mod tests {
             Duration::new(7 * 24 * 3600 + 5, 250_000_000),
         ] {
             assert_eq!(ok(&format_duration(d)), d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        /// Any text: an error or a duration within Go's limit, never a panic.
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(s in "\\PC{0,40}") {
+            if let Ok(d) = parse_duration(&s) {
+                prop_assert!(d.as_nanos() <= MAX_NANOS);
+            }
+        }
+
+        /// Numbers of any size with any unit and fraction, the shapes that
+        /// reach the arithmetic.
+        #[test]
+        fn huge_numbers_with_fractions_fail_as_too_large_not_by_overflow(
+            whole in "[0-9]{1,40}",
+            fraction in "[0-9]{0,30}",
+            unit in prop_oneof![Just("ns"), Just("us"), Just("ms"), Just("s"), Just("m"), Just("h")],
+            repeat in 1usize..4,
+        ) {
+            let part = if fraction.is_empty() { format!("{whole}{unit}") } else { format!("{whole}.{fraction}{unit}") };
+            let s = part.repeat(repeat);
+            match parse_duration(&s) {
+                Ok(d) => prop_assert!(d.as_nanos() <= MAX_NANOS),
+                Err(e) => prop_assert!(e.contains("too large"), "{s}: {e}"),
+            }
         }
     }
 }

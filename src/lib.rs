@@ -7,6 +7,7 @@ pub mod cache;
 pub mod controller;
 pub mod duration;
 pub mod error;
+pub mod events;
 pub mod hash;
 pub mod http;
 pub mod jobs;

@@ -75,7 +75,7 @@ impl ScanCtx {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(crate::events::note(&note)),
             action: "Scan".into(),
             secondary: None,
         };
@@ -427,18 +427,13 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
                 })
                 .inc_by((*n).max(0) as u64);
         }
-        let note = format!(
-            "scan completed: {} findings ({})",
-            summary.total_findings,
-            summary
-                .findings_by_severity
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        ctx.event(scan, EventType::Normal, "ScanCompleted", note)
-            .await;
+        ctx.event(
+            scan,
+            EventType::Normal,
+            "ScanCompleted",
+            completed_note(&summary),
+        )
+        .await;
     } else {
         let note = format!(
             "scan failed: {}",
@@ -446,6 +441,25 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
         );
         ctx.event(scan, EventType::Warning, "ScanFailed", note)
             .await;
+    }
+}
+
+/// "Scan completed: 3 findings (1 critical, 2 high)." Only the severities
+/// that occurred, most severe first.
+fn completed_note(summary: &crate::api::ScanSummary) -> String {
+    let n = summary.total_findings;
+    let counts: Vec<String> = crate::api::Severity::ALL
+        .iter()
+        .filter_map(|s| {
+            let count = *summary.findings_by_severity.get(s.as_str())?;
+            (count > 0).then(|| format!("{count} {}", s.as_str()))
+        })
+        .collect();
+    let findings = if n == 1 { "finding" } else { "findings" };
+    if counts.is_empty() {
+        format!("Scan completed: {n} {findings}.")
+    } else {
+        format!("Scan completed: {n} {findings} ({}).", counts.join(", "))
     }
 }
 
@@ -471,6 +485,27 @@ pub fn mark_process_start() {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_completed_event_reads_as_a_sentence_naming_only_severities_that_occurred() {
+        let summary = |total: i64, counts: &[(&str, i64)]| crate::api::ScanSummary {
+            total_findings: total,
+            findings_by_severity: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            completed_note(&summary(1, &[("high", 1), ("low", 0)])),
+            "Scan completed: 1 finding (1 high)."
+        );
+        assert_eq!(
+            completed_note(&summary(3, &[("info", 2), ("critical", 1)])),
+            "Scan completed: 3 findings (1 critical, 2 info)."
+        );
+        assert_eq!(
+            completed_note(&summary(0, &[])),
+            "Scan completed: 0 findings."
+        );
+    }
 
     #[test]
     fn target_hosts_are_lowercase_distinct_and_ignore_ports() {

@@ -1050,3 +1050,31 @@ mod tests {
         );
     }
 }
+
+/// Whatever a namespace user writes as a schedule: no panic, no hang.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_schedule_parses_or_fails_and_a_parsed_one_computes_its_next_run(
+            expression in prop_oneof![
+                "\\PC{0,40}",
+                "([0-9*/,?LW#-]{1,8} ){4}[0-9A-Za-z*/,?-]{1,8}",
+                "@(every|daily|hourly|weekly|monthly|yearly|annually|midnight)( [0-9.]{1,30}[a-z]{0,2})?",
+            ],
+            after in 0i64..4_000_000_000,
+        ) {
+            if let Ok(schedule) = Schedule::parse(&expression) {
+                let at = DateTime::from_timestamp(after, 0).unwrap();
+                if let Some(next) = schedule.next_after(at) {
+                    prop_assert!(next > at);
+                }
+            }
+        }
+    }
+}

@@ -896,3 +896,61 @@ mod tests {
         }
     }
 }
+
+/// Whatever nuclei (or a hostile target echoed through it) prints: no panic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("template-id".to_owned()),
+                        Just("info".to_owned()),
+                        Just("severity".to_owned()),
+                        Just("matched-at".to_owned()),
+                        Just("extracted-results".to_owned()),
+                        Just("classification".to_owned()),
+                        Just("matcher-status".to_owned()),
+                        Just("tags".to_owned()),
+                        "[a-z-]{1,12}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_line_parses_or_fails_without_panicking(line in "\\PC{0,200}") {
+            let _ = parse_line(&line);
+        }
+
+        #[test]
+        fn any_json_object_parses_or_fails_without_panicking(
+            mut value in json(),
+            template in prop::option::of("\\PC{1,10}"),
+        ) {
+            if let (Some(t), Some(o)) = (template, value.as_object_mut()) {
+                o.insert("template-id".into(), t.into());
+            }
+            let _ = parse_line(&value.to_string());
+        }
+    }
+}

@@ -543,3 +543,45 @@ mod tests {
         assert!(report.findings().is_empty());
     }
 }
+
+/// Whatever findings a scan produces: the stored list stays in its budget.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn finding() -> impl Strategy<Value = Finding> {
+        (
+            "[a-z-]{1,30}",
+            prop::option::of(prop::sample::select(Severity::ALL.to_vec())),
+            "\\PC{0,3000}",
+            prop::collection::vec("\\PC{0,300}", 0..8),
+        )
+            .prop_map(|(id, severity, description, extracted)| Finding {
+                template_id: id,
+                severity,
+                description,
+                extracted_results: extracted,
+                ..Finding::default()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_stored_findings_fit_the_budget_and_the_totals_count_everything(
+            findings in prop::collection::vec(finding(), 0..60),
+            budget in 2usize..60_000,
+        ) {
+            let mut report = Report::new(ReportLimits { budget_bytes: budget, ..ReportLimits::default() });
+            for f in &findings {
+                report.push(f.clone());
+            }
+            prop_assert_eq!(report.total(), findings.len() as i64);
+            prop_assert_eq!(report.by_severity().values().sum::<i64>(), findings.len() as i64);
+            let stored = report.into_findings();
+            prop_assert!(serde_json::to_vec(&stored).unwrap().len() <= budget);
+        }
+    }
+}

@@ -32,13 +32,27 @@ pub struct Source {
     pub uid: String,
 }
 
-/// One line per bad annotation, for the scan annotation and the Event.
+/// Most bytes [`describe_errors`] writes, whatever the annotations: the text
+/// is stored as an annotation on the scan (annotations share a 256 KiB
+/// limit) and copied into a condition.
+pub const MAX_ERRORS_TEXT: usize = 4096;
+
+/// The bad annotations, `; `-separated, for the scan annotation and the
+/// Event; at most [`MAX_ERRORS_TEXT`] bytes, ending in how many were left out.
 pub fn describe_errors(errors: &[AnnotationError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+    let mut text = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        let line = e.to_string();
+        let more = format!("; and {} more", errors.len() - i);
+        let sep = if text.is_empty() { "" } else { "; " };
+        if text.len() + sep.len() + line.len() + more.len() > MAX_ERRORS_TEXT {
+            text.push_str(if text.is_empty() { &more[2..] } else { &more });
+            break;
+        }
+        text.push_str(sep);
+        text.push_str(&line);
+    }
+    text
 }
 
 /// The server-side-apply body of the scan for `source`: only the fields the

@@ -191,7 +191,7 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
         let event = Event {
             type_: EventType::Warning,
             reason: "InvalidAnnotation".into(),
-            note: Some(truncate(&note, 1000)),
+            note: Some(crate::events::note(&note)),
             action: "ApplyScan".into(),
             secondary: None,
         };
@@ -200,15 +200,4 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
         }
     }
     Ok(Action::await_change())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
