@@ -8,8 +8,14 @@
 //! rate-limited dispatch → kill -9 and restart (queue rebuild, no duplicate
 //! Jobs) → concurrency-bound dispatch (no rate limit). Prints a Markdown table
 //! and JSON.
+//!
+//! Chaos mode (`--kills K`) replaces the phases after ingest: every scan is
+//! dispatched while the operator is killed with kill -9 K times, and the run
+//! fails if a scan is lost, a run has two Jobs or MaxConcurrent is exceeded
+//! (see [`chaos`]).
 
 mod apimetrics;
+mod chaos;
 mod cluster;
 mod operator;
 mod procfs;
@@ -100,6 +106,17 @@ struct Args {
     /// Upper bound of every wait, seconds.
     #[arg(long, default_value_t = 900)]
     phase_timeout: u64,
+    /// Chaos mode: kill -9 the operator this many times while it dispatches
+    /// every scan, restarting it each time with the same settings
+    /// (`--job-rate` for every process; the windows and `--restart-job-rate`
+    /// do not apply). Exits non-zero if a scan is lost, a run has two Jobs or
+    /// MaxConcurrent is exceeded. 0: the single restart.
+    #[arg(long, default_value_t = 0)]
+    kills: usize,
+    /// Chaos mode: kill every this many seconds from the first Job, instead
+    /// of each time another 1/(kills + 1) of the scans is done.
+    #[arg(long)]
+    kill_every: Option<f64>,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -584,6 +601,85 @@ async fn main() -> Result<()> {
         ),
     );
 
+    if args.kills > 0 {
+        log(
+            epoch,
+            format!(
+                "chaos: dispatching every scan, kill -9 {} times {}",
+                args.kills,
+                match args.kill_every {
+                    Some(s) => format!("every {s:.1} s from the first Job"),
+                    None => format!("at every 1/{} of the scans done", args.kills + 1),
+                }
+            ),
+        );
+        let env = base_env(args.job_rate);
+        let setup = chaos::Setup {
+            cluster: &cluster,
+            rec: &rec,
+            operator_bin: &operator_bin,
+            env: &env,
+            dir: &dir,
+            expected: &expected_keys,
+            kills: args.kills,
+            kill_every: args.kill_every,
+            max_concurrent: args.max_concurrent,
+            label: format!("rate {}/min", args.job_rate),
+            deadline: Instant::now() + timeout,
+            epoch,
+        };
+        let (ch, operators) = chaos::run(setup, op1, round2(op1_ready.as_secs_f64())).await?;
+        let p4 = probes.take(&cluster, None).await;
+        let name = format!(
+            "chaos dispatch ({} × kill -9 → every scan Completed)",
+            ch.kills.len()
+        );
+        let mut dispatch = phase(&name, &p3, &p4, 8);
+        // Several processes: their CPU adds up, less what the first had used at p3.
+        let before = p3.cpu.get("operator").copied().unwrap_or(0.0);
+        let cpu: f64 = operators.iter().map(|o| o.cpu_secs).sum::<f64>() - before;
+        dispatch
+            .cpu_secs
+            .insert("operator".into(), (cpu * 10.0).round() / 10.0);
+        phases.push(dispatch);
+        for w in &watches {
+            w.abort();
+        }
+        let errors = rec.lock().errors;
+        if errors > 0 {
+            notes.push(format!("{errors} watch errors (the watches retried)"));
+        }
+        let first = ch.kills.first();
+        let results = Results {
+            started_at,
+            machine,
+            load_avg_end: procfs::load_avg(),
+            operator_build,
+            command,
+            cluster: cluster_desc,
+            fixture,
+            workload: workload::describe_mix(&shape),
+            config: run_config(&args),
+            ceiling,
+            ingest,
+            operator: operators,
+            phases,
+            notes,
+            total_secs: round2(epoch.elapsed().as_secs_f64()),
+            timeline: Timeline {
+                operator_1_spawned: round2(op1_spawn_t),
+                operator_1_killed: first.map_or(0.0, |k| k.at),
+                operator_2_spawned: first.map_or(0.0, |k| round2(k.at + k.spawn_secs)),
+                concurrency_window_start: None,
+                jobs: rec.jobs(),
+            },
+            chaos: Some(ch),
+            ..Results::default()
+        };
+        let all_namespaces = [ceiling_namespaces, namespaces].concat();
+        return finish(&args, results, &dir, cluster, _temp, all_namespaces, epoch).await;
+    }
+
     // --- Rate-limited dispatch until the window from the first Job is over.
     let deadline = Instant::now() + timeout;
     loop {
@@ -824,7 +920,7 @@ async fn main() -> Result<()> {
             metrics: op2_metrics,
         },
     ];
-    let mut results = Results {
+    let results = Results {
         started_at,
         machine,
         load_avg_end: procfs::load_avg(),
@@ -833,28 +929,14 @@ async fn main() -> Result<()> {
         cluster: cluster_desc,
         fixture,
         workload: workload::describe_mix(&shape),
-        config: RunConfig {
-            ingresses: args.ingresses,
-            namespaces: args.namespaces,
-            ingresses_per_host: args.ingresses_per_host,
-            create_concurrency: args.create_concurrency,
-            max_concurrent: args.max_concurrent,
-            job_rate_per_minute: args.job_rate,
-            restart_job_rate_per_minute: args.restart_job_rate,
-            rate_window_secs: args.rate_window,
-            concurrency_window_secs: args.concurrency_window,
-            operator_env: args
-                .operator_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        },
+        config: run_config(&args),
         ceiling,
         ingest,
-        dispatch_rate,
-        concurrency,
+        dispatch_rate: Some(dispatch_rate),
+        concurrency: Some(concurrency),
         operator,
-        restart,
+        restart: Some(restart),
+        chaos: None,
         phases,
         targets: Vec::new(),
         notes,
@@ -863,10 +945,45 @@ async fn main() -> Result<()> {
             operator_1_spawned: round2(op1_spawn_t),
             operator_1_killed: round2(kill_t),
             operator_2_spawned: round2(spawn_t),
-            concurrency_window_start: round2(window_t),
+            concurrency_window_start: Some(round2(window_t)),
             jobs: jobs.clone(),
         },
     };
+    let all_namespaces = [ceiling_namespaces, namespaces].concat();
+    finish(&args, results, &dir, cluster, _temp, all_namespaces, epoch).await
+}
+
+fn run_config(args: &Args) -> RunConfig {
+    RunConfig {
+        ingresses: args.ingresses,
+        namespaces: args.namespaces,
+        ingresses_per_host: args.ingresses_per_host,
+        create_concurrency: args.create_concurrency,
+        max_concurrent: args.max_concurrent,
+        job_rate_per_minute: args.job_rate,
+        restart_job_rate_per_minute: args.restart_job_rate,
+        rate_window_secs: args.rate_window,
+        concurrency_window_secs: args.concurrency_window,
+        kills: args.kills,
+        kill_every_secs: args.kill_every,
+        operator_env: args
+            .operator_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+    }
+}
+
+/// Prints and writes the results, cleans up, and fails when a chaos check failed.
+async fn finish(
+    args: &Args,
+    mut results: Results,
+    dir: &Path,
+    cluster: Cluster,
+    temp: Option<tempfile::TempDir>,
+    namespaces: Vec<String>,
+    epoch: Instant,
+) -> Result<()> {
     results.targets = report::targets(&results);
     let md = report::markdown(&results);
     let json = serde_json::to_string_pretty(&results)?;
@@ -890,16 +1007,26 @@ async fn main() -> Result<()> {
     log(epoch, format!("results: {}", json_path.display()));
 
     if args.kubeconfig.is_some() {
-        cluster
-            .delete_namespaces(&[ceiling_namespaces, namespaces].concat())
-            .await;
+        cluster.delete_namespaces(&namespaces).await;
     }
     drop(cluster);
-    if args.keep_state
-        && let Some(t) = _temp
+    let failed = results.chaos.as_ref().filter(|c| !c.failures.is_empty());
+    // A failed check keeps the operator logs for whoever looks into it.
+    if (args.keep_state || failed.is_some())
+        && let Some(t) = temp
     {
         let kept = t.keep();
         eprintln!("[loadtest] state kept in {}", kept.display());
+    }
+    if let Some(c) = failed {
+        for f in &c.failures {
+            eprintln!("[loadtest] chaos check failed: {f}");
+        }
+        bail!(
+            "chaos check failed ({} problems, above); results in {}",
+            c.failures.len(),
+            json_path.display()
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::apimetrics::VerbResource;
+use crate::chaos::Chaos;
 use crate::operator::QueueTotals;
 use crate::procfs::Machine;
 use crate::stats::{Duplicates, Summary};
@@ -23,6 +24,11 @@ pub struct RunConfig {
     pub restart_job_rate_per_minute: u32,
     pub rate_window_secs: u64,
     pub concurrency_window_secs: u64,
+    /// Chaos mode: kill -9 this many times (0: the single restart).
+    pub kills: usize,
+    /// Chaos mode: seconds between kills (`--kill-every`); unset: by progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kill_every_secs: Option<f64>,
     /// Extra operator environment (`--operator-env`).
     pub operator_env: Vec<String>,
 }
@@ -109,7 +115,9 @@ pub struct Timeline {
     pub operator_1_spawned: f64,
     pub operator_1_killed: f64,
     pub operator_2_spawned: f64,
-    pub concurrency_window_start: f64,
+    /// Not in chaos mode, which has no concurrency window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_window_start: Option<f64>,
     pub jobs: Vec<crate::stats::JobObs>,
 }
 
@@ -174,10 +182,17 @@ pub struct Results {
     pub config: RunConfig,
     pub ceiling: Ceiling,
     pub ingest: Ingest,
-    pub dispatch_rate: DispatchRate,
-    pub concurrency: Concurrency,
+    /// The rate window, concurrency window and single restart (not in chaos mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch_rate: Option<DispatchRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     pub operator: Vec<OperatorRun>,
-    pub restart: Restart,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+    /// Chaos mode (`--kills`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<Chaos>,
     pub phases: Vec<Phase>,
     pub targets: Vec<TargetRow>,
     pub notes: Vec<String>,
@@ -215,39 +230,41 @@ pub fn targets(r: &Results) -> Vec<TargetRow> {
             _ => String::new(),
         },
     });
-    t.push(TargetRow {
-        target: "Unfinished scan Jobs vs MaxConcurrent".into(),
-        goal: format!("0 observations above {}", r.concurrency.max_concurrent),
-        measured: format!(
-            "max {}; {} observations above",
-            r.concurrency.max_unfinished_observed, r.concurrency.observations_above_limit
-        ),
-        met: Some(r.concurrency.observations_above_limit == 0 && r.concurrency.jobs_total > 0),
-        note: String::new(),
-    });
-    let dev = r.dispatch_rate.deviation_pct;
-    t.push(TargetRow {
-        target: "Job rate".into(),
-        goal: format!("within 5% of {}/min", r.dispatch_rate.configured_per_minute),
-        measured: match (r.dispatch_rate.measured_per_minute, dev) {
-            (Some(m), Some(d)) => format!("{m:.1}/min ({d:+.1}%)"),
-            _ => "too few Jobs".into(),
-        },
-        met: Some(dev.is_some_and(|d| d.abs() <= 5.0)),
-        note: String::new(),
-    });
-    let h = &r.concurrency.handover_ms;
-    t.push(TargetRow {
-        target: "Job finished → next Job created".into(),
-        goal: "p99 < 500 ms".into(),
-        measured: format!("p50 {:.0} ms, p99 {:.0} ms (n={})", h.p50, h.p99, h.count),
-        met: Some(h.count > 0 && h.p99 < 500.0),
-        note: if h.p99 >= 500.0 {
-            format!("missed by {:.0} ms", h.p99 - 500.0)
-        } else {
-            String::new()
-        },
-    });
+    if let (Some(cc), Some(dr)) = (&r.concurrency, &r.dispatch_rate) {
+        t.push(TargetRow {
+            target: "Unfinished scan Jobs vs MaxConcurrent".into(),
+            goal: format!("0 observations above {}", cc.max_concurrent),
+            measured: format!(
+                "max {}; {} observations above",
+                cc.max_unfinished_observed, cc.observations_above_limit
+            ),
+            met: Some(cc.observations_above_limit == 0 && cc.jobs_total > 0),
+            note: String::new(),
+        });
+        let dev = dr.deviation_pct;
+        t.push(TargetRow {
+            target: "Job rate".into(),
+            goal: format!("within 5% of {}/min", dr.configured_per_minute),
+            measured: match (dr.measured_per_minute, dev) {
+                (Some(m), Some(d)) => format!("{m:.1}/min ({d:+.1}%)"),
+                _ => "too few Jobs".into(),
+            },
+            met: Some(dev.is_some_and(|d| d.abs() <= 5.0)),
+            note: String::new(),
+        });
+        let h = &cc.handover_ms;
+        t.push(TargetRow {
+            target: "Job finished → next Job created".into(),
+            goal: "p99 < 500 ms".into(),
+            measured: format!("p50 {:.0} ms, p99 {:.0} ms (n={})", h.p50, h.p99, h.count),
+            met: Some(h.count > 0 && h.p99 < 500.0),
+            note: if h.p99 >= 500.0 {
+                format!("missed by {:.0} ms", h.p99 - 500.0)
+            } else {
+                String::new()
+            },
+        });
+    }
     let rss = r
         .operator
         .iter()
@@ -260,42 +277,88 @@ pub fn targets(r: &Results) -> Vec<TargetRow> {
         met: Some(rss > 0.0 && rss < 100.0),
         note: String::new(),
     });
-    let rs = &r.restart;
-    let worst = match (rs.queue_rebuilt_secs, rs.first_new_job_secs) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        _ => None,
-    };
-    t.push(TargetRow {
-        target: "Restart: queue rebuilt and dispatching".into(),
-        goal: "≤ 5 s after start-up".into(),
-        measured: format!(
-            "rebuilt {}, first new Job {}",
-            opt(rs.queue_rebuilt_secs, "s"),
-            opt(rs.first_new_job_secs, "s")
-        ),
-        met: Some(worst.is_some_and(|w| w <= 5.0)),
-        note: match worst {
-            Some(w) if w > 5.0 => format!("missed by {:.1} s", w - 5.0),
-            _ => String::new(),
-        },
-    });
-    let d = &rs.duplicates;
-    t.push(TargetRow {
-        target: "No duplicate Jobs".into(),
-        goal: "0".into(),
-        measured: format!(
-            "{} runs with 2+ Jobs, {} scans with overlapping Jobs, {} scans re-run (of {} with Jobs)",
-            d.duplicate_runs.len(),
-            d.overlapping_scans.len(),
-            d.scans_with_several_jobs,
-            d.scans_with_jobs
-        ),
-        met: Some(
-            d.duplicate_runs.is_empty() && d.overlapping_scans.is_empty() && d.scans_with_jobs > 0,
-        ),
-        note: String::new(),
-    });
+    if let Some(rs) = &r.restart {
+        let worst = match (rs.queue_rebuilt_secs, rs.first_new_job_secs) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        t.push(TargetRow {
+            target: "Restart: queue rebuilt and dispatching".into(),
+            goal: "≤ 5 s after start-up".into(),
+            measured: format!(
+                "rebuilt {}, first new Job {}",
+                opt(rs.queue_rebuilt_secs, "s"),
+                opt(rs.first_new_job_secs, "s")
+            ),
+            met: Some(worst.is_some_and(|w| w <= 5.0)),
+            note: match worst {
+                Some(w) if w > 5.0 => format!("missed by {:.1} s", w - 5.0),
+                _ => String::new(),
+            },
+        });
+        let d = &rs.duplicates;
+        t.push(TargetRow {
+            target: "No duplicate Jobs".into(),
+            goal: "0".into(),
+            measured: format!(
+                "{} runs with 2+ Jobs, {} scans with overlapping Jobs, {} scans re-run (of {} with Jobs)",
+                d.duplicate_runs.len(),
+                d.overlapping_scans.len(),
+                d.scans_with_several_jobs,
+                d.scans_with_jobs
+            ),
+            met: Some(
+                d.duplicate_runs.is_empty()
+                    && d.overlapping_scans.is_empty()
+                    && d.scans_with_jobs > 0,
+            ),
+            note: String::new(),
+        });
+    }
+    if let Some(c) = &r.chaos {
+        let row = |target: &str, goal: String, measured: String, met: bool| TargetRow {
+            target: target.into(),
+            goal,
+            measured,
+            met: Some(met),
+            note: String::new(),
+        };
+        t.push(row(
+            "Chaos: kills made",
+            c.kills_requested.to_string(),
+            c.kills.len().to_string(),
+            c.kills.len() >= c.kills_requested,
+        ));
+        t.push(row(
+            "Chaos: no scan lost",
+            format!("{} of {} Completed", c.scans_expected, c.scans_expected),
+            format!("{} lost", c.lost.len()),
+            c.lost.is_empty() && c.scans_expected > 0,
+        ));
+        t.push(row(
+            "Chaos: no duplicate Jobs",
+            "0".into(),
+            format!(
+                "{} runs with 2+ Jobs, {} scans with 2 Jobs unfinished at once, {} scans with several Jobs",
+                c.duplicate_runs.len(),
+                c.overlapping_scans.len(),
+                c.several_jobs.len()
+            ),
+            c.duplicate_runs.is_empty() && c.overlapping_scans.is_empty(),
+        ));
+        t.push(row(
+            "Chaos: unfinished scan Jobs vs MaxConcurrent",
+            format!("0 above {}", c.max_concurrent),
+            format!("max {}; {} above", c.max_unfinished, c.above_limit_at.len()),
+            c.above_limit_at.is_empty() && c.jobs_total > 0,
+        ));
+    }
     t
+}
+
+/// The target row named `target` (rows exist only for the measures the run made).
+fn find<'a>(t: &'a [TargetRow], target: &str) -> Option<&'a TargetRow> {
+    t.iter().find(|r| r.target == target)
 }
 
 fn mark(m: Option<bool>) -> &'static str {
@@ -327,26 +390,41 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "- {}", r.fixture);
     let _ = writeln!(s, "- Workload: {}", r.workload);
     let c = &r.config;
-    let _ = writeln!(
-        s,
-        "- Operator settings: MAX_CONCURRENT_SCANS={}; JOB_RATE_LIMIT={}/min for the first process \
-         (rate window {} s), {} after the restart (concurrency window {} s, from the end of the restart measurement); TARGET_CHECK_TIMEOUT=0, \
-         LEADER_ELECTION=false{}. Only the scans dispatched inside these windows run; the rest stay queued.",
-        c.max_concurrent,
-        c.job_rate_per_minute,
-        c.rate_window_secs,
-        if c.restart_job_rate_per_minute == 0 {
-            "unlimited (0)".to_string()
-        } else {
-            format!("{}/min", c.restart_job_rate_per_minute)
-        },
-        c.concurrency_window_secs,
-        if c.operator_env.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", c.operator_env.join(", "))
-        }
-    );
+    let env = if c.operator_env.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", c.operator_env.join(", "))
+    };
+    if let Some(ch) = &r.chaos {
+        let _ = writeln!(
+            s,
+            "- Operator settings: MAX_CONCURRENT_SCANS={}; JOB_RATE_LIMIT={}/min for every process; TARGET_CHECK_TIMEOUT=0, \
+             LEADER_ELECTION=false{env}. Chaos mode: kill -9 {} times, {} (each kill once the \
+             process answers /readyz), each time restarted with the same settings; every scan is dispatched, and the run \
+             ends {:.0} s after every scan is Completed with no Job unfinished.",
+            c.max_concurrent,
+            c.job_rate_per_minute,
+            ch.kills_requested,
+            crate::chaos::when(ch),
+            crate::chaos::SETTLE_SECS,
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "- Operator settings: MAX_CONCURRENT_SCANS={}; JOB_RATE_LIMIT={}/min for the first process \
+             (rate window {} s), {} after the restart (concurrency window {} s, from the end of the restart measurement); TARGET_CHECK_TIMEOUT=0, \
+             LEADER_ELECTION=false{env}. Only the scans dispatched inside these windows run; the rest stay queued.",
+            c.max_concurrent,
+            c.job_rate_per_minute,
+            c.rate_window_secs,
+            if c.restart_job_rate_per_minute == 0 {
+                "unlimited (0)".to_string()
+            } else {
+                format!("{}/min", c.restart_job_rate_per_minute)
+            },
+            c.concurrency_window_secs,
+        );
+    }
     let _ = writeln!(s, "- Total run time: {:.0} s\n", r.total_secs);
 
     let _ = writeln!(s, "| Measure | Result | Target | |\n|---|---|---|---|");
@@ -377,19 +455,20 @@ pub fn markdown(r: &Results) -> String {
         ms3(&ig.ingress_create_latency_ms)
     );
     let t = targets(r);
+    let t0 = &t[0];
     let _ = writeln!(
         s,
         "| Every Ingress has its NucleiScan ({} expected, {} seen, {} unexpected) | {} after the first create ({} the ceiling creates + minimum writes); last scan {} after the last Ingress | {} | {} |",
         ig.expected_scans,
         ig.scans_seen,
         ig.unexpected_scans,
-        t[0].measured,
+        t0.measured,
         ig.all_scans_ratio_to_minimum_work
             .map(|x| format!("{x:.2}×"))
             .unwrap_or_else(|| "—".into()),
         opt(ig.lag_after_last_ingress_secs, "s"),
-        t[0].goal,
-        mark(t[0].met)
+        t0.goal,
+        mark(t0.met)
     );
     let ratio = |k: &str| {
         ig.latency_ratio_to_ceiling_create
@@ -405,52 +484,83 @@ pub fn markdown(r: &Results) -> String {
         ratio("p95"),
         ratio("p99")
     );
-    let dr = &r.dispatch_rate;
-    let _ = writeln!(
-        s,
-        "| Jobs created per minute, rate-limited phase ({} Jobs over {:.0} s) | {}; busiest 60 s: {} Jobs | {} | {} |",
-        dr.jobs,
-        dr.window_secs,
-        t[2].measured,
-        dr.max_jobs_in_any_60s,
-        t[2].goal,
-        mark(t[2].met)
-    );
-    let cc = &r.concurrency;
-    let _ = writeln!(
-        s,
-        "| Unfinished scan Jobs (Job watch, whole run) | {}{} (rate phase max {}, restart and after max {}) | {} | {} |",
-        t[1].measured,
-        if cc.above_limit_secs_after_restart.is_empty() {
-            String::new()
-        } else {
-            let at: Vec<String> = cc
-                .above_limit_secs_after_restart
-                .iter()
-                .map(|t| format!("{t:+.2} s"))
-                .collect();
-            format!(" at {} from the restart", at.join(", "))
-        },
-        cc.max_unfinished_rate_phase,
-        cc.max_unfinished_restart_and_after,
-        t[1].goal,
-        mark(t[1].met)
-    );
-    let _ = writeln!(
-        s,
-        "| Job finished → next Job created, concurrency-bound phase ({} Jobs in {:.0} s) | {} | {} | {} |",
-        cc.jobs_in_concurrency_window,
-        cc.concurrency_window_secs,
-        t[3].measured,
-        t[3].goal,
-        mark(t[3].met)
-    );
-    let _ = writeln!(
-        s,
-        "| Scan Job duration (created → finished), p50 / p99 | {:.2} / {:.2} s ({} Jobs, {} failed) | — | |",
-        cc.job_duration_secs.p50, cc.job_duration_secs.p99, cc.jobs_total, cc.jobs_failed
-    );
-    for o in &r.operator {
+    if let (Some(dr), Some(tr)) = (&r.dispatch_rate, find(&t, "Job rate")) {
+        let _ = writeln!(
+            s,
+            "| Jobs created per minute, rate-limited phase ({} Jobs over {:.0} s) | {}; busiest 60 s: {} Jobs | {} | {} |",
+            dr.jobs,
+            dr.window_secs,
+            tr.measured,
+            dr.max_jobs_in_any_60s,
+            tr.goal,
+            mark(tr.met)
+        );
+    }
+    if let (Some(cc), Some(tc), Some(th)) = (
+        &r.concurrency,
+        find(&t, "Unfinished scan Jobs vs MaxConcurrent"),
+        find(&t, "Job finished → next Job created"),
+    ) {
+        let _ = writeln!(
+            s,
+            "| Unfinished scan Jobs (Job watch, whole run) | {}{} (rate phase max {}, restart and after max {}) | {} | {} |",
+            tc.measured,
+            if cc.above_limit_secs_after_restart.is_empty() {
+                String::new()
+            } else {
+                let at: Vec<String> = cc
+                    .above_limit_secs_after_restart
+                    .iter()
+                    .map(|t| format!("{t:+.2} s"))
+                    .collect();
+                format!(" at {} from the restart", at.join(", "))
+            },
+            cc.max_unfinished_rate_phase,
+            cc.max_unfinished_restart_and_after,
+            tc.goal,
+            mark(tc.met)
+        );
+        let _ = writeln!(
+            s,
+            "| Job finished → next Job created, concurrency-bound phase ({} Jobs in {:.0} s) | {} | {} | {} |",
+            cc.jobs_in_concurrency_window,
+            cc.concurrency_window_secs,
+            th.measured,
+            th.goal,
+            mark(th.met)
+        );
+        let _ = writeln!(
+            s,
+            "| Scan Job duration (created → finished), p50 / p99 | {:.2} / {:.2} s ({} Jobs, {} failed) | — | |",
+            cc.job_duration_secs.p50, cc.job_duration_secs.p99, cc.jobs_total, cc.jobs_failed
+        );
+    }
+    if let Some(ch) = &r.chaos {
+        s.push_str(&crate::chaos::rows(ch));
+        let peak = r
+            .operator
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.peak_rss_mib.total_cmp(&b.1.peak_rss_mib));
+        if let Some((i, o)) = peak {
+            let _ = writeln!(
+                s,
+                "| Operator, {} processes: peak RSS (VmHWM), CPU | highest {:.1} MiB (process {}); {:.1} CPU s over {:.0} s wall in all; up to {} open sockets | < 100 MiB | {} |",
+                r.operator.len(),
+                o.peak_rss_mib,
+                i + 1,
+                r.operator.iter().map(|o| o.cpu_secs).sum::<f64>(),
+                r.operator.iter().map(|o| o.wall_secs).sum::<f64>(),
+                r.operator
+                    .iter()
+                    .map(|o| o.sampled.max_sockets)
+                    .max()
+                    .unwrap_or(0),
+                mark(Some(o.peak_rss_mib > 0.0 && o.peak_rss_mib < 100.0))
+            );
+        }
+    }
+    for o in r.operator.iter().filter(|_| r.chaos.is_none()) {
         let _ = writeln!(
             s,
             "| Operator {}: peak RSS (VmHWM), CPU | {:.1} MiB (highest sample {:.1} s after start); {:.1} CPU s over {:.0} s wall; up to {} open sockets (at {:.1} s) | < 100 MiB | {} |",
@@ -464,24 +574,29 @@ pub fn markdown(r: &Results) -> String {
             mark(Some(o.peak_rss_mib > 0.0 && o.peak_rss_mib < 100.0))
         );
     }
-    let rs = &r.restart;
-    let _ = writeln!(
-        s,
-        "| Restart after kill -9 with {} scans ({} Jobs unfinished): ready / queue rebuilt / first new Job | {} / {} / {} | ≤ 5 s | {} |",
-        rs.scans_present,
-        rs.unfinished_jobs_at_kill,
-        opt(rs.ready_secs, "s"),
-        opt(rs.queue_rebuilt_secs, "s"),
-        opt(rs.first_new_job_secs, "s"),
-        mark(t[5].met)
-    );
-    let _ = writeln!(
-        s,
-        "| Duplicate Jobs (by scan and `{}` label) | {} | 0 | {} |",
-        nuclei_operator::jobs::RUN_LABEL,
-        t[6].measured,
-        mark(t[6].met)
-    );
+    if let (Some(rs), Some(tr), Some(td)) = (
+        &r.restart,
+        find(&t, "Restart: queue rebuilt and dispatching"),
+        find(&t, "No duplicate Jobs"),
+    ) {
+        let _ = writeln!(
+            s,
+            "| Restart after kill -9 with {} scans ({} Jobs unfinished): ready / queue rebuilt / first new Job | {} / {} / {} | ≤ 5 s | {} |",
+            rs.scans_present,
+            rs.unfinished_jobs_at_kill,
+            opt(rs.ready_secs, "s"),
+            opt(rs.queue_rebuilt_secs, "s"),
+            opt(rs.first_new_job_secs, "s"),
+            mark(tr.met)
+        );
+        let _ = writeln!(
+            s,
+            "| Duplicate Jobs (by scan and `{}` label) | {} | 0 | {} |",
+            nuclei_operator::jobs::RUN_LABEL,
+            td.measured,
+            mark(td.met)
+        );
+    }
 
     let _ = writeln!(
         s,
@@ -536,6 +651,9 @@ pub fn markdown(r: &Results) -> String {
             .collect();
         let _ = writeln!(s, "\nTop requests, {}: {}", p.name, rows.join(", "));
     }
+    if let Some(ch) = &r.chaos {
+        s.push_str(&crate::chaos::details(ch));
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(s);
         for n in &r.notes {
@@ -551,7 +669,12 @@ mod tests {
 
     #[test]
     fn an_empty_result_renders_with_every_target_missed() {
-        let r = Results::default();
+        let r = Results {
+            dispatch_rate: Some(DispatchRate::default()),
+            concurrency: Some(Concurrency::default()),
+            restart: Some(Restart::default()),
+            ..Results::default()
+        };
         let t = targets(&r);
         assert_eq!(t.len(), 7);
         assert!(
@@ -572,5 +695,25 @@ mod tests {
         let t = &targets(&r)[0];
         assert_eq!(t.met, Some(false));
         assert_eq!(t.note, "missed by 100%");
+    }
+
+    #[test]
+    fn a_chaos_run_reports_its_checks_instead_of_the_windows() {
+        let r = Results {
+            chaos: Some(Chaos {
+                kills_requested: 2,
+                ..Chaos::default()
+            }),
+            ..Results::default()
+        };
+        let t = targets(&r);
+        assert!(find(&t, "Job rate").is_none());
+        assert_eq!(
+            find(&t, "Chaos: kills made").map(|t| (t.measured.as_str(), t.met)),
+            Some(("0", Some(false)))
+        );
+        let md = markdown(&r);
+        assert!(md.contains("| Chaos: kill -9 of the operator"), "{md}");
+        assert!(!md.contains("rate-limited phase"), "{md}");
     }
 }

@@ -119,6 +119,8 @@ pub struct JobObs {
     pub uid: String,
     /// `namespace/name` of its NucleiScan.
     pub scan: String,
+    /// Its scan label (the NucleiScan's name as a label value).
+    pub scan_label: String,
     /// Its run token label.
     pub run: String,
     /// First seen (watch), seconds since the epoch of the run.

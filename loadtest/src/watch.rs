@@ -12,7 +12,9 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use nuclei_operator::api::NucleiScan;
-use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, SCAN_KEY_ANNOTATION};
+use nuclei_operator::jobs::{
+    MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, SCAN_KEY_ANNOTATION, SCAN_LABEL,
+};
 use tokio::task::JoinHandle;
 
 use crate::stats::JobObs;
@@ -121,6 +123,7 @@ impl Recorder {
                 name: job.name_any(),
                 uid,
                 scan,
+                scan_label: job.labels().get(SCAN_LABEL).cloned().unwrap_or_default(),
                 run: job.labels().get(RUN_LABEL).cloned().unwrap_or_default(),
                 added: t,
                 finished: None,
