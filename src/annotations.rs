@@ -126,6 +126,27 @@ pub struct AnnotationError {
     pub reason: String,
 }
 
+/// Refuses a `scanner-image` annotation the operator's image policy does
+/// not allow: it becomes an error naming ALLOWED_SCANNER_IMAGES, and the
+/// scan keeps the default image.
+pub fn enforce_image_policy(parsed: &mut Parsed, policy: &crate::settings::ImagePolicy) {
+    if let Some(image) = parsed.overrides.scanner_image.take() {
+        if policy.allows(&image) {
+            parsed.overrides.scanner_image = Some(image);
+        } else {
+            parsed.errors.push(AnnotationError {
+                key: SCANNER_IMAGE.to_owned(),
+                value: image.chars().take(200).collect(),
+                reason: format!(
+                    "{}; the scan runs with the default image",
+                    policy.refusal(&image)
+                ),
+            });
+            parsed.errors.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+    }
+}
+
 /// Reads the `nuclei.homelab.mortenolsen.pro/` annotations of an Ingress or
 /// VirtualService. Other annotations are ignored.
 pub fn parse(annotations: &BTreeMap<String, String>) -> Parsed {
@@ -141,8 +162,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Parsed {
         let o = &mut parsed.overrides;
         let result: Result<(), String> = match key.as_str() {
             ENABLED => parse_enabled(value).map(|e| parsed.enabled = e),
-            TEMPLATES => parse_list(value, check_token).map(|v| o.templates = v),
-            EXCLUDE_TEMPLATES => parse_list(value, check_token).map(|v| o.exclude_templates = v),
+            TEMPLATES => parse_list(value, check_template_path).map(|v| o.templates = v),
+            EXCLUDE_TEMPLATES => {
+                parse_list(value, check_template_path).map(|v| o.exclude_templates = v)
+            }
             TAGS => parse_list(value, check_token).map(|v| o.tags = v),
             EXCLUDE_TAGS => parse_list(value, check_token).map(|v| o.exclude_tags = v),
             SEVERITY => parse_severities(value).map(|v| o.severity = v),
@@ -308,6 +331,15 @@ fn check_token(item: &str) -> Result<(), String> {
         return Err(format!("is longer than {MAX_ITEM_LEN} characters"));
     }
     Ok(())
+}
+
+fn check_template_path(item: &str) -> Result<(), String> {
+    check_token(item)?;
+    if crate::api::is_template_path(item) {
+        Ok(())
+    } else {
+        Err(crate::api::TEMPLATE_PATH_RULE_MESSAGE.to_owned())
+    }
 }
 
 fn parse_severities(value: &str) -> Result<Option<Vec<Severity>>, String> {
@@ -616,6 +648,40 @@ mod tests {
             .map(|i| format!("t{i}"))
             .collect::<Vec<_>>();
         rejects(TAGS, &many.join(","), "more than the 256 allowed");
+    }
+
+    #[test]
+    fn a_scanner_image_outside_the_policy_is_an_error_and_the_default_image_stays() {
+        let policy = crate::settings::ImagePolicy {
+            default: "nuclei-operator:1".into(),
+            allowed: vec!["registry.example.com/sec/*".into()],
+        };
+        let mut p = parse_one(SCANNER_IMAGE, "evil.example.com/miner:latest");
+        enforce_image_policy(&mut p, &policy);
+        assert_eq!(p.overrides.scanner_image, None);
+        assert_eq!(p.errors.len(), 1);
+        assert_eq!(p.errors[0].key, SCANNER_IMAGE);
+        assert!(p.errors[0].reason.contains("ALLOWED_SCANNER_IMAGES"));
+        let mut p = parse_one(SCANNER_IMAGE, "registry.example.com/sec/nuclei:2");
+        enforce_image_policy(&mut p, &policy);
+        assert_eq!(
+            p.overrides.scanner_image.as_deref(),
+            Some("registry.example.com/sec/nuclei:2")
+        );
+        assert!(p.errors.is_empty());
+    }
+
+    #[test]
+    fn template_paths_outside_the_templates_directory_are_errors() {
+        for bad in ["/etc/passwd", "../secrets", "http/../../x", ".."] {
+            assert_eq!(rejects(TEMPLATES, bad, "no '..'").templates, None);
+            assert_eq!(
+                rejects(EXCLUDE_TEMPLATES, bad, "no '..'").exclude_templates,
+                None
+            );
+        }
+        let fine = parse_one(TEMPLATES, "http/cves/,a..b.yaml,./x.yaml");
+        assert!(fine.errors.is_empty(), "{:?}", fine.errors);
     }
 
     #[test]

@@ -156,6 +156,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         recorder: recorder.clone(),
         writes: AtomicU64::new(0),
         triggers,
+        images: settings.image_policy(),
     });
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),

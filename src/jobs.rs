@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -82,6 +83,11 @@ pub const CONFIGMAP_TEMPLATES_DIR: &str = "/templates/configmaps";
 pub const TMP_DIR: &str = "/tmp";
 /// User and group id of every container (distroless `nonroot`).
 pub const SCANNER_UID: i64 = 65532;
+/// `sizeLimit` of the scanner's `/tmp` (nuclei's home and work files): a
+/// scan that fills it is evicted instead of filling the node's disk.
+pub const TMP_SIZE_LIMIT: &str = "1Gi";
+/// `sizeLimit` of the cloned template repositories.
+pub const GIT_TEMPLATES_SIZE_LIMIT: &str = "2Gi";
 
 /// Name of the scanner Role and RoleBinding in each namespace with scans.
 pub const SCANNER_ROLE: &str = "nuclei-scanner";
@@ -299,6 +305,13 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         .filter(|i| !i.is_empty())
         .unwrap_or(&settings.scanner_image)
         .to_owned();
+    let images = settings.image_policy();
+    if !images.allows(&image) {
+        return Err(format!(
+            "spec.scannerConfig.image: {}",
+            images.refusal(&image)
+        ));
+    }
     if config.template_urls.len() > MAX_TEMPLATE_URLS {
         return Err(format!(
             "spec.scannerConfig.templateURLs: {} entries, at most {MAX_TEMPLATE_URLS} are allowed",
@@ -445,11 +458,11 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     owner.controller = Some(true);
     owner.block_owner_deletion = Some(true);
 
-    let mut volumes = vec![empty_dir("tmp")];
+    let mut volumes = vec![empty_dir("tmp", TMP_SIZE_LIMIT)];
     let mut scanner_mounts = vec![mount("tmp", TMP_DIR, false)];
     let mut init_containers = Vec::new();
     if !params.template_urls.is_empty() {
-        volumes.push(empty_dir("git-templates"));
+        volumes.push(empty_dir("git-templates", GIT_TEMPLATES_SIZE_LIMIT));
         scanner_mounts.push(mount("git-templates", GIT_TEMPLATES_DIR, true));
         for (i, url) in params.template_urls.iter().enumerate() {
             init_containers.push(git_clone_container(params, i, url));
@@ -648,10 +661,13 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+fn empty_dir(name: &str, size_limit: &str) -> Volume {
     Volume {
         name: name.to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(size_limit.to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
         ..Volume::default()
     }
 }
@@ -1210,6 +1226,7 @@ mod tests {
                 requests: Some(BTreeMap::from([("cpu".into(), Quantity("100m".into()))])),
                 ..ResourceRequirements::default()
             }),
+            allowed_scanner_images: vec!["registry.local/*".into()],
             ..Settings::default()
         };
         // The operator-wide default applies to a scan without its own.
@@ -1603,13 +1620,35 @@ mod tests {
     }
 
     #[test]
+    fn a_scanner_image_outside_the_policy_is_refused_naming_the_setting() {
+        let mut s = scan();
+        s.spec.scanner_config = Some(crate::api::ScannerConfig {
+            image: Some("evil.example.com/miner:1".into()),
+            ..Default::default()
+        });
+        let e = effective_params(&s, &Settings::default()).unwrap_err();
+        assert!(e.starts_with("spec.scannerConfig.image:"), "{e}");
+        assert!(e.contains("ALLOWED_SCANNER_IMAGES"), "{e}");
+        let settings = Settings {
+            allowed_scanner_images: vec!["evil.example.com/*".into()],
+            ..Settings::default()
+        };
+        assert_eq!(
+            effective_params(&s, &settings).unwrap().image,
+            "evil.example.com/miner:1"
+        );
+    }
+
+    #[test]
     fn only_tmp_is_writable_without_extra_templates() {
         let job = build_job(&scan(), &params());
         assert_eq!(mounts(scanner(&job)), [("tmp", "/tmp", false)]);
         let volumes = pod(&job).volumes.as_ref().unwrap();
         assert_eq!(volumes.len(), 1);
         assert_eq!(volumes[0].name, "tmp");
-        assert!(volumes[0].empty_dir.is_some());
+        // Bounded: a scan that fills it is evicted, not the node's disk.
+        let limit = volumes[0].empty_dir.as_ref().unwrap().size_limit.clone();
+        assert_eq!(limit, Some(Quantity(TMP_SIZE_LIMIT.into())));
     }
 
     #[test]

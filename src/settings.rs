@@ -68,6 +68,14 @@ pub struct Settings {
     #[arg(long, env = "SCANNER_IMAGE", value_name = "SCANNER_IMAGE", default_value = "nuclei-operator:latest", value_parser = parse_image)]
     pub scanner_image: String,
 
+    /// More images scanner pods may run, comma-separated: exact references, or
+    /// prefixes ending in `*` (`registry.example.com/sec/*`). Empty: only
+    /// SCANNER_IMAGE. A `scanner-image` annotation or `scannerConfig.image`
+    /// naming another image is refused: scanner pods hold a token that writes
+    /// scan results.
+    #[arg(long, env = "ALLOWED_SCANNER_IMAGES", value_name = "ALLOWED_SCANNER_IMAGES", value_delimiter = ',', value_parser = parse_image_pattern)]
+    pub allowed_scanner_images: Vec<String>,
+
     /// Default resources of the scanner container, as JSON such as
     /// `{"requests":{"cpu":"100m","memory":"256Mi"},"limits":{"memory":"1Gi"}}`;
     /// a NucleiScan's `scannerConfig.resources` replaces it. Unset means none.
@@ -252,6 +260,14 @@ impl Settings {
         Ok(())
     }
 
+    /// Which images scanner pods may run.
+    pub fn image_policy(&self) -> ImagePolicy {
+        ImagePolicy {
+            default: self.scanner_image.clone(),
+            allowed: self.allowed_scanner_images.clone(),
+        }
+    }
+
     /// RESCAN_AGE as an option: `None` when rescans by age are disabled.
     pub fn effective_rescan_age(&self) -> Option<Duration> {
         (!self.rescan_age.is_zero()).then_some(self.rescan_age)
@@ -301,6 +317,43 @@ pub fn treat_empty_env_as_unset(cmd: clap::Command) -> clap::Command {
         cmd = cmd.mut_subcommand(name, treat_empty_env_as_unset);
     }
     cmd
+}
+
+/// Which images scanner pods may run: SCANNER_IMAGE, and the entries of
+/// ALLOWED_SCANNER_IMAGES (exact, or prefixes ending in `*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImagePolicy {
+    /// SCANNER_IMAGE, always allowed.
+    pub default: String,
+    /// ALLOWED_SCANNER_IMAGES.
+    pub allowed: Vec<String>,
+}
+
+impl ImagePolicy {
+    /// Whether a scanner pod may run `image`.
+    pub fn allows(&self, image: &str) -> bool {
+        image == self.default
+            || self
+                .allowed
+                .iter()
+                .any(|entry| match entry.strip_suffix('*') {
+                    Some(prefix) => image.starts_with(prefix),
+                    None => image == entry,
+                })
+    }
+
+    /// Why `image` is refused, naming the setting that would allow it.
+    pub fn refusal(&self, image: &str) -> String {
+        let allowed = if self.allowed.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", self.allowed.join(", "))
+        };
+        format!(
+            "scanner image {image:?} is not allowed: ALLOWED_SCANNER_IMAGES permits only the operator's scanner image ({}){allowed}",
+            self.default
+        )
+    }
 }
 
 /// One row of the configuration table.
@@ -527,6 +580,21 @@ fn is_quantity(s: &str) -> bool {
                 | "Pi"
                 | "Ei"
         ) || suffix.strip_prefix(['e', 'E']).is_some_and(exponent))
+}
+
+fn parse_image_pattern(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let image = t.strip_suffix('*').unwrap_or(t);
+    if image.contains('*') {
+        return Err("a `*` may only end an entry (a prefix such as registry/repo:*)".to_owned());
+    }
+    if image.is_empty() {
+        return Err(
+            "`*` alone would allow every image; list the registries or repositories to allow"
+                .to_owned(),
+        );
+    }
+    parse_image(image).map(|_| t.to_owned())
 }
 
 fn parse_image(s: &str) -> Result<String, String> {
@@ -922,13 +990,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 28);
+        assert_eq!(count, 29);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 28);
+        assert_eq!(table.len(), 29);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");
@@ -943,6 +1011,35 @@ mod tests {
         let markdown = env_table_markdown();
         assert!(markdown.contains("| `JOB_TTL_AFTER_FINISHED` | `3600` | Seconds a finished"));
         assert!(markdown.contains("| `POD_NAME` | — |"));
+    }
+
+    #[test]
+    fn the_scanner_image_policy_allows_the_default_exact_entries_and_prefixes_only() {
+        let policy = ImagePolicy {
+            default: "ghcr.io/acme/nuclei-operator:1.0".into(),
+            allowed: vec![
+                "registry.example.com/sec/*".into(),
+                "mirror/nuclei:2".into(),
+            ],
+        };
+        assert!(policy.allows("ghcr.io/acme/nuclei-operator:1.0"));
+        assert!(policy.allows("registry.example.com/sec/scanner:3"));
+        assert!(policy.allows("mirror/nuclei:2"));
+        assert!(!policy.allows("mirror/nuclei:3"));
+        assert!(!policy.allows("ghcr.io/acme/nuclei-operator:1.1"));
+        assert!(!policy.allows("registry.example.com/other/x"));
+        let why = policy.refusal("evil/image");
+        assert!(
+            why.contains("ALLOWED_SCANNER_IMAGES") && why.contains("evil/image"),
+            "{why}"
+        );
+        assert!(ImagePolicy::default().refusal("x").contains("permits only"));
+        assert_eq!(
+            parse_image_pattern(" registry/repo:* "),
+            Ok("registry/repo:*".into())
+        );
+        assert!(parse_image_pattern("*").is_err());
+        assert!(parse_image_pattern("reg*istry/x").is_err());
     }
 
     #[test]

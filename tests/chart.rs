@@ -391,6 +391,21 @@ fn cases() -> Vec<Case> {
             expect: |r| env_is(r, "JOB_BACKOFF_LIMIT", "2"),
         },
         Case {
+            value: "scanner.allowedImages",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"scanner.allowedImages=["registry.example.com/sec/*","mirror/nuclei:2"]"#,
+            ],
+            expect: |r| {
+                env_is(
+                    r,
+                    "ALLOWED_SCANNER_IMAGES",
+                    "registry.example.com/sec/*,mirror/nuclei:2",
+                )
+            },
+        },
+        Case {
             value: "scanner.startTimeout",
             context: NO_CONTEXT,
             set: &["--set", "scanner.startTimeout=90s"],
@@ -777,10 +792,10 @@ fn every_values_yaml_leaf_has_a_case_that_proves_it_is_used() -> Result<()> {
 
 #[test]
 fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
-    // Both list values set, so their conditionally rendered variables appear.
+    // The list values set, so their conditionally rendered variables appear.
     let r = render(&[
         "--set",
-        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi",
+        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi,scanner.allowedImages={registry.example.com/sec/*}",
     ])?;
     let set: BTreeSet<String> = r.env()?.into_keys().collect();
     let known: BTreeSet<String> = env_table().into_iter().map(|row| row.env).collect();

@@ -68,6 +68,9 @@ async fn chart() -> &'static Chart {
                 "scanner.maxConcurrent=2",
                 "--set",
                 &start_timeout,
+                // The image the pod-that-never-starts test asks for.
+                "--set-json",
+                r#"scanner.allowedImages=["registry.invalid/*"]"#,
             ])
             .await;
         chart

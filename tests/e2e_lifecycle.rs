@@ -322,7 +322,14 @@ async fn a_scanner_pod_that_never_starts_is_reported_on_the_scan() {
     let e = env().await;
     let client = e.cluster.client().await.unwrap();
     let ns = namespace(&client, "nostart").await;
-    let _operator = Operator::start(&e.cluster, &[("JOB_RATE_LIMIT", "0")]).await;
+    let _operator = Operator::start(
+        &e.cluster,
+        &[
+            ("JOB_RATE_LIMIT", "0"),
+            ("ALLOWED_SCANNER_IMAGES", "registry.invalid/*"),
+        ],
+    )
+    .await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
     // An image the process kubelet cannot "pull".
     let ann = json!({format!("{P}scanner-image"): "registry.invalid/missing:1"});

@@ -337,4 +337,20 @@ async fn the_api_server_rejects_invalid_scans_with_a_clear_message() {
     assert!(no_targets.contains("spec.targets"), "{no_targets}");
     let bad_url = create(make(json!(["ftp://a.example.com"]), json!([]))).await;
     assert!(bad_url.contains("http:// or https://"), "{bad_url}");
+    // Template paths that would read the scanner pod's own files.
+    for (field, path) in [
+        (
+            "templates",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ),
+        ("excludeTemplates", "http/../../etc/passwd"),
+    ] {
+        let mut body = make(json!(["https://a.example.com"]), json!([]));
+        body["spec"][field] = json!(["http/cves/", path]);
+        let refused = create(body).await;
+        assert!(
+            refused.contains(&format!("spec.{field}[1]")) && refused.contains("no '..'"),
+            "{refused}"
+        );
+    }
 }

@@ -12,7 +12,8 @@ pub use finding::{Finding, Severity};
 pub use nucleiscan::{
     JobRef, MAX_RATE_LIMIT, MAX_RETRY_COUNT, MAX_TARGET_LEN, MAX_TARGETS, MIN_RATE_LIMIT,
     NucleiScan, NucleiScanSpec, NucleiScanStatus, ScanPhase, ScanSummary, ScannerConfig,
-    SourceKind, SourceRef, is_valid_target,
+    SourceKind, SourceRef, TEMPLATE_PATH_RULE, TEMPLATE_PATH_RULE_MESSAGE, is_template_path,
+    is_valid_target,
 };
 pub use virtual_service::{
     HttpMatchRequest, HttpRoute, OpaqueRoute, StringMatch, VirtualService, VirtualServiceSpec,

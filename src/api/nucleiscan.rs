@@ -102,6 +102,11 @@ pub struct NucleiScanSpec {
     /// Nuclei templates to run (paths or template ids, passed to `-t`). Empty:
     /// the operator's default template set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(length(max = 256)),
+        transform = template_path_items_rule
+    )]
     pub templates: Vec<String>,
 
     /// Only run templates of these severities (passed to `-severity`). Empty:
@@ -136,6 +141,11 @@ pub struct NucleiScanSpec {
     /// Skip these templates or template directories (passed to
     /// `-exclude-templates`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(length(max = 256)),
+        transform = template_path_items_rule
+    )]
     pub exclude_templates: Vec<String>,
 
     /// Maximum requests per second nuclei sends (passed to `-rate-limit`).
@@ -443,6 +453,30 @@ fn non_negative_values(schema: &mut schemars::Schema) {
         .and_then(|v| v.as_object_mut())
     {
         values.insert("minimum".into(), 0.into());
+    }
+}
+
+/// CEL rule on `spec.templates` and `spec.excludeTemplates` entries: a path
+/// inside the templates directory, never an absolute path or one that climbs
+/// out of it with `..` (nuclei would read any file of the scanner pod, its
+/// ServiceAccount token included, and echo it in its errors).
+pub const TEMPLATE_PATH_RULE: &str = r"!self.startsWith('/') && !self.matches(r'(^|/)\.\.(/|$)')";
+
+/// The message the apiserver reports when [`TEMPLATE_PATH_RULE`] fails.
+pub const TEMPLATE_PATH_RULE_MESSAGE: &str =
+    "must be a template id or a path inside the templates directory: not absolute, no '..'";
+
+/// Whether `path` passes [`TEMPLATE_PATH_RULE`].
+pub fn is_template_path(path: &str) -> bool {
+    !path.starts_with('/') && !path.split('/').any(|segment| segment == "..")
+}
+
+fn template_path_items_rule(schema: &mut schemars::Schema) {
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        items.insert(
+            "x-kubernetes-validations".into(),
+            serde_json::json!([{ "rule": TEMPLATE_PATH_RULE, "message": TEMPLATE_PATH_RULE_MESSAGE }]),
+        );
     }
 }
 

@@ -78,6 +78,19 @@ pub fn scan_options(
     targets_file: PathBuf,
 ) -> Result<ScanOptions, String> {
     let spec = &scan.spec;
+    // The CRD refuses these; a scan stored before that rule must not read
+    // files outside the templates either.
+    if let Some(bad) = spec
+        .templates
+        .iter()
+        .chain(&spec.exclude_templates)
+        .find(|t| !crate::api::is_template_path(t))
+    {
+        return Err(format!(
+            "template {bad:?}: {}",
+            crate::api::TEMPLATE_PATH_RULE_MESSAGE
+        ));
+    }
     let timeout = spec
         .scanner_config
         .as_ref()

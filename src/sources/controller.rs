@@ -25,6 +25,7 @@ use crate::annotations;
 use crate::api::{NucleiScan, SourceKind, VirtualService};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
+use crate::settings::ImagePolicy;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -38,6 +39,8 @@ pub struct SourceCtx {
     pub writes: AtomicU64,
     /// Reconcile requests from the scan watch (a scan changed or vanished).
     pub triggers: Triggers,
+    /// Which scanner images an annotation may ask for.
+    pub images: ImagePolicy,
 }
 
 /// A Kubernetes object that exposes web endpoints.
@@ -132,7 +135,8 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
         // Owner references let the garbage collector remove the scan.
         return Ok(Action::await_change());
     }
-    let parsed = annotations::parse(obj.annotations());
+    let mut parsed = annotations::parse(obj.annotations());
+    annotations::enforce_image_policy(&mut parsed, &ctx.images);
     let derived = obj.derive();
     if !parsed.enabled || derived.targets.is_empty() {
         if ours {
