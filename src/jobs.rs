@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
     SeccompProfile, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams};
@@ -89,8 +89,9 @@ pub const TMP_SIZE_LIMIT: &str = "1Gi";
 /// `sizeLimit` of the cloned template repositories.
 pub const GIT_TEMPLATES_SIZE_LIMIT: &str = "2Gi";
 
-/// Name of the scanner Role and RoleBinding in each namespace with scans.
-pub const SCANNER_ROLE: &str = "nuclei-scanner";
+/// Default name of the scanner ClusterRole (SCANNER_CLUSTER_ROLE) and of
+/// its RoleBinding in each namespace with scans.
+pub const SCANNER_CLUSTER_ROLE: &str = "nuclei-scanner";
 
 /// Time the Job's active deadline allows beyond the scan timeout, for
 /// scheduling, image pulls and writing the report, so the scanner's own timeout
@@ -768,39 +769,57 @@ pub fn scanner_service_account(namespace: &str, name: &str) -> ServiceAccount {
     }
 }
 
-/// The Role [`SCANNER_ROLE`] in `namespace`: `get` on nucleiscans, `get` and
-/// `patch` on nucleiscans/status, nothing else.
-pub fn scanner_role(namespace: &str) -> Role {
+/// The rules scanner pods need: `get` on nucleiscans, `get` and `patch` on
+/// nucleiscans/status, nothing else. The chart ships them as a ClusterRole
+/// (SCANNER_CLUSTER_ROLE, `<release>-scanner`) that the operator binds in
+/// each namespace with scans; a chart test checks the two agree.
+pub fn scanner_rules() -> Vec<PolicyRule> {
     let group = NucleiScan::group(&()).into_owned();
     let plural = NucleiScan::plural(&()).into_owned();
-    Role {
-        metadata: rbac_meta(namespace, SCANNER_ROLE),
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec![group.clone()]),
-                resources: Some(vec![plural.clone()]),
-                verbs: vec!["get".into()],
-                ..PolicyRule::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec![group]),
-                resources: Some(vec![format!("{plural}/status")]),
-                verbs: vec!["get".into(), "patch".into()],
-                ..PolicyRule::default()
-            },
-        ]),
+    vec![
+        PolicyRule {
+            api_groups: Some(vec![group.clone()]),
+            resources: Some(vec![plural.clone()]),
+            verbs: vec!["get".into()],
+            ..PolicyRule::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec![group]),
+            resources: Some(vec![format!("{plural}/status")]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..PolicyRule::default()
+        },
+    ]
+}
+
+/// The scanner ClusterRole `name` (for clusters without the chart: tests,
+/// the load test).
+pub fn scanner_cluster_role(name: &str) -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(rbac_labels()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(scanner_rules()),
+        ..ClusterRole::default()
     }
 }
 
-/// The RoleBinding [`SCANNER_ROLE`] in `namespace`, granting the scanner Role
-/// to the ServiceAccount `service_account` of the same namespace.
-pub fn scanner_role_binding(namespace: &str, service_account: &str) -> RoleBinding {
+/// The RoleBinding in `namespace` granting the ClusterRole `cluster_role`
+/// to the scanner ServiceAccount `service_account` of that namespace; named
+/// like the ClusterRole.
+pub fn scanner_role_binding(
+    namespace: &str,
+    service_account: &str,
+    cluster_role: &str,
+) -> RoleBinding {
     RoleBinding {
-        metadata: rbac_meta(namespace, SCANNER_ROLE),
+        metadata: rbac_meta(namespace, cluster_role),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: SCANNER_ROLE.into(),
+            kind: "ClusterRole".into(),
+            name: cluster_role.to_owned(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -811,34 +830,32 @@ pub fn scanner_role_binding(namespace: &str, service_account: &str) -> RoleBindi
     }
 }
 
-/// Server-side applies the scanner ServiceAccount, Role and RoleBinding in
-/// `namespace` (field manager [`FIELD_MANAGER`], forced).
+/// Server-side applies the scanner ServiceAccount and its RoleBinding to
+/// the scanner ClusterRole in `namespace` (field manager [`FIELD_MANAGER`],
+/// forced).
 ///
-/// The operator can only grant what it holds itself: it needs `get` on
-/// nucleiscans and `get`, `patch` on nucleiscans/status, plus `get`,
-/// `create`, `patch` on serviceaccounts, roles and rolebindings.
+/// The operator needs `get`, `create`, `patch` on serviceaccounts and
+/// rolebindings, and `bind` on that one ClusterRole; it creates no Roles.
 pub async fn ensure_scanner_rbac(
     client: &kube::Client,
     namespace: &str,
     service_account: &str,
+    cluster_role: &str,
 ) -> Result<(), kube::Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let sa = scanner_service_account(namespace, service_account);
     Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .patch(service_account, &pp, &Patch::Apply(&sa))
         .await?;
-    Api::<Role>::namespaced(client.clone(), namespace)
-        .patch(SCANNER_ROLE, &pp, &Patch::Apply(&scanner_role(namespace)))
-        .await?;
-    let binding = scanner_role_binding(namespace, service_account);
+    let binding = scanner_role_binding(namespace, service_account, cluster_role);
     Api::<RoleBinding>::namespaced(client.clone(), namespace)
-        .patch(SCANNER_ROLE, &pp, &Patch::Apply(&binding))
+        .patch(cluster_role, &pp, &Patch::Apply(&binding))
         .await?;
     Ok(())
 }
 
 /// Remembers in which namespaces the scanner RBAC was applied, so the launcher
-/// makes the three API calls of [`ensure_scanner_rbac`] once per namespace per
+/// makes the two API calls of [`ensure_scanner_rbac`] once per namespace per
 /// [`RbacCache::refresh`] instead of before every Job.
 ///
 /// An entry expires after the refresh interval (default
@@ -906,11 +923,12 @@ impl RbacCache {
         client: &kube::Client,
         namespace: &str,
         service_account: &str,
+        cluster_role: &str,
     ) -> Result<(), kube::Error> {
         if !self.needs_apply(namespace, service_account, Instant::now()) {
             return Ok(());
         }
-        ensure_scanner_rbac(client, namespace, service_account).await?;
+        ensure_scanner_rbac(client, namespace, service_account, cluster_role).await?;
         self.mark_applied(namespace, service_account, Instant::now());
         Ok(())
     }
@@ -2180,10 +2198,9 @@ mod tests {
     // ---- scanner RBAC ------------------------------------------------------
 
     #[test]
-    fn the_scanner_role_grants_exactly_reading_its_scan_and_patching_status() {
-        let role = scanner_role("web");
+    fn the_scanner_cluster_role_grants_exactly_reading_its_scan_and_patching_status() {
+        let role = scanner_cluster_role("nuclei-scanner");
         assert_eq!(role.metadata.name.as_deref(), Some("nuclei-scanner"));
-        assert_eq!(role.metadata.namespace.as_deref(), Some("web"));
         let mut grants: Vec<(String, String, String)> = Vec::new();
         for rule in role.rules.as_ref().unwrap() {
             assert_eq!(rule.resource_names, None);
@@ -2209,12 +2226,12 @@ mod tests {
     }
 
     #[test]
-    fn the_role_binding_grants_the_role_to_the_scanner_account_of_its_namespace() {
-        let rb = scanner_role_binding("web", "nuclei-scanner");
-        assert_eq!(rb.metadata.name.as_deref(), Some("nuclei-scanner"));
+    fn the_role_binding_grants_the_cluster_role_to_the_scanner_account_of_its_namespace() {
+        let rb = scanner_role_binding("web", "nuclei-scanner", "nuclei-operator-scanner");
+        assert_eq!(rb.metadata.name.as_deref(), Some("nuclei-operator-scanner"));
         assert_eq!(rb.metadata.namespace.as_deref(), Some("web"));
-        assert_eq!(rb.role_ref.kind, "Role");
-        assert_eq!(rb.role_ref.name, "nuclei-scanner");
+        assert_eq!(rb.role_ref.kind, "ClusterRole");
+        assert_eq!(rb.role_ref.name, "nuclei-operator-scanner");
         assert_eq!(
             rb.role_ref.api_group.as_deref(),
             Some("rbac.authorization.k8s.io")
@@ -2234,8 +2251,8 @@ mod tests {
         assert_eq!(sa.automount_service_account_token, Some(false));
         for labels in [
             sa.metadata.labels,
-            scanner_role("web").metadata.labels,
-            scanner_role_binding("web", "scan-sa").metadata.labels,
+            scanner_cluster_role("r").metadata.labels,
+            scanner_role_binding("web", "scan-sa", "r").metadata.labels,
         ] {
             assert_eq!(labels.unwrap()[MANAGED_BY_LABEL], "nuclei-operator");
         }
@@ -2243,9 +2260,9 @@ mod tests {
 
     #[test]
     fn applied_bodies_carry_their_kind_for_server_side_apply() {
-        let role = serde_json::to_value(scanner_role("web")).unwrap();
-        assert_eq!(role["apiVersion"], "rbac.authorization.k8s.io/v1");
-        assert_eq!(role["kind"], "Role");
+        let rb = serde_json::to_value(scanner_role_binding("web", "x", "r")).unwrap();
+        assert_eq!(rb["apiVersion"], "rbac.authorization.k8s.io/v1");
+        assert_eq!(rb["kind"], "RoleBinding");
         let sa = serde_json::to_value(scanner_service_account("web", "x")).unwrap();
         assert_eq!(sa["apiVersion"], "v1");
         assert_eq!(sa["kind"], "ServiceAccount");

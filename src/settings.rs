@@ -196,10 +196,16 @@ pub struct Settings {
     #[arg(long, env = "OPERATOR_NAMESPACE", value_name = "OPERATOR_NAMESPACE", value_parser = parse_dns_label)]
     pub operator_namespace: Option<String>,
 
-    /// ServiceAccount scanner pods run as; the operator ensures it, with its
-    /// Role and RoleBinding, in each namespace that has scans.
+    /// ServiceAccount scanner pods run as; the operator ensures it, with a
+    /// RoleBinding to SCANNER_CLUSTER_ROLE, in each namespace that has scans.
     #[arg(long, env = "SCANNER_SERVICE_ACCOUNT", value_name = "SCANNER_SERVICE_ACCOUNT", default_value = "nuclei-scanner", value_parser = parse_dns_subdomain)]
     pub scanner_service_account: String,
+
+    /// ClusterRole granting scanner pods what they need (read their scan,
+    /// write its status); the Helm chart ships it as `<release>-scanner`. The
+    /// operator binds it in each namespace with scans and creates no Roles.
+    #[arg(long, env = "SCANNER_CLUSTER_ROLE", value_name = "SCANNER_CLUSTER_ROLE", default_value = "nuclei-scanner", value_parser = parse_dns_subdomain)]
+    pub scanner_cluster_role: String,
 
     /// Comma-separated templates or template directories used when neither
     /// the NucleiScan nor an annotation names any; empty means nuclei's own
@@ -990,13 +996,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 29);
+        assert_eq!(count, 30);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 29);
+        assert_eq!(table.len(), 30);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -691,7 +691,9 @@ fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() ->
     ]
     .into();
     assert_eq!(kinds, expected);
-    assert_eq!(r.docs.len(), expected.len(), "one object of each kind");
+    // One of each, but two ClusterRoles: the operator's and the scanners'.
+    assert_eq!(r.docs.len(), expected.len() + 1);
+    assert_eq!(r.all("ClusterRole").len(), 2);
     for doc in &r.docs {
         let kind = doc["kind"].as_str().unwrap_or_default();
         let meta = &doc["metadata"];
@@ -823,6 +825,7 @@ fn the_chart_defaults_agree_with_the_operator_defaults_except_where_it_knows_bet
         "LOG_FORMAT",
         "SCANNER_IMAGE",
         "LEASE_NAME",
+        "SCANNER_CLUSTER_ROLE",
         "OPERATOR_NAMESPACE",
         "POD_NAMESPACE",
         "POD_NAME",
@@ -1071,7 +1074,14 @@ fn crd_group_and_plural() -> Result<(String, String)> {
 #[test]
 fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
     let r = render(&[])?;
-    let role = r.one("ClusterRole")?;
+    let scanner_name = format!("{FULLNAME}-scanner");
+    let named = |name: &str| -> Result<&Value> {
+        r.all("ClusterRole")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == name)
+            .with_context(|| format!("no ClusterRole {name}"))
+    };
+    let role = named(FULLNAME)?;
     for rule in role["rules"].as_array().context("no rules")? {
         for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
             for item in rule[field].as_array().into_iter().flatten() {
@@ -1081,12 +1091,25 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
         }
     }
     let granted = grants(&role["rules"])?;
-    assert!(
-        granted.values().all(Vec::is_empty),
-        "no resourceNames expected"
+    let bind = (
+        "rbac.authorization.k8s.io".to_owned(),
+        "clusterroles".to_owned(),
+        "bind".to_owned(),
     );
+    for (grant, names) in &granted {
+        if *grant == bind {
+            assert_eq!(
+                names,
+                &[scanner_name.clone()],
+                "bind only the scanner ClusterRole"
+            );
+        } else {
+            assert!(names.is_empty(), "no resourceNames expected on {grant:?}");
+        }
+    }
     let (group, plural) = crd_group_and_plural()?;
     let status = format!("{plural}/status");
+    let finalizers = format!("{plural}/finalizers");
     let expected = triples(&[
         ("networking.k8s.io", "ingresses", &["get", "list", "watch"]),
         (
@@ -1102,11 +1125,10 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
         (
             &group,
             &plural,
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
-        (&group, &status, &["get", "update", "patch"]),
+        (&group, &status, &["get", "patch"]),
+        (&group, &finalizers, &["update"]),
         (
             "batch",
             "jobs",
@@ -1118,34 +1140,30 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
         ("", "serviceaccounts", &["get", "create", "patch"]),
         (
             "rbac.authorization.k8s.io",
-            "roles",
-            &["get", "create", "patch"],
-        ),
-        (
-            "rbac.authorization.k8s.io",
             "rolebindings",
             &["get", "create", "patch"],
         ),
+        ("rbac.authorization.k8s.io", "clusterroles", &["bind"]),
     ]);
     let actual: BTreeSet<_> = granted.keys().cloned().collect();
     assert_eq!(actual, expected);
     for (_, resource, verb) in &actual {
         assert!(
-            !["escalate", "bind", "impersonate"].contains(&verb.as_str()),
+            !["escalate", "impersonate"].contains(&verb.as_str()),
             "{verb}"
         );
-        assert_ne!(resource, "secrets");
+        assert!(
+            !["secrets", "roles", "pods/exec"].contains(&resource.as_str()),
+            "{resource}"
+        );
     }
-    // RBAC escalation prevention: the operator may only create the scanner
-    // Role because it holds everything that Role grants.
-    let scanner = triples(&[
-        (&group, &plural, &["get"]),
-        (&group, &status, &["get", "patch"]),
-    ]);
-    assert!(
-        scanner.is_subset(&actual),
-        "the operator cannot grant the scanner Role"
-    );
+    // The scanner ClusterRole is exactly what the operator's code says
+    // scanner pods need (jobs::scanner_rules), and the operator binds it by
+    // the name the chart gives it.
+    let scanner = named(&scanner_name)?;
+    let want = serde_json::to_value(nuclei_operator::jobs::scanner_rules())?;
+    assert_eq!(grants(&scanner["rules"])?, grants(&want)?);
+    env_is(&r, "SCANNER_CLUSTER_ROLE", &scanner_name)?;
 
     let binding = r.one("ClusterRoleBinding")?;
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);

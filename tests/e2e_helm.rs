@@ -19,15 +19,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Resource, ResourceExt};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
-use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL, SCANNER_ROLE};
+use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use serde_json::json;
 use support::chart::{
     Chart, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
@@ -46,6 +47,8 @@ const CRD: &str = "nucleiscans.nuclei.homelab.mortenolsen.pro";
 const SCAN: &str = "canary-ingress";
 /// Where the pod's ServiceAccount token is mounted (ServiceAccount admission).
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The chart's scanner ClusterRole, `<fullname>-scanner`.
+const SCANNER_CLUSTER_ROLE: &str = "nuclei-operator-scanner";
 
 /// One devcluster at a time in this binary.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -320,12 +323,37 @@ async fn helm_install_runs_the_operator_as_the_charts_service_account_and_it_sca
         .list(&ListParams::default())
         .await
         .expect("the operator's token may list Ingresses");
-    let secrets = Api::<Secret>::all(as_pod)
+    let secrets = Api::<Secret>::all(as_pod.clone())
         .list(&ListParams::default())
         .await;
     assert!(
         matches!(&secrets, Err(kube::Error::Api(e)) if e.code == 403),
         "the operator's token may not read Secrets: {secrets:?}"
+    );
+    // Nor run a pod of its choosing, nor hand out rights in kube-system.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "x"},
+        "spec": {"containers": [{"name": "c", "image": "nuclei-operator:e2e"}]}
+    }))
+    .unwrap();
+    let created = Api::<Pod>::namespaced(as_pod.clone(), APP_NS)
+        .create(&PostParams::default(), &pod)
+        .await;
+    assert!(
+        matches!(&created, Err(kube::Error::Api(e)) if e.code == 403),
+        "the operator's token may not create Pods: {created:?}"
+    );
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "x"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    }))
+    .unwrap();
+    let created = Api::<Role>::namespaced(as_pod.clone(), "kube-system")
+        .create(&PostParams::default(), &role)
+        .await;
+    assert!(
+        matches!(&created, Err(kube::Error::Api(e)) if e.code == 403),
+        "the operator's token may not create Roles: {created:?}"
     );
 
     // That pod is the leader (its identity holds the chart's Lease) and ready.
@@ -408,6 +436,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("ServiceAccount {RELEASE_NS}/{FULLNAME}"),
         format!("Service {RELEASE_NS}/{FULLNAME}"),
         format!("ClusterRole {FULLNAME}"),
+        format!("ClusterRole {SCANNER_CLUSTER_ROLE}"),
         format!("ClusterRoleBinding {FULLNAME}"),
         format!("Role {RELEASE_NS}/{FULLNAME}-leader-election"),
         format!("RoleBinding {RELEASE_NS}/{FULLNAME}-leader-election"),
@@ -471,11 +500,11 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("NucleiScan {APP_NS}/{SCAN}"),
         format!("Job {APP_NS}/{}", job_ref.name),
         format!("Pod {APP_NS}/{scanner_pod}"),
-        // The scanner's RBAC, which the operator applies in each namespace
-        // with scans; unowned, like the Lease.
+        // The scanner's ServiceAccount and RoleBinding (to the chart's
+        // scanner ClusterRole, gone with the release), which the operator
+        // applies in each namespace with scans; unowned, like the Lease.
         format!("ServiceAccount {APP_NS}/nuclei-scanner"),
-        format!("Role {APP_NS}/{SCANNER_ROLE}"),
-        format!("RoleBinding {APP_NS}/{SCANNER_ROLE}"),
+        format!("RoleBinding {APP_NS}/{SCANNER_CLUSTER_ROLE}"),
     ]);
     settles_to(
         Duration::from_secs(30),

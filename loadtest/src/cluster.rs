@@ -9,6 +9,7 @@ use devcluster::{Config, DevCluster, ImageMapping};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
@@ -110,8 +111,20 @@ impl Cluster {
         }
     }
 
-    /// Installs (server-side applies) the NucleiScan CRD and waits until it is established.
+    /// Installs (server-side applies) what the chart would: the scanner
+    /// ClusterRole, and the NucleiScan CRD, waiting until it is established.
     pub async fn install_crd(&self) -> Result<()> {
+        let role = nuclei_operator::jobs::scanner_cluster_role(
+            nuclei_operator::jobs::SCANNER_CLUSTER_ROLE,
+        );
+        Api::<ClusterRole>::all(self.client.clone())
+            .patch(
+                nuclei_operator::jobs::SCANNER_CLUSTER_ROLE,
+                &PatchParams::apply("nuclei-loadtest").force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .context("applying the scanner ClusterRole")?;
         let crd: CustomResourceDefinition = nuclei_operator::api::crd();
         let name = crd.metadata.name.clone().unwrap_or_default();
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());

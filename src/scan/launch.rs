@@ -169,6 +169,7 @@ impl JobLauncher {
                 &ctx.client,
                 namespace,
                 &ctx.settings.scanner_service_account,
+                &ctx.settings.scanner_cluster_role,
             )
             .await
             .map_err(|e| format!("ensuring scanner RBAC: {e}"))?;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub use devcluster::eventually;
 use devcluster::{Config, DevCluster, ImageMapping, Tools};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use nuclei_operator::api::{NucleiScan, NucleiScanStatus, ScanPhase, Severity};
@@ -82,6 +83,18 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
     .expect("devcluster starts");
     eprintln!("devcluster up in {:.1}s", started.elapsed().as_secs_f64());
     let client = cluster.client().await.unwrap();
+    // What the chart would install besides the operator: the scanner
+    // ClusterRole the operator binds in each namespace with scans.
+    let role =
+        nuclei_operator::jobs::scanner_cluster_role(nuclei_operator::jobs::SCANNER_CLUSTER_ROLE);
+    Api::<ClusterRole>::all(client.clone())
+        .patch(
+            nuclei_operator::jobs::SCANNER_CLUSTER_ROLE,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .unwrap();
     let crd: CustomResourceDefinition = nuclei_operator::api::crd();
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     crds.patch(

@@ -45,3 +45,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- printf "%s:%v" $host .Values.http.port }}
 {{- end }}
+
+{{/*
+The scanner ClusterRole (SCANNER_CLUSTER_ROLE): what scanner pods may do.
+*/}}
+{{- define "nuclei-operator.scannerClusterRole" -}}
+{{- printf "%s-scanner" (include "nuclei-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}
