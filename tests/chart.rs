@@ -1099,8 +1099,8 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
     for (grant, names) in &granted {
         if *grant == bind {
             assert_eq!(
-                names,
-                &[scanner_name.clone()],
+                names.as_slice(),
+                std::slice::from_ref(&scanner_name),
                 "bind only the scanner ClusterRole"
             );
         } else {
