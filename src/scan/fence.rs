@@ -66,22 +66,32 @@ pub fn check_run(scan: &NucleiScan, uid: &str, run: &str) -> RunCheck {
 /// Most conflicts [`write_if`] reads through before giving up with the last.
 const MAX_CONFLICTS: usize = 10;
 
-/// Merge-patches the status of `name` with `patch(scan)` if the scan, read
-/// now, stands at `want` for run `run` of `uid`. `Ok(Err(check))` when it
-/// does not (nothing written); `Err` when the API failed.
+/// Merge-patches the status of `name` with `patch(scan)` if the scan stands
+/// at `want` for run `run` of `uid`. `Ok(Err(check))` when it does not
+/// (nothing written); `Err` when the API failed.
+///
+/// `known`, the scan as the caller last read or wrote it, is checked and
+/// written against first, which saves a read; if it is stale the write
+/// conflicts, and the scan is read again.
 pub async fn write_if(
     api: &Api<NucleiScan>,
     name: &str,
     uid: &str,
     run: &str,
     want: &RunCheck,
+    known: Option<&NucleiScan>,
     patch: impl Fn(&NucleiScan) -> Value,
 ) -> Result<Result<NucleiScan, RunCheck>, kube::Error> {
     let mut attempt = 0;
+    let mut known = known.cloned();
     loop {
         attempt += 1;
-        let Some(scan) = api.get_opt(name).await? else {
-            return Ok(Err(RunCheck::MovedOn("the scan was deleted".into())));
+        let scan = match known.take() {
+            Some(scan) => scan,
+            None => match api.get_opt(name).await? {
+                Some(scan) => scan,
+                None => return Ok(Err(RunCheck::MovedOn("the scan was deleted".into()))),
+            },
         };
         let check = check_run(&scan, uid, run);
         if check != *want {

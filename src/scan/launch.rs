@@ -220,20 +220,28 @@ impl JobLauncher {
             at: now,
             attempt: Attempt::of(&scan),
         };
-        let written = match write_if(&api, name, &uid, run, &RunCheck::NotStarted, |current| {
-            let mut patch = running.patch();
-            let mut conditions = current
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let a = remove_condition(&mut conditions, WAITING_FOR_TARGETS);
-            let b = remove_condition(&mut conditions, POD_NOT_STARTED);
-            if a || b {
-                patch.insert("conditions".into(), json!(conditions));
-            }
-            Value::Object(patch)
-        })
+        let written = match write_if(
+            &api,
+            name,
+            &uid,
+            run,
+            &RunCheck::NotStarted,
+            Some(&scan),
+            |current| {
+                let mut patch = running.patch();
+                let mut conditions = current
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                let a = remove_condition(&mut conditions, WAITING_FOR_TARGETS);
+                let b = remove_condition(&mut conditions, POD_NOT_STARTED);
+                if a || b {
+                    patch.insert("conditions".into(), json!(conditions));
+                }
+                Value::Object(patch)
+            },
+        )
         .await
         {
             Ok(written) => written,
@@ -313,6 +321,7 @@ impl JobLauncher {
             &uid,
             run,
             &RunCheck::NotStarted,
+            Some(scan),
             |current| {
                 let mut patch = waiting.patch();
                 let mut conditions = current
@@ -371,6 +380,7 @@ pub async fn fail_attempt(
         &uid,
         run,
         &RunCheck::NotStarted,
+        Some(scan),
         |_| Value::Object(failed.patch()),
     )
     .await

@@ -263,11 +263,30 @@ async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
     Ok(Observed { job, in_process })
 }
 
+/// A Job younger than this whose pod is not ready yet is taken to be
+/// starting, without listing its pods: most pods start within seconds, and
+/// the reconciler looks again after [`super::phase`]'s check interval.
+const POD_LIST_AFTER: Duration = Duration::from_secs(10);
+
 /// Whether the pod of an active Job has started: the Job's `ready` count
-/// says so without a request; otherwise its pods are listed.
+/// says so without a request; a young Job's pod is taken to be starting;
+/// otherwise its pods are listed.
 async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
     if job.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0 {
         return Ok(PodView::Started);
+    }
+    let age = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| (Utc::now() - chrono(t)).to_std().ok())
+        .unwrap_or(POD_LIST_AFTER);
+    if age < POD_LIST_AFTER {
+        return Ok(PodView::NotStarted {
+            reason: "Starting".into(),
+            message: "the scanner pod is starting".into(),
+            stuck: false,
+        });
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));

@@ -179,16 +179,26 @@ pub async fn run(
     {
         start["jobRef"] = json!({"podName": pod});
     }
-    // Only informative: a failure here must not cost the scan.
-    match write_if(&api, name, &id.uid, &id.token, &RunCheck::Current, |_| {
-        start.clone()
-    })
+    // Only informative: a failure here must not cost the scan. The scan as
+    // written (or read) is where the final write starts from.
+    let last = match write_if(
+        &api,
+        name,
+        &id.uid,
+        &id.token,
+        &RunCheck::Current,
+        Some(&scan),
+        |_| start.clone(),
+    )
     .await
     {
-        Ok(Ok(_)) => {}
+        Ok(Ok(written)) => written,
         Ok(Err(check)) => return Ok(moved_on(namespace, name, why_not(check))),
-        Err(e) => warn!("recording the scan's start failed: {e}"),
-    }
+        Err(e) => {
+            warn!("recording the scan's start failed: {e}");
+            scan.clone()
+        }
+    };
 
     let dir = tempfile::Builder::new()
         .prefix("nuclei-scan-")
@@ -243,7 +253,7 @@ pub async fn run(
         ),
     };
     let patch = Value::Object(transition.patch());
-    match write_result(&api, name, id, &patch, deadline).await? {
+    match write_result(&api, name, id, &patch, last, deadline).await? {
         Ok(()) => {}
         Err(why) => return Ok(moved_on(namespace, name, why)),
     }
@@ -319,15 +329,23 @@ async fn write_result(
     name: &str,
     id: &RunId,
     patch: &Value,
+    last: NucleiScan,
     deadline: Instant,
 ) -> Result<Result<(), String>> {
     let mut delay = Duration::from_millis(500);
     let mut attempt = 0;
+    let mut known = Some(last);
     loop {
         attempt += 1;
-        let error = match write_if(api, name, &id.uid, &id.token, &RunCheck::Current, |_| {
-            patch.clone()
-        })
+        let error = match write_if(
+            api,
+            name,
+            &id.uid,
+            &id.token,
+            &RunCheck::Current,
+            known.take().as_ref(),
+            |_| patch.clone(),
+        )
         .await
         {
             Ok(Ok(_)) => return Ok(Ok(())),

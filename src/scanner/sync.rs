@@ -158,9 +158,15 @@ impl Launcher<String> for SyncLauncher {
             at: now,
             attempt: Attempt::of(&scan),
         };
-        let written = write_if(&api, &name, &uid, &run_token, &RunCheck::NotStarted, |_| {
-            Value::Object(running.patch())
-        })
+        let written = write_if(
+            &api,
+            &name,
+            &uid,
+            &run_token,
+            &RunCheck::NotStarted,
+            Some(&scan),
+            |_| Value::Object(running.patch()),
+        )
         .await
         .map_err(retry)?;
         if written.is_err() {
@@ -191,9 +197,15 @@ impl Launcher<String> for SyncLauncher {
                     at: Utc::now(),
                     attempt: None,
                 };
-                let _ = write_if(&api, &name, &id.uid, &id.token, &RunCheck::Current, |_| {
-                    Value::Object(failed.patch())
-                })
+                let _ = write_if(
+                    &api,
+                    &name,
+                    &id.uid,
+                    &id.token,
+                    &RunCheck::Current,
+                    None,
+                    |_| Value::Object(failed.patch()),
+                )
                 .await;
             }
             runs.lock().expect("runs lock").remove(&key);
