@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
-use support::{canary_annotations, canary_target, eventually, ingress, target_ip};
+use support::{canary_annotations, canary_target, completed, eventually, ingress, target_ip};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -70,11 +70,7 @@ async fn an_annotation_asking_for_an_arbitrary_scanner_image_gets_no_pod_with_th
         .await
         .unwrap();
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), ns);
-    let scan = eventually(Duration::from_secs(120), "scan Completed", || async {
-        let s = scans.get_opt("web-ingress").await.ok()??;
-        (s.status.as_ref()?.phase? == ScanPhase::Completed).then_some(s)
-    })
-    .await;
+    let scan = completed(&scans, "web-ingress", Duration::from_secs(120)).await;
     // Reported on the scan and, as a Warning Event, on the Ingress, naming
     // the setting that would allow it…
     let message = condition_message(&scan, "AnnotationsValid").unwrap_or_default();
@@ -160,11 +156,7 @@ async fn an_overflowing_timeout_annotation_is_an_error_not_an_operator_crash() {
         .await
         .unwrap();
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), ns);
-    let scan = eventually(Duration::from_secs(120), "scan Completed", || async {
-        let s = scans.get_opt("web-ingress").await.ok()??;
-        (s.status.as_ref()?.phase? == ScanPhase::Completed).then_some(s)
-    })
-    .await;
+    let scan = completed(&scans, "web-ingress", Duration::from_secs(120)).await;
     let message = condition_message(&scan, "AnnotationsValid").unwrap_or_default();
     assert!(message.contains("too large"), "{message}");
     let restarts: Value = serde_json::to_value(env.operator_pod().await.status).unwrap();

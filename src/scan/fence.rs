@@ -109,33 +109,16 @@ pub async fn write_if(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{JobRef, NucleiScanStatus};
+    use crate::api::JobRef;
     use crate::scan::status::{Attempt, Transition};
 
     fn scan(uid: &str) -> NucleiScan {
-        let mut s = NucleiScan::new("web", Default::default());
-        s.metadata.namespace = Some("ns".into());
-        s.metadata.uid = Some(uid.into());
-        s.metadata.generation = Some(1);
-        s.status = Some(NucleiScanStatus {
-            phase: Some(ScanPhase::Pending),
-            ..Default::default()
-        });
-        s
+        crate::scan::testing::pending_scan(uid)
     }
 
-    /// Applies a transition's patch to the in-memory scan, as the API
-    /// server's merge patch would.
+    /// Applies a transition's patch as the API server would.
     fn apply(scan: &mut NucleiScan, t: &Transition) {
-        let mut status = serde_json::to_value(scan.status.clone().unwrap_or_default()).unwrap();
-        for (k, v) in t.patch() {
-            if v.is_null() {
-                status.as_object_mut().unwrap().remove(&k);
-            } else {
-                status[k] = v;
-            }
-        }
-        scan.status = Some(serde_json::from_value(status).unwrap());
+        crate::scan::testing::merge_status(scan, t.patch());
     }
 
     fn running(run: &str) -> Transition {
@@ -225,7 +208,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::api::{JobRef, NucleiScanStatus};
+    use crate::api::JobRef;
     use crate::scan::status::{Attempt, Transition};
     use chrono::TimeZone;
     use proptest::prelude::*;
@@ -256,27 +239,11 @@ mod properties {
     }
 
     fn fresh(uid: &str) -> NucleiScan {
-        let mut s = NucleiScan::new("web", Default::default());
-        s.metadata.namespace = Some("ns".into());
-        s.metadata.uid = Some(uid.into());
-        s.metadata.generation = Some(1);
-        s.status = Some(NucleiScanStatus {
-            phase: Some(ScanPhase::Pending),
-            ..Default::default()
-        });
-        s
+        crate::scan::testing::pending_scan(uid)
     }
 
     fn write(scan: &mut NucleiScan, t: &Transition) {
-        let mut status = serde_json::to_value(scan.status.clone().unwrap_or_default()).unwrap();
-        for (k, v) in t.patch() {
-            if v.is_null() {
-                status.as_object_mut().unwrap().remove(&k);
-            } else {
-                status[k] = v;
-            }
-        }
-        scan.status = Some(serde_json::from_value(status).unwrap());
+        crate::scan::testing::merge_status(scan, t.patch());
     }
 
     proptest! {

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, instrument, warn};
 
 use super::fence::{RunCheck, check_run, write_if};
-use super::phase::{after, next_retry_count, whole_second};
+use super::phase::{after, next_retry_count, retries, whole_second};
 use super::reconcile::ScanCtx;
 use super::status::{
     Attempt, POD_NOT_STARTED, Transition, WAITING_FOR_TARGETS, chrono, remove_condition,
@@ -257,6 +257,8 @@ impl JobLauncher {
             Err(RunCheck::NotStarted) => unreachable!("write_if only refuses another state"),
             Err(RunCheck::MovedOn(why)) => {
                 // Nobody waits for this run any more: its Job must not scan.
+                // The slot stays until the Job is gone (the Job watch frees
+                // it), since its pod may already run.
                 info!(
                     job = job.name_any(),
                     why, "the scan moved on while its Job was created: deleting the Job"
@@ -267,8 +269,14 @@ impl JobLauncher {
                 {
                     warn!(job = job.name_any(), "deleting an unwanted scan Job: {e}");
                 }
-                return Ok(Launched::AlreadyFinished);
+                return Ok(Launched::Running);
             }
+        }
+        // An earlier attempt's Job that has already ended: recorded as the
+        // run (the reconciler fails it, as no result came), but it holds no
+        // slot any more.
+        if jobs::job_finished(&job).is_some() {
+            return Ok(Launched::AlreadyFinished);
         }
         info!(job = job.name_any(), targets = scan.spec.targets.len(), timeout = ?params.timeout, created, "scan running");
         if created {
@@ -361,12 +369,7 @@ pub async fn fail_attempt(
     message: String,
 ) -> Result<(), kube::Error> {
     warn!(error = %message, "scan cannot start");
-    let retries = scan
-        .status
-        .as_ref()
-        .and_then(|s| s.retry_count)
-        .unwrap_or(0)
-        .max(0) as u32;
+    let retries = retries(scan);
     let failed = Transition::Failed {
         message,
         retry_count: next_retry_count(retries),

@@ -15,3 +15,5 @@ pub mod reconcile;
 pub mod schedule;
 pub mod slots;
 pub mod status;
+#[cfg(test)]
+mod testing;

@@ -338,7 +338,7 @@ pub fn decide(scan: &NucleiScan, seen: &Observed, policy: &Policy, now: DateTime
         status.observed_generation.is_some() && status.observed_generation != generation;
     let rescan = annotations::rescan_request(scan.annotations());
     let new_rescan = rescan.is_some() && rescan != status.last_rescan_request.as_deref();
-    let retries = status.retry_count.unwrap_or(0).max(0) as u32;
+    let retries = retries(scan);
     let uid = scan.metadata.uid.as_deref().unwrap_or("");
     let job_name = status.job_ref.as_ref().map(|j| j.name.clone());
     let next_scheduled = status.next_scheduled_time.as_ref().map(chrono);
@@ -537,6 +537,15 @@ pub fn decide(scan: &NucleiScan, seen: &Observed, policy: &Policy, now: DateTime
     plan
 }
 
+/// The scan's `retryCount` (unset or negative counts as 0).
+pub fn retries(scan: &NucleiScan) -> u32 {
+    scan.status
+        .as_ref()
+        .and_then(|s| s.retry_count)
+        .unwrap_or(0)
+        .max(0) as u32
+}
+
 /// `retryCount` after one more failed attempt (saturating at the CRD's
 /// maximum).
 pub fn next_retry_count(retries: u32) -> i32 {
@@ -643,18 +652,7 @@ mod tests {
         Some(time(at(secs)))
     }
 
-    fn policy() -> Policy {
-        Policy {
-            max_retries: 3,
-            backoff: Backoff {
-                initial: Duration::from_secs(10),
-                max: Duration::from_secs(600),
-                multiplier: 2.0,
-            },
-            rescan_age: Some(Duration::from_secs(3600)),
-            pod_start_timeout: Duration::from_secs(300),
-        }
-    }
+    use crate::scan::testing::policy;
 
     /// A scan at generation 1 with the given status.
     fn scan(status: NucleiScanStatus) -> NucleiScan {
@@ -1069,24 +1067,13 @@ mod properties {
     use crate::scan::status::time;
     use chrono::TimeZone;
     use proptest::prelude::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
     }
 
-    fn policy() -> Policy {
-        Policy {
-            max_retries: 3,
-            backoff: Backoff {
-                initial: Duration::from_secs(10),
-                max: Duration::from_secs(600),
-                multiplier: 2.0,
-            },
-            rescan_age: Some(Duration::from_secs(3600)),
-            pod_start_timeout: Duration::from_secs(300),
-        }
-    }
+    use crate::scan::testing::policy;
 
     fn phase() -> impl Strategy<Value = Option<ScanPhase>> {
         prop_oneof![
@@ -1194,7 +1181,6 @@ mod properties {
 
     /// What the API server makes of a status merge patch.
     fn write(scan: &mut NucleiScan, plan: &Plan) {
-        let mut status = serde_json::to_value(scan.status.clone().unwrap_or_default()).unwrap();
         let mut patch = plan
             .transition
             .as_ref()
@@ -1203,24 +1189,7 @@ mod properties {
         if let Some(c) = &plan.conditions {
             patch.insert("conditions".into(), serde_json::to_value(c).unwrap());
         }
-        for (k, v) in patch {
-            match v {
-                Value::Null => {
-                    status.as_object_mut().unwrap().remove(&k);
-                }
-                Value::Object(fields) if status.get(&k).is_some_and(Value::is_object) => {
-                    for (f, v) in fields {
-                        if v.is_null() {
-                            status[&k].as_object_mut().unwrap().remove(&f);
-                        } else {
-                            status[&k][f] = v;
-                        }
-                    }
-                }
-                v => status[k] = v,
-            }
-        }
-        scan.status = Some(serde_json::from_value(status).unwrap());
+        crate::scan::testing::merge_status(scan, patch);
     }
 
     /// A finished Job after a Failed write: the observation a scan that left

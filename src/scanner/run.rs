@@ -20,7 +20,7 @@ use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
 use crate::api::{NucleiScan, Severity};
 use crate::scan::fence::{RunCheck, check_run, write_if};
-use crate::scan::phase::next_retry_count;
+use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::status::{Transition, time};
 
 /// Defaults the scanner applies where the scan's spec is silent.
@@ -213,12 +213,7 @@ pub async fn run(
     };
     let duration = clock.elapsed().as_secs() as i64;
     let now = Utc::now();
-    let retries = scan
-        .status
-        .as_ref()
-        .and_then(|s| s.retry_count)
-        .unwrap_or(0)
-        .max(0) as u32;
+    let retries = retries(&scan);
     let (transition, outcome) = match result {
         Ok((report, stats_note)) => {
             let total = report.total();

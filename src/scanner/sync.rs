@@ -18,7 +18,7 @@ use super::run::{RunId, ScannerDefaults, run};
 use crate::api::NucleiScan;
 use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::launch::{fail_attempt, split_key};
-use crate::scan::phase::next_retry_count;
+use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::reconcile::ScanCtx;
 use crate::scan::slots::AUDIT_INTERVAL;
 use crate::scan::status::{Attempt, Transition};
@@ -187,13 +187,7 @@ impl Launcher<String> for SyncLauncher {
                 warn!(scan = %key, "in-process scan failed: {e:#}");
                 let failed = Transition::Failed {
                     message: format!("{e:#}"),
-                    retry_count: next_retry_count(
-                        scan.status
-                            .as_ref()
-                            .and_then(|s| s.retry_count)
-                            .unwrap_or(0)
-                            .max(0) as u32,
-                    ),
+                    retry_count: next_retry_count(retries(&scan)),
                     at: Utc::now(),
                     attempt: None,
                 };
