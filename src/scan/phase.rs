@@ -38,6 +38,11 @@ use crate::api::{JobRef, NucleiScan, ScanPhase};
 use crate::jobs::JobOutcome;
 use crate::sources::apply::ANNOTATION_ERRORS;
 
+/// How old the Job of a Pending scan's run must be before the reconciler
+/// records the run itself: a younger one is the launcher's to record (both
+/// writing would only make one of them conflict).
+const ADOPT_AFTER: Duration = Duration::from_secs(5);
+
 /// How often a Running scan whose pod has not started is looked at again.
 const POD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -359,21 +364,30 @@ pub fn decide(scan: &NucleiScan, seen: &Observed, policy: &Policy, now: DateTime
                 });
             }
             Some(ScanPhase::Pending) if matches!(seen.job, JobView::Active { .. }) => {
-                // The launcher created the run's Job but could not record it.
                 let JobView::Active {
                     job, run, created, ..
                 } = &seen.job
                 else {
                     unreachable!()
                 };
-                plan.hold_slot = Some(run.clone());
-                plan.queue = QueueOp::Remove;
-                plan.transition = Some(Transition::Running {
-                    run: run.clone(),
-                    job: Some(job.clone()),
-                    at: created.unwrap_or(now),
-                    attempt: Attempt::of(scan),
-                });
+                let age = created
+                    .and_then(|c| (now - c).to_std().ok())
+                    .unwrap_or(ADOPT_AFTER);
+                if age < ADOPT_AFTER {
+                    // Just created: the launcher is recording it.
+                    plan.requeue_after = Some(ADOPT_AFTER - age);
+                } else {
+                    // The launcher created the run's Job but could not
+                    // record it (a crash, a failed write).
+                    plan.hold_slot = Some(run.clone());
+                    plan.queue = QueueOp::Remove;
+                    plan.transition = Some(Transition::Running {
+                        run: run.clone(),
+                        job: Some(job.clone()),
+                        at: created.unwrap_or(now),
+                        attempt: Attempt::of(scan),
+                    });
+                }
             }
             Some(ScanPhase::Pending) if matches!(seen.job, JobView::Finished(_)) => {
                 plan.transition = Some(Transition::Failed {
@@ -765,6 +779,24 @@ mod tests {
         s.metadata.annotations = Some([(annotations::RESCAN.to_string(), "1".to_string())].into());
         let plan = decide(&s, &unseen(), &policy(), at(0));
         assert_eq!(plan.queue, QueueOp::Now(Reason::ManualRescan));
+    }
+
+    #[test]
+    fn a_pending_scans_job_is_left_to_the_launcher_at_first_then_recorded_as_the_run() {
+        let s = scan(status(ScanPhase::Pending));
+        let seen = Observed {
+            job: active(PodView::Started),
+            in_process: false,
+        };
+        // Created at 0: at 2 s the launcher is still recording it.
+        let plan = decide(&s, &seen, &policy(), at(2));
+        assert!(plan.transition.is_none() && plan.hold_slot.is_none());
+        assert_eq!(plan.requeue_after, Some(Duration::from_secs(3)));
+        // Past the grace: the reconciler records it and holds its slot.
+        let plan = decide(&s, &seen, &policy(), at(6));
+        assert!(matches!(&plan.transition, Some(Transition::Running { run, .. }) if run == "r1"));
+        assert_eq!(plan.hold_slot.as_deref(), Some("r1"));
+        assert_eq!(plan.queue, QueueOp::Remove);
     }
 
     #[test]
