@@ -58,6 +58,8 @@ pub async fn audit_forever(
                     };
                     match scans.get(&ObjectRef::new(name).within(namespace)) {
                         None => true,
+                        // Unreadable for now: nothing says it moved on.
+                        Some(scan) if crate::cache::unreadable(scan.as_ref()).is_some() => false,
                         Some(scan) => matches!(
                             check_run(&scan, &scan.uid().unwrap_or_default(), run),
                             RunCheck::MovedOn(_)
