@@ -75,6 +75,10 @@ pub const EXTRA_TEMPLATE_DIRS_ENV: &str = "EXTRA_TEMPLATE_DIRS";
 pub const DEFAULT_TEMPLATES_ENV: &str = "DEFAULT_TEMPLATES";
 /// Environment variable of the scanner: severities for a scan that names none.
 pub const DEFAULT_SEVERITY_ENV: &str = "DEFAULT_SEVERITY";
+/// Environment variable of the scanner: the operator's rate-limit cap.
+pub const MAX_RATE_LIMIT_ENV: &str = "MAX_RATE_LIMIT";
+/// Environment variable of the scanner: the interactsh server, if any.
+pub const INTERACTSH_URL_ENV: &str = "INTERACTSH_URL";
 /// Where the `templateURLs` repositories are cloned, one numbered directory each.
 pub const GIT_TEMPLATES_DIR: &str = "/templates/git";
 /// Where template ConfigMaps are mounted, one directory per ConfigMap name.
@@ -230,6 +234,10 @@ pub struct JobParams {
     pub default_templates: Vec<String>,
     /// DEFAULT_SEVERITY, for a scan that names no severities.
     pub default_severity: Vec<Severity>,
+    /// MAX_RATE_LIMIT (0: none).
+    pub max_rate_limit: u32,
+    /// INTERACTSH_URL.
+    pub interactsh_url: Option<String>,
 }
 
 impl JobParams {
@@ -370,6 +378,8 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         scan_uid,
         default_templates: settings.default_templates.clone(),
         default_severity: settings.default_severity.clone(),
+        max_rate_limit: settings.max_rate_limit,
+        interactsh_url: settings.interactsh_url.clone(),
     })
 }
 
@@ -513,6 +523,15 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     if !params.default_severity.is_empty() {
         let severities: Vec<&str> = params.default_severity.iter().map(|s| s.as_str()).collect();
         env.push(env_value(DEFAULT_SEVERITY_ENV, &severities.join(",")));
+    }
+    if params.max_rate_limit > 0 {
+        env.push(env_value(
+            MAX_RATE_LIMIT_ENV,
+            &params.max_rate_limit.to_string(),
+        ));
+    }
+    if let Some(url) = &params.interactsh_url {
+        env.push(env_value(INTERACTSH_URL_ENV, url));
     }
 
     let scanner = Container {

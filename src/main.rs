@@ -67,6 +67,12 @@ struct ScannerArgs {
     /// Severities when the scan lists none (comma-separated).
     #[arg(long, env = "DEFAULT_SEVERITY", value_delimiter = ',', value_parser = nuclei_operator::settings::parse_severity)]
     default_severity: Vec<Severity>,
+    /// Most requests per second a scan may send (0: no cap).
+    #[arg(long, env = "MAX_RATE_LIMIT", default_value = "0")]
+    max_rate_limit: u32,
+    /// Interactsh server for OAST templates; unset turns interactsh off.
+    #[arg(long, env = "INTERACTSH_URL")]
+    interactsh_url: Option<String>,
     /// The scan's uid: nothing is written to a scan of another uid.
     #[arg(long, env = "SCAN_UID")]
     scan_uid: String,
@@ -168,6 +174,8 @@ async fn main() -> Result<()> {
                 timeout: args.timeout,
                 templates: args.default_templates,
                 severity: args.default_severity,
+                interactsh_url: args.interactsh_url,
+                max_rate_limit: (args.max_rate_limit > 0).then_some(args.max_rate_limit),
                 nuclei: args.nuclei,
                 pod_name: args.pod_name,
             };

@@ -141,6 +141,19 @@ pub struct Settings {
     #[arg(long, env = "MAX_RETRIES", value_name = "MAX_RETRIES", default_value = "5", value_parser = parse_max_retries)]
     pub max_retries: u32,
 
+    /// Most requests per second a scan may send (nuclei `-rate-limit`): a
+    /// scan's `rateLimit` or `rate-limit` annotation above it is cut to it,
+    /// a scan without one gets it; `0` leaves nuclei's default (150) and lets
+    /// scans ask up to 10000.
+    #[arg(long, env = "MAX_RATE_LIMIT", value_name = "MAX_RATE_LIMIT", default_value = "150", value_parser = parse_max_rate_limit)]
+    pub max_rate_limit: u32,
+
+    /// Interactsh server (URL) for templates that detect out-of-band
+    /// interactions. Unset: interactsh is off (`-ni`), so no scan calls out
+    /// to the public interactsh servers; OAST templates then find nothing.
+    #[arg(long, env = "INTERACTSH_URL", value_name = "INTERACTSH_URL", value_parser = parse_interactsh_url)]
+    pub interactsh_url: Option<String>,
+
     /// Time allowed for the reachability check (a TCP connect to each target)
     /// before a scan, a Go duration; `0` skips the check.
     #[arg(long, env = "TARGET_CHECK_TIMEOUT", value_name = "TARGET_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_duration_setting)]
@@ -458,6 +471,22 @@ fn parse_job_backoff_limit(s: &str) -> Result<i32, String> {
 
 fn parse_job_rate_limit(s: &str) -> Result<u32, String> {
     parse_int_in(s, 0..=100_000).map_err(|e| format!("{e} jobs per minute (0 = unlimited)"))
+}
+
+fn parse_max_rate_limit(s: &str) -> Result<u32, String> {
+    parse_int_in(s, 0..=10_000).map_err(|e| format!("{e} requests per second (0 = no cap)"))
+}
+
+fn parse_interactsh_url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let ok = (t.starts_with("https://") || t.starts_with("http://"))
+        && t.len() <= 2048
+        && !t.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(t.to_owned())
+    } else {
+        Err("expected an http(s) URL of your own interactsh server".to_owned())
+    }
 }
 
 fn parse_max_retries(s: &str) -> Result<u32, String> {
@@ -996,13 +1025,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 30);
+        assert_eq!(count, 32);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 30);
+        assert_eq!(table.len(), 32);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -406,6 +406,21 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            value: "scanner.maxRateLimit",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.maxRateLimit=40"],
+            expect: |r| env_is(r, "MAX_RATE_LIMIT", "40"),
+        },
+        Case {
+            value: "scanner.interactshUrl",
+            context: NO_CONTEXT,
+            set: &[
+                "--set",
+                "scanner.interactshUrl=https://oast.example.internal",
+            ],
+            expect: |r| env_is(r, "INTERACTSH_URL", "https://oast.example.internal"),
+        },
+        Case {
             value: "scanner.startTimeout",
             context: NO_CONTEXT,
             set: &["--set", "scanner.startTimeout=90s"],
@@ -797,7 +812,7 @@ fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
     // The list values set, so their conditionally rendered variables appear.
     let r = render(&[
         "--set",
-        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi,scanner.allowedImages={registry.example.com/sec/*}",
+        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi,scanner.allowedImages={registry.example.com/sec/*},scanner.interactshUrl=https://oast.example.internal",
     ])?;
     let set: BTreeSet<String> = r.env()?.into_keys().collect();
     let known: BTreeSet<String> = env_table().into_iter().map(|row| row.env).collect();

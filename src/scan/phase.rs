@@ -1296,7 +1296,13 @@ mod properties {
             }
             let status = scan.status.clone().unwrap_or_default();
             let retries = status.retry_count.unwrap_or(0).max(0) as u32;
+            // A Pending scan whose run's Job exists is being launched: the
+            // Job holds its slot and the reconciler looks again shortly.
+            let launching = status.phase == Some(ScanPhase::Pending)
+                && matches!(seen.job, JobView::Active { .. })
+                && plan.requeue_after.is_some();
             let exempt = scan.spec.suspend
+                || launching
                 || status.phase == Some(ScanPhase::Running)
                 || (status.phase == Some(ScanPhase::Failed) && retries > policy().max_retries);
             if !exempt {

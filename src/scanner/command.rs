@@ -73,6 +73,10 @@ pub struct ScanOptions {
     pub severity: Vec<Severity>,
     /// Requests per second (`-rate-limit`); `None` keeps nuclei's default.
     pub rate_limit: Option<u32>,
+    /// Interactsh server for out-of-band (OAST) templates (`-iserver`);
+    /// `None` turns interactsh off (`-ni`), so no scan calls out to the
+    /// public interactsh servers.
+    pub interactsh_url: Option<String>,
     /// Deadline for the whole scan. Not a nuclei flag: the caller enforces it.
     pub timeout: Option<Duration>,
     /// Timeout of a single request (`-timeout`, whole seconds, rounded up).
@@ -131,6 +135,13 @@ pub fn nuclei_args(opts: &ScanOptions) -> Vec<OsString> {
     if let Some(rl) = opts.rate_limit {
         args.push("-rate-limit".into());
         args.push(rl.to_string().into());
+    }
+    match &opts.interactsh_url {
+        Some(url) => {
+            args.push("-iserver".into());
+            args.push(url.into());
+        }
+        None => args.push("-ni".into()),
     }
     if let Some(t) = opts.request_timeout {
         let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
@@ -310,8 +321,25 @@ mod tests {
                 "/opt/nuclei-templates",
                 "-t",
                 "/templates/configmap",
+                "-ni",
             ]
         );
+    }
+
+    #[test]
+    fn interactsh_is_off_unless_a_server_is_given() {
+        let args = nuclei_args(&base());
+        let s = strings(&args);
+        assert!(s.contains(&"-ni") && !s.contains(&"-iserver"), "{s:?}");
+        let opts = ScanOptions {
+            interactsh_url: Some("https://oast.example.internal".into()),
+            ..base()
+        };
+        let args = nuclei_args(&opts);
+        let s = strings(&args);
+        assert!(!s.contains(&"-ni"), "{s:?}");
+        let at = s.iter().position(|a| *a == "-iserver").unwrap();
+        assert_eq!(s[at + 1], "https://oast.example.internal");
     }
 
     #[test]
@@ -328,7 +356,7 @@ mod tests {
         let s = strings(&args);
         assert_eq!(
             &s[9..],
-            ["-t", "http/cves/", "-t", "dns/caa-fingerprint.yaml"]
+            ["-t", "http/cves/", "-t", "dns/caa-fingerprint.yaml", "-ni"]
         );
     }
 
@@ -349,7 +377,8 @@ mod tests {
                 "-t",
                 "/templates/git/0",
                 "-t",
-                "/templates/configmaps/t"
+                "/templates/configmaps/t",
+                "-ni"
             ]
         );
         let args = nuclei_args(&extra(Vec::new()));
@@ -361,7 +390,8 @@ mod tests {
                 "-t",
                 "/templates/git/0",
                 "-t",
-                "/templates/configmaps/t"
+                "/templates/configmaps/t",
+                "-ni"
             ]
         );
     }
@@ -394,6 +424,7 @@ mod tests {
                 "critical,high",
                 "-rate-limit",
                 "20",
+                "-ni",
                 "-timeout",
                 "3",
             ]

@@ -40,6 +40,12 @@ pub struct ScannerDefaults {
     pub nuclei: PathBuf,
     /// This pod's name, recorded in `status.jobRef.podName`.
     pub pod_name: Option<String>,
+    /// INTERACTSH_URL: the interactsh server for OAST templates; `None`
+    /// turns interactsh off.
+    pub interactsh_url: Option<String>,
+    /// MAX_RATE_LIMIT: most requests per second a scan may send; `None`
+    /// leaves nuclei's own default and the scan's setting.
+    pub max_rate_limit: Option<u32>,
 }
 
 /// How a scan run ended.
@@ -116,7 +122,12 @@ pub fn scan_options(
         } else {
             spec.severity.clone()
         },
-        rate_limit: spec.rate_limit.map(|r| r.max(1) as u32),
+        // The operator's cap (MAX_RATE_LIMIT) bounds what a scan may ask.
+        rate_limit: match (spec.rate_limit.map(|r| r.max(1) as u32), d.max_rate_limit) {
+            (Some(asked), Some(cap)) => Some(asked.min(cap)),
+            (asked, cap) => asked.or(cap),
+        },
+        interactsh_url: d.interactsh_url.clone(),
         timeout: Some(timeout),
         request_timeout: None,
     })
@@ -597,6 +608,33 @@ mod tests {
         assert!(echoed[0].ends_with('…'));
         assert!(tail.len() <= 8192 + 8, "{}", tail.len());
         assert!(tail.ends_with("[FTL] the reason"), "{tail:.60}");
+    }
+
+    #[test]
+    fn the_operators_rate_limit_caps_what_a_scan_asks_and_applies_where_it_asks_nothing() {
+        let defaults = |cap: Option<u32>| ScannerDefaults {
+            templates_path: "/t".into(),
+            extra_template_dirs: vec![],
+            timeout: Duration::from_secs(60),
+            templates: vec![],
+            severity: vec![],
+            nuclei: "nuclei".into(),
+            pod_name: None,
+            interactsh_url: None,
+            max_rate_limit: cap,
+        };
+        let rate = |asked: Option<i32>, cap: Option<u32>| {
+            let mut scan = NucleiScan::new("s", Default::default());
+            scan.spec.rate_limit = asked;
+            scan_options(&scan, &defaults(cap), "/tmp/t".into())
+                .unwrap()
+                .rate_limit
+        };
+        assert_eq!(rate(Some(5000), Some(150)), Some(150));
+        assert_eq!(rate(Some(20), Some(150)), Some(20));
+        assert_eq!(rate(None, Some(150)), Some(150));
+        assert_eq!(rate(Some(5000), None), Some(5000));
+        assert_eq!(rate(None, None), None);
     }
 
     #[test]

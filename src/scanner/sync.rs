@@ -98,6 +98,8 @@ impl SyncLauncher {
                 .map(Into::into)
                 .unwrap_or_else(|| "nuclei".into()),
             pod_name: s.pod_name.clone(),
+            interactsh_url: s.interactsh_url.clone(),
+            max_rate_limit: (s.max_rate_limit > 0).then_some(s.max_rate_limit),
         };
         SyncLauncher {
             ctx,
