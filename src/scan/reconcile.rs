@@ -24,7 +24,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::phase::{JobView, Observed, Plan, PodView, Policy, QueueOp, decide};
 use super::status::{Transition, chrono, patch_status};
-use crate::api::{JobRef, NucleiScan, ScanPhase};
+use crate::api::{JobRef, NucleiScan, ScanPhase, Severity};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
 use crate::jobs;
@@ -442,7 +442,7 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
             ctx.metrics
                 .findings
                 .get_or_create(&SeverityLabel {
-                    severity: severity.clone(),
+                    severity: severity_label(severity).into(),
                 })
                 .inc_by((*n).max(0) as u64);
         }
@@ -500,9 +500,28 @@ pub fn mark_process_start() {
     std::sync::LazyLock::force(&PROCESS_START);
 }
 
+/// The `severity` label for a key of `summary.findingsBySeverity`: one of
+/// the fixed severities, `unknown` for anything else. The status is written
+/// by scanner pods, so its keys must never create new series.
+fn severity_label(key: &str) -> &'static str {
+    key.parse::<Severity>()
+        .unwrap_or(Severity::Unknown)
+        .as_str()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scanner_written_severity_key_never_makes_a_new_metric_series() {
+        assert_eq!(severity_label("high"), "high");
+        assert_eq!(severity_label("critical"), "critical");
+        assert_eq!(severity_label("HIGH "), "high");
+        for key in ["", "x-evil-1", "high-1", &"a".repeat(10_000)] {
+            assert_eq!(severity_label(key), "unknown", "{key:.20}");
+        }
+    }
     use serde_json::json;
 
     #[test]
