@@ -55,7 +55,8 @@ step "installing the operator with Helm (it runs as a pod, with the chart's Serv
   --namespace nuclei-system --create-namespace --wait --timeout 2m \
   --set image.repository=nuclei-operator --set image.tag=demo \
   --set http.port=18089 --set service.port=18089 \
-  --set-json 'templates.defaults=[]' --set operator.logFormat=text >/dev/null
+  --set-json 'templates.defaults=[]' --set operator.logFormat=text \
+  --set-json 'targets.allowCidrs=["127.0.0.0/8"]' >/dev/null
 
 step "exposing the target with an annotated Ingress, waiting for its scan"
 cargo run -q --example demo -- "$root/testdata/demo-ingress.yaml"

@@ -24,6 +24,7 @@ use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
 use crate::scan::slots;
 use crate::settings::{ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
+use crate::sources::scope::NamespaceScope;
 use crate::sources::triggers::Triggers;
 
 const ISTIO_CRD: &str = "virtualservices.networking.istio.io";
@@ -150,6 +151,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         triggers.clone(),
     );
     let scans = scan_controller.store();
+    let namespaces = NamespaceScope::start(
+        client.clone(),
+        settings.scan_namespace_selector.clone(),
+        triggers.clone(),
+        shutdown.clone(),
+    );
     let source_ctx = Arc::new(SourceCtx {
         client: client.clone(),
         scans: scans.clone(),
@@ -157,6 +164,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         writes: AtomicU64::new(0),
         triggers,
         images: settings.image_policy(),
+        targets: settings.target_policy(),
+        ingress_classes: settings.ingress_classes.clone(),
+        namespaces,
     });
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),

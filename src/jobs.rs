@@ -41,6 +41,7 @@ use crate::annotations::rescan_request;
 use crate::api::{NucleiScan, Severity};
 use crate::duration::format_duration;
 use crate::settings::Settings;
+use crate::target_policy::TargetPolicy;
 
 /// Field manager of every server-side apply made here.
 pub const FIELD_MANAGER: &str = "nuclei-operator";
@@ -79,6 +80,8 @@ pub const DEFAULT_SEVERITY_ENV: &str = "DEFAULT_SEVERITY";
 pub const MAX_RATE_LIMIT_ENV: &str = "MAX_RATE_LIMIT";
 /// Environment variable of the scanner: the interactsh server, if any.
 pub const INTERACTSH_URL_ENV: &str = "INTERACTSH_URL";
+/// The target policy, as JSON ([`TargetPolicy`]).
+pub const TARGET_POLICY_ENV: &str = "TARGET_POLICY";
 /// Where the `templateURLs` repositories are cloned, one numbered directory each.
 pub const GIT_TEMPLATES_DIR: &str = "/templates/git";
 /// Where template ConfigMaps are mounted, one directory per ConfigMap name.
@@ -238,6 +241,8 @@ pub struct JobParams {
     pub max_rate_limit: u32,
     /// INTERACTSH_URL.
     pub interactsh_url: Option<String>,
+    /// TARGET_DENY_CIDRS and the other target-policy settings.
+    pub target_policy: TargetPolicy,
 }
 
 impl JobParams {
@@ -380,6 +385,7 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         default_severity: settings.default_severity.clone(),
         max_rate_limit: settings.max_rate_limit,
         interactsh_url: settings.interactsh_url.clone(),
+        target_policy: settings.target_policy(),
     })
 }
 
@@ -533,6 +539,12 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     if let Some(url) = &params.interactsh_url {
         env.push(env_value(INTERACTSH_URL_ENV, url));
     }
+    // Always set: a scanner without it applies the built-in defaults, which
+    // may refuse what the operator allows.
+    env.push(env_value(
+        TARGET_POLICY_ENV,
+        &serde_json::to_string(&params.target_policy).expect("serializable policy"),
+    ));
 
     let scanner = Container {
         name: SCANNER_CONTAINER.to_owned(),
@@ -1635,6 +1647,9 @@ mod tests {
         assert_eq!(env_val(c, "SCANNER_TIMEOUT"), Some("1h30m0s"));
         assert_eq!(env_val(c, "HOME"), Some("/tmp"));
         assert_eq!(env_val(c, EXTRA_TEMPLATE_DIRS_ENV), None);
+        let policy: TargetPolicy =
+            serde_json::from_str(env_val(c, TARGET_POLICY_ENV).unwrap()).unwrap();
+        assert_eq!(policy, TargetPolicy::default());
         let vars = env(c);
         for (name, path) in [
             ("POD_NAME", "metadata.name"),

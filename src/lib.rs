@@ -16,3 +16,4 @@ pub mod scan;
 pub mod scanner;
 pub mod settings;
 pub mod sources;
+pub mod target_policy;

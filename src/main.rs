@@ -8,6 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuclei_operator::api::Severity;
 use nuclei_operator::scanner::run::{RunId, RunResult, ScannerDefaults, run};
 use nuclei_operator::settings::{LogFormat, Settings, treat_empty_env_as_unset};
+use nuclei_operator::target_policy::TargetPolicy;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +74,10 @@ struct ScannerArgs {
     /// Interactsh server for OAST templates; unset turns interactsh off.
     #[arg(long, env = "INTERACTSH_URL")]
     interactsh_url: Option<String>,
+    /// Which hosts and addresses the scan may reach, as JSON; unset applies
+    /// the built-in defaults.
+    #[arg(long, env = "TARGET_POLICY", value_parser = parse_target_policy)]
+    target_policy: Option<TargetPolicy>,
     /// The scan's uid: nothing is written to a scan of another uid.
     #[arg(long, env = "SCAN_UID")]
     scan_uid: String,
@@ -82,6 +87,10 @@ struct ScannerArgs {
     /// This pod's name (downward API).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+}
+
+fn parse_target_policy(s: &str) -> Result<TargetPolicy, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a target policy: {e}"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -178,6 +187,7 @@ async fn main() -> Result<()> {
                 max_rate_limit: (args.max_rate_limit > 0).then_some(args.max_rate_limit),
                 nuclei: args.nuclei,
                 pod_name: args.pod_name,
+                target_policy: args.target_policy.unwrap_or_default(),
             };
             let client = kube::Client::try_default()
                 .await

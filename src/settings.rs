@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::Severity;
 use crate::duration::{format_duration, parse_duration};
+use crate::target_policy::{Cidr, TargetPolicy, parse_host_suffix};
 
 /// How scans are executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -153,6 +154,42 @@ pub struct Settings {
     /// to the public interactsh servers; OAST templates then find nothing.
     #[arg(long, env = "INTERACTSH_URL", value_name = "INTERACTSH_URL", value_parser = parse_interactsh_url)]
     pub interactsh_url: Option<String>,
+
+    /// Networks scans may not reach, comma-separated CIDRs: a target whose
+    /// host is, or resolves to, an address in one (and in no
+    /// TARGET_ALLOW_CIDRS network) is refused. The default covers loopback,
+    /// link-local (cloud metadata) and `0.0.0.0/8`.
+    #[arg(long, env = "TARGET_DENY_CIDRS", value_name = "TARGET_DENY_CIDRS", value_delimiter = ',', default_value = crate::target_policy::DEFAULT_DENY_CIDRS, value_parser = parse_cidr)]
+    pub target_deny_cidrs: Vec<Cidr>,
+
+    /// Exceptions to TARGET_DENY_CIDRS, comma-separated CIDRs
+    /// (`0.0.0.0/0,::/0` allows every address).
+    #[arg(long, env = "TARGET_ALLOW_CIDRS", value_name = "TARGET_ALLOW_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub target_allow_cidrs: Vec<Cidr>,
+
+    /// Host-name suffixes scans may not reach, comma-separated, matched on
+    /// label boundaries (`cluster.local` matches `web.ns.svc.cluster.local`):
+    /// cluster-internal names by default.
+    #[arg(long, env = "TARGET_DENY_HOST_SUFFIXES", value_name = "TARGET_DENY_HOST_SUFFIXES", value_delimiter = ',', default_value = crate::target_policy::DEFAULT_DENY_HOST_SUFFIXES, value_parser = parse_host_suffix)]
+    pub target_deny_host_suffixes: Vec<String>,
+
+    /// Exceptions to TARGET_DENY_HOST_SUFFIXES, comma-separated suffixes.
+    #[arg(long, env = "TARGET_ALLOW_HOST_SUFFIXES", value_name = "TARGET_ALLOW_HOST_SUFFIXES", value_delimiter = ',', value_parser = parse_host_suffix)]
+    pub target_allow_host_suffixes: Vec<String>,
+
+    /// IngressClasses whose Ingresses are scanned, comma-separated (the
+    /// class is `spec.ingressClassName`, else the `kubernetes.io/ingress.class`
+    /// annotation); empty scans every Ingress. An Ingress without a class is
+    /// scanned only when the list holds `-`.
+    #[arg(long, env = "INGRESS_CLASSES", value_name = "INGRESS_CLASSES", value_delimiter = ',', value_parser = parse_ingress_class)]
+    pub ingress_classes: Vec<String>,
+
+    /// Namespaces whose Ingresses and VirtualServices are scanned, as an
+    /// equality-based label selector on the Namespace, comma-separated
+    /// requirements: `key=value`, `key!=value`, `key` (has the label), `!key`
+    /// (has not). Empty: every namespace. A source elsewhere gets no scan.
+    #[arg(long, env = "SCAN_NAMESPACE_SELECTOR", value_name = "SCAN_NAMESPACE_SELECTOR", value_delimiter = ',', value_parser = crate::sources::scope::parse_label_requirement)]
+    pub scan_namespace_selector: Vec<crate::sources::scope::LabelRequirement>,
 
     /// Time allowed for the reachability check (a TCP connect to each target)
     /// before a scan, a Go duration; `0` skips the check.
@@ -374,6 +411,22 @@ impl ImagePolicy {
         )
     }
 }
+
+impl Settings {
+    /// TARGET_DENY_CIDRS, TARGET_ALLOW_CIDRS, TARGET_DENY_HOST_SUFFIXES and
+    /// TARGET_ALLOW_HOST_SUFFIXES as one policy.
+    pub fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            deny_cidrs: self.target_deny_cidrs.clone(),
+            allow_cidrs: self.target_allow_cidrs.clone(),
+            deny_host_suffixes: self.target_deny_host_suffixes.clone(),
+            allow_host_suffixes: self.target_allow_host_suffixes.clone(),
+        }
+    }
+}
+
+/// The INGRESS_CLASSES entry for Ingresses without a class.
+pub const NO_INGRESS_CLASS: &str = "-";
 
 /// One row of the configuration table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -615,6 +668,17 @@ fn is_quantity(s: &str) -> bool {
                 | "Pi"
                 | "Ei"
         ) || suffix.strip_prefix(['e', 'E']).is_some_and(exponent))
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
+fn parse_ingress_class(s: &str) -> Result<String, String> {
+    if s == NO_INGRESS_CLASS {
+        return Ok(s.to_owned());
+    }
+    parse_dns_subdomain(s)
 }
 
 fn parse_image_pattern(s: &str) -> Result<String, String> {
@@ -1025,13 +1089,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 32);
+        assert_eq!(count, 38);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 32);
+        assert_eq!(table.len(), 38);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

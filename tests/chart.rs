@@ -406,6 +406,51 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            value: "targets.denyCidrs",
+            context: NO_CONTEXT,
+            set: &["--set-json", r#"targets.denyCidrs=["0.0.0.0/0","::/0"]"#],
+            expect: |r| env_is(r, "TARGET_DENY_CIDRS", "0.0.0.0/0,::/0"),
+        },
+        Case {
+            value: "targets.allowCidrs",
+            context: NO_CONTEXT,
+            set: &["--set-json", r#"targets.allowCidrs=["10.0.0.0/8"]"#],
+            expect: |r| env_is(r, "TARGET_ALLOW_CIDRS", "10.0.0.0/8"),
+        },
+        Case {
+            value: "targets.denyHostSuffixes",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"targets.denyHostSuffixes=["corp.internal"]"#,
+            ],
+            expect: |r| env_is(r, "TARGET_DENY_HOST_SUFFIXES", "corp.internal"),
+        },
+        Case {
+            value: "targets.allowHostSuffixes",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"targets.allowHostSuffixes=["demo.svc.cluster.local"]"#,
+            ],
+            expect: |r| env_is(r, "TARGET_ALLOW_HOST_SUFFIXES", "demo.svc.cluster.local"),
+        },
+        Case {
+            value: "targets.ingressClasses",
+            context: NO_CONTEXT,
+            set: &["--set-json", r#"targets.ingressClasses=["public","-"]"#],
+            expect: |r| env_is(r, "INGRESS_CLASSES", "public,-"),
+        },
+        Case {
+            value: "targets.namespaceSelector",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"targets.namespaceSelector=["team=web","!quarantine"]"#,
+            ],
+            expect: |r| env_is(r, "SCAN_NAMESPACE_SELECTOR", "team=web,!quarantine"),
+        },
+        Case {
             value: "scanner.maxRateLimit",
             context: NO_CONTEXT,
             set: &["--set", "scanner.maxRateLimit=40"],
@@ -812,7 +857,7 @@ fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
     // The list values set, so their conditionally rendered variables appear.
     let r = render(&[
         "--set",
-        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi,scanner.allowedImages={registry.example.com/sec/*},scanner.interactshUrl=https://oast.example.internal",
+        "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi,scanner.allowedImages={registry.example.com/sec/*},scanner.interactshUrl=https://oast.example.internal,targets.allowCidrs={10.0.0.0/8},targets.allowHostSuffixes={example.com},targets.ingressClasses={public},targets.namespaceSelector={team=web}",
     ])?;
     let set: BTreeSet<String> = r.env()?.into_keys().collect();
     let known: BTreeSet<String> = env_table().into_iter().map(|row| row.env).collect();

@@ -423,7 +423,17 @@ pub struct ScanSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub stored_findings: Option<i64>,
+
+    /// Targets the target policy refused when the scan ran (their host
+    /// resolved to a denied address), each with the reason; the first
+    /// 10 of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 1024)))]
+    pub refused_targets: Vec<String>,
 }
+
+/// Most entries of `summary.refusedTargets`.
+pub const MAX_REFUSED_LISTED: usize = 10;
 
 /// The scanner Job of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -146,6 +146,7 @@ impl JobLauncher {
             && !super::probe::any_target_answers(
                 &scan.spec.targets,
                 ctx.settings.target_check_timeout,
+                &ctx.settings.target_policy(),
             )
             .await
         {

@@ -6,7 +6,11 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpStream, lookup_host};
+
+use crate::target_policy::TargetPolicy;
 
 /// `host:port` of an http(s) URL.
 pub fn socket_of(target: &str) -> Option<String> {
@@ -33,15 +37,27 @@ pub fn socket_of(target: &str) -> Option<String> {
 }
 
 /// Whether at least one target accepts a TCP connection within `timeout`.
-pub async fn any_target_answers(targets: &[String], timeout: Duration) -> bool {
+///
+/// Connects to no address `policy` refuses: a target that resolves to one
+/// counts as answering, so the scanner runs and records the refusal on the
+/// scan instead of the scan waiting for a target it will never scan.
+pub async fn any_target_answers(
+    targets: &[String],
+    timeout: Duration,
+    policy: &TargetPolicy,
+) -> bool {
     let mut sockets: Vec<String> = targets.iter().filter_map(|t| socket_of(t)).collect();
     sockets.sort();
     sockets.dedup();
     let checks = sockets.into_iter().map(|s| async move {
-        matches!(
-            tokio::time::timeout(timeout, TcpStream::connect(s)).await,
-            Ok(Ok(_))
-        )
+        let attempt = async {
+            let addrs: Vec<SocketAddr> = lookup_host(s.as_str()).await.ok()?.collect();
+            if addrs.iter().any(|a| policy.refuse_addr(a.ip()).is_some()) {
+                return Some(true);
+            }
+            Some(TcpStream::connect(addrs.as_slice()).await.is_ok())
+        };
+        matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
     });
     join_all(checks).await.into_iter().any(|ok| ok)
 }
@@ -74,7 +90,11 @@ mod tests {
             format!("http://127.0.0.1:{}/", l2.local_addr().unwrap().port())
         };
         let t = Duration::from_secs(2);
-        assert!(any_target_answers(&[closed.clone(), open], t).await);
-        assert!(!any_target_answers(&[closed], t).await);
+        let p = TargetPolicy::allow_all();
+        assert!(any_target_answers(&[closed.clone(), open], t, &p).await);
+        assert!(!any_target_answers(std::slice::from_ref(&closed), t, &p).await);
+        // Refused addresses are not connected to, and left to the scanner.
+        let deny = TargetPolicy::default();
+        assert!(any_target_answers(&[closed], t, &deny).await);
     }
 }

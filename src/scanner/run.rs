@@ -22,6 +22,7 @@ use crate::api::{NucleiScan, Severity};
 use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::status::{Transition, time};
+use crate::target_policy::TargetPolicy;
 
 /// Defaults the scanner applies where the scan's spec is silent.
 #[derive(Clone, Debug)]
@@ -46,6 +47,8 @@ pub struct ScannerDefaults {
     /// MAX_RATE_LIMIT: most requests per second a scan may send; `None`
     /// leaves nuclei's own default and the scan's setting.
     pub max_rate_limit: Option<u32>,
+    /// Which hosts and addresses the scan may reach.
+    pub target_policy: TargetPolicy,
 }
 
 /// How a scan run ended.
@@ -216,10 +219,15 @@ pub async fn run(
         .tempdir()
         .context("creating a work directory")?;
     let targets_file = dir.path().join("targets.txt");
-    std::fs::write(&targets_file, scan.spec.targets.join("\n") + "\n")?;
+    let (allowed, refused) = check_targets(&d.target_policy, &scan.spec.targets).await;
+    std::fs::write(&targets_file, allowed.join("\n") + "\n")?;
     let clock = Instant::now();
     let result = match scan_options(&scan, d, targets_file) {
         Err(e) => Err(format!("invalid scanner configuration: {e}")),
+        Ok(_) if allowed.is_empty() => Err(format!(
+            "every target was refused by the target policy: {}",
+            refused.join("; ")
+        )),
         Ok(opts) => execute(&opts, d, findings_budget(&scan)).await,
     };
     let duration = clock.elapsed().as_secs() as i64;
@@ -231,7 +239,8 @@ pub async fn run(
             let summary = json!({
                 "totalFindings": total,
                 "findingsBySeverity": report.by_severity(),
-                "targetsScanned": scan.spec.targets.len(),
+                "targetsScanned": allowed.len(),
+                "refusedTargets": listed_refusals(&refused),
                 "durationSeconds": duration,
                 "findingsTruncated": report.truncated(),
                 "storedFindings": report.stored(),
@@ -265,6 +274,33 @@ pub async fn run(
     }
     info!(scan = %format!("{namespace}/{name}"), ?outcome, duration, "scan finished");
     Ok(outcome)
+}
+
+/// Splits `targets` into those the policy lets the scan reach and the
+/// reasons for the others, resolving each host here, where nuclei runs.
+async fn check_targets(policy: &TargetPolicy, targets: &[String]) -> (Vec<String>, Vec<String>) {
+    let checks = futures::future::join_all(targets.iter().map(|t| policy.check_target(t))).await;
+    let mut allowed = Vec::new();
+    let mut refused = Vec::new();
+    for (target, check) in targets.iter().zip(checks) {
+        match check {
+            Ok(()) => allowed.push(target.clone()),
+            Err(why) => {
+                warn!(target, "target refused: {why}");
+                refused.push(format!("{target}: {why}"));
+            }
+        }
+    }
+    (allowed, refused)
+}
+
+/// `summary.refusedTargets`: the first few refusals, each cut to fit.
+fn listed_refusals(refused: &[String]) -> Vec<String> {
+    refused
+        .iter()
+        .take(crate::api::MAX_REFUSED_LISTED)
+        .map(|r| crate::events::note(r))
+        .collect()
 }
 
 fn moved_on(namespace: &str, name: &str, why: String) -> RunResult {
@@ -622,6 +658,7 @@ mod tests {
             pod_name: None,
             interactsh_url: None,
             max_rate_limit: cap,
+            target_policy: TargetPolicy::default(),
         };
         let rate = |asked: Option<i32>, cap: Option<u32>| {
             let mut scan = NucleiScan::new("s", Default::default());

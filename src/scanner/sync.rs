@@ -100,6 +100,7 @@ impl SyncLauncher {
             pod_name: s.pod_name.clone(),
             interactsh_url: s.interactsh_url.clone(),
             max_rate_limit: (s.max_rate_limit > 0).then_some(s.max_rate_limit),
+            target_policy: s.target_policy(),
         };
         SyncLauncher {
             ctx,

@@ -19,13 +19,18 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 
 use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
-use super::targets::{Derived, ingress_targets, scan_name, virtual_service_targets};
+use super::scope::NamespaceScope;
+use super::targets::{
+    Derived, Skipped, apply_policy, ingress_class, ingress_targets, scan_name,
+    virtual_service_targets,
+};
 use super::triggers::Triggers;
 use crate::annotations;
 use crate::api::{NucleiScan, SourceKind, VirtualService};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
-use crate::settings::ImagePolicy;
+use crate::settings::{ImagePolicy, NO_INGRESS_CLASS};
+use crate::target_policy::TargetPolicy;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -41,6 +46,12 @@ pub struct SourceCtx {
     pub triggers: Triggers,
     /// Which scanner images an annotation may ask for.
     pub images: ImagePolicy,
+    /// Which hosts and addresses scans may reach.
+    pub targets: TargetPolicy,
+    /// INGRESS_CLASSES: empty scans every Ingress.
+    pub ingress_classes: Vec<String>,
+    /// SCAN_NAMESPACE_SELECTOR: `None` scans every namespace.
+    pub namespaces: Option<NamespaceScope>,
 }
 
 /// A Kubernetes object that exposes web endpoints.
@@ -53,6 +64,10 @@ pub trait SourceObject:
     const API_VERSION: &'static str;
     /// Targets of this object.
     fn derive(&self) -> Derived;
+    /// Whether INGRESS_CLASSES (`classes`) lets this object be scanned.
+    fn in_classes(&self, _classes: &[String]) -> bool {
+        true
+    }
 }
 
 impl SourceObject for Ingress {
@@ -60,6 +75,10 @@ impl SourceObject for Ingress {
     const API_VERSION: &'static str = "networking.k8s.io/v1";
     fn derive(&self) -> Derived {
         ingress_targets(self)
+    }
+    fn in_classes(&self, classes: &[String]) -> bool {
+        let class = ingress_class(self).unwrap_or(NO_INGRESS_CLASS);
+        classes.is_empty() || classes.iter().any(|c| c == class)
     }
 }
 
@@ -85,6 +104,12 @@ pub async fn run<K: SourceObject>(
         ready = cache::ready(&ctx.scans) => if !ready { return },
         _ = &mut shutdown => return,
     }
+    if let Some(scope) = &ctx.namespaces {
+        tokio::select! {
+            ready = scope.ready() => if !ready { return },
+            _ = &mut shutdown => return,
+        }
+    }
     let (sources, events) = cache::reflect(
         Api::<K>::all(ctx.client.clone()),
         watcher::Config::default().any_semantic(),
@@ -95,8 +120,9 @@ pub async fn run<K: SourceObject>(
             }
         },
     );
+    let triggers = ctx.triggers.subscribe::<K>(sources.clone());
     Controller::for_stream(events.applied_objects(), sources)
-        .reconcile_on(ctx.triggers.subscribe::<K>())
+        .reconcile_on(triggers)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
@@ -137,8 +163,14 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
     }
     let mut parsed = annotations::parse(obj.annotations());
     annotations::enforce_image_policy(&mut parsed, &ctx.images);
-    let derived = obj.derive();
-    if !parsed.enabled || derived.targets.is_empty() {
+    let mut derived = obj.derive();
+    let refused = apply_policy(&mut derived, &ctx.targets);
+    let selected = obj.in_classes(&ctx.ingress_classes)
+        && ctx
+            .namespaces
+            .as_ref()
+            .is_none_or(|n| n.contains(&namespace));
+    if !parsed.enabled || !selected || derived.targets.is_empty() {
         if ours {
             match api.delete(&scan, &DeleteParams::background()).await {
                 Ok(_) => {
@@ -146,10 +178,12 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
                     info!(
                         scan,
                         "deleted scan: {}",
-                        if parsed.enabled {
-                            "no scannable targets"
-                        } else {
+                        if !parsed.enabled {
                             "scanning disabled by annotation"
+                        } else if !selected {
+                            "its IngressClass or namespace is not selected (INGRESS_CLASSES, SCAN_NAMESPACE_SELECTOR)"
+                        } else {
+                            "no scannable targets"
                         }
                     );
                 }
@@ -160,6 +194,9 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
         if parsed.enabled && derived.targets.is_empty() && existing.is_some() == ours {
             let skipped: Vec<String> = derived.skipped.iter().map(|s| s.to_string()).collect();
             debug!(skipped = ?skipped, "no scannable targets");
+        }
+        if parsed.enabled && selected {
+            report_refused(&ctx, obj.as_ref(), &refused).await;
         }
         return Ok(Action::await_change());
     }
@@ -189,6 +226,7 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
     .await?;
     ctx.writes.fetch_add(1, Ordering::Relaxed);
     info!(scan, "applied scan");
+    report_refused(&ctx, obj.as_ref(), &refused).await;
     if !parsed.errors.is_empty() {
         let note = describe_errors(&parsed.errors);
         warn!(scan, "invalid annotations: {note}");
@@ -204,4 +242,29 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
         }
     }
     Ok(Action::await_change())
+}
+
+/// A Warning Event on the source naming the targets the target policy
+/// refused, if any.
+async fn report_refused<K: SourceObject>(ctx: &SourceCtx, obj: &K, refused: &[Skipped]) {
+    if refused.is_empty() {
+        return;
+    }
+    let list: Vec<String> = refused.iter().map(|s| s.to_string()).collect();
+    let note = format!(
+        "{} target(s) refused by the target policy: {}",
+        refused.len(),
+        list.join("; ")
+    );
+    warn!("{note}");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "TargetRefused".into(),
+        note: Some(crate::events::note(&note)),
+        action: "ApplyScan".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!("event not recorded: {e}");
+    }
 }

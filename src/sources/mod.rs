@@ -2,5 +2,6 @@
 
 pub mod apply;
 pub mod controller;
+pub mod scope;
 pub mod targets;
 pub mod triggers;

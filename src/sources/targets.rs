@@ -25,6 +25,7 @@ use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressTLS};
 
 use crate::annotations::{describe_char, is_invisible};
 use crate::api::{MAX_TARGETS, SourceKind, VirtualService, is_valid_target};
+use crate::target_policy::TargetPolicy;
 
 /// Longest name [`scan_name`] returns.
 ///
@@ -357,6 +358,42 @@ impl Collector {
             skipped: self.skipped,
         }
     }
+}
+
+/// Drops the targets whose host `policy` refuses by name or as an IP
+/// literal; each is added to [`Derived::skipped`] and returned.
+pub fn apply_policy(d: &mut Derived, policy: &TargetPolicy) -> Vec<Skipped> {
+    let mut refused = Vec::new();
+    d.targets.retain(|t| match policy.refuse_target_host(t) {
+        Some(reason) => {
+            refused.push(Skipped {
+                host_or_rule: t.clone(),
+                reason,
+            });
+            false
+        }
+        None => true,
+    });
+    d.skipped.extend(refused.iter().cloned());
+    refused
+}
+
+/// The IngressClass of an Ingress: `spec.ingressClassName`, else the older
+/// `kubernetes.io/ingress.class` annotation.
+pub fn ingress_class(ingress: &Ingress) -> Option<&str> {
+    ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+        .or_else(|| {
+            ingress
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("kubernetes.io/ingress.class")
+                .map(String::as_str)
+        })
+        .filter(|c| !c.is_empty())
 }
 
 /// Which hosts the TLS entries of an Ingress cover.

@@ -12,30 +12,42 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::controller::SourceObject;
 use crate::api::NucleiScan;
 
-/// A reconcile request: namespace and name of a source.
-type Request = (String, String);
+/// A reconcile request: namespace and name of a source; `None` for every
+/// source in the namespace.
+type Request = (String, Option<String>);
 
 /// Owner kind → the running source controller's trigger channel.
 #[derive(Clone, Default)]
 pub struct Triggers(Arc<Mutex<HashMap<String, UnboundedSender<Request>>>>);
 
 impl Triggers {
-    /// Reconcile requests for sources of kind `K` (namespace, name); a new
-    /// subscriber replaces an earlier one.
-    pub fn subscribe<K: SourceObject>(&self) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
+    /// Reconcile requests for sources of kind `K`, whose cache is
+    /// `sources`; a new subscriber replaces an earlier one.
+    pub fn subscribe<K: SourceObject>(
+        &self,
+        sources: Store<K>,
+    ) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
         let (tx, rx) = unbounded_channel();
         self.0
             .lock()
             .expect("triggers lock")
             .insert(K::KIND.as_str().to_owned(), tx);
-        requests(rx)
+        requests(rx, sources)
+    }
+
+    /// Asks every source controller to reconcile each source in
+    /// `namespace` (it entered or left the scanned namespaces).
+    pub fn notify_namespace(&self, namespace: &str) {
+        for tx in self.0.lock().expect("triggers lock").values() {
+            let _ = tx.send((namespace.to_owned(), None));
+        }
     }
 
     /// Asks the controller of each touched scan's owner to reconcile it.
@@ -57,7 +69,7 @@ impl Triggers {
         {
             if let Some(tx) = senders.get(&owner.kind) {
                 // A stopped controller (no receiver) needs no reconcile.
-                let _ = tx.send((namespace.clone(), owner.name.clone()));
+                let _ = tx.send((namespace.clone(), Some(owner.name.clone())));
             }
         }
     }
@@ -65,7 +77,18 @@ impl Triggers {
 
 fn requests<K: SourceObject>(
     mut rx: UnboundedReceiver<Request>,
+    sources: Store<K>,
 ) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).flat_map(move |(namespace, name)| {
+        let refs: Vec<ObjectRef<K>> = match name {
+            Some(name) => vec![ObjectRef::new(&name).within(&namespace)],
+            None => sources
+                .state()
+                .iter()
+                .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect(),
+        };
+        futures::stream::iter(refs)
+    })
 }

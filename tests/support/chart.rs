@@ -123,6 +123,10 @@ impl Chart {
             &http_port,
             "--set",
             &service_port,
+            // The test targets listen on loopback, which the chart's target
+            // policy refuses by default.
+            "--set-json",
+            r#"targets.allowCidrs=["127.0.0.0/8"]"#,
         ];
         args.extend_from_slice(values);
         self.helm(&args).await;

@@ -149,6 +149,8 @@ impl Operator {
             // The operator runs on the host here, where the test host names do
             // not resolve; scanner pods resolve them through devcluster.
             .env("TARGET_CHECK_TIMEOUT", "0")
+            // The test targets listen on loopback.
+            .env("TARGET_ALLOW_CIDRS", "127.0.0.0/8")
             .env("RUST_LOG", "info,kube_runtime=warn")
             .env("JOB_TTL_AFTER_FINISHED", "600");
         for (k, v) in env {
