@@ -49,6 +49,9 @@ const SCAN: &str = "canary-ingress";
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The chart's scanner ClusterRole, `<fullname>-scanner`.
 const SCANNER_CLUSTER_ROLE: &str = "nuclei-operator-scanner";
+/// The chart's scanner admission policy and its binding,
+/// `<fullname>-scanner-own-scan`.
+const SCANNER_POLICY: &str = "nuclei-operator-scanner-own-scan";
 
 /// One devcluster at a time in this binary.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -438,6 +441,8 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("ClusterRole {FULLNAME}"),
         format!("ClusterRole {SCANNER_CLUSTER_ROLE}"),
         format!("ClusterRoleBinding {FULLNAME}"),
+        format!("ValidatingAdmissionPolicy {SCANNER_POLICY}"),
+        format!("ValidatingAdmissionPolicyBinding {SCANNER_POLICY}"),
         format!("Role {RELEASE_NS}/{FULLNAME}-leader-election"),
         format!("RoleBinding {RELEASE_NS}/{FULLNAME}-leader-election"),
     ]);
@@ -460,7 +465,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
 
     // Nothing with the release's labels is left anywhere: not the Deployment,
     // its ReplicaSet and pod (garbage-collected after the Deployment), the
-    // ServiceAccount, the RBAC or the Service.
+    // ServiceAccount, the RBAC, the admission policy or the Service.
     settles_to(
         Duration::from_secs(90),
         "objects labelled with the release",
