@@ -14,7 +14,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use devcluster::DevCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::batch::v1::Job;
@@ -24,7 +23,6 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Resource, ResourceExt};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
@@ -33,7 +31,7 @@ use serde_json::json;
 use support::chart::{
     Chart, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
 };
-use support::{canary_target, eventually, ingress, namespace, target_ip};
+use support::{canary_target, eventually, ingress, namespace, target_ip, token_client};
 use tokio::sync::Mutex;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -195,27 +193,6 @@ where
 
 fn set(items: &[String]) -> BTreeSet<String> {
     items.iter().cloned().collect()
-}
-
-/// A client that authenticates only with `token` (verifying the API server
-/// against the CA the pod was given).
-async fn token_client(cluster: &DevCluster, token: &str, ca: &std::path::Path) -> kube::Client {
-    let kc: Kubeconfig = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": format!("https://127.0.0.1:{}", cluster.api_port()),
-            "certificate-authority": ca,
-        }}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
-        "current-context": "c",
-    }))
-    .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
 }
 
 #[tokio::test]
