@@ -803,7 +803,10 @@ pub fn scanner_service_account(namespace: &str, name: &str) -> ServiceAccount {
 /// The rules scanner pods need: `get` on nucleiscans, `get` and `patch` on
 /// nucleiscans/status, nothing else. The chart ships them as a ClusterRole
 /// (SCANNER_CLUSTER_ROLE, `<release>-scanner`) that the operator binds in
-/// each namespace with scans; a chart test checks the two agree.
+/// each namespace with scans; a chart test checks the two agree. RBAC lets
+/// that `patch` reach every scan of the namespace; the chart's admission
+/// policy (`scanner.admissionPolicy`) narrows it to the scan of the pod's
+/// own Job.
 pub fn scanner_rules() -> Vec<PolicyRule> {
     let group = NucleiScan::group(&()).into_owned();
     let plural = NucleiScan::plural(&()).into_owned();

@@ -29,6 +29,9 @@ const NAMESPACE: &str = "nuclei-system";
 const CONTAINER: &str = "operator";
 /// User and group of the image (distroless `nonroot`).
 const NONROOT: i64 = 65532;
+/// Kinds of the scanner's admission policy and its binding.
+const POLICY: &str = "ValidatingAdmissionPolicy";
+const POLICY_BINDING: &str = "ValidatingAdmissionPolicyBinding";
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -475,7 +478,24 @@ fn cases() -> Vec<Case> {
             value: "scanner.serviceAccountName",
             context: NO_CONTEXT,
             set: &["--set", "scanner.serviceAccountName=scanner"],
-            expect: |r| env_is(r, "SCANNER_SERVICE_ACCOUNT", "scanner"),
+            expect: |r| {
+                env_is(r, "SCANNER_SERVICE_ACCOUNT", "scanner")?;
+                // The admission policy follows the scanner's writes.
+                let condition = scanner_match_condition(r)?;
+                ensure!(condition.contains("endsWith(':scanner')"), "{condition}");
+                Ok(())
+            },
+        },
+        Case {
+            value: "scanner.admissionPolicy.enabled",
+            context: NO_CONTEXT,
+            set: &["--set", "scanner.admissionPolicy.enabled=false"],
+            expect: |r| {
+                for kind in [POLICY, POLICY_BINDING] {
+                    ensure!(r.all(kind).is_empty(), "a {kind} is rendered");
+                }
+                Ok(())
+            },
         },
         Case {
             value: "templates.path",
@@ -740,16 +760,17 @@ fn helm_lint_passes_with_default_and_non_default_values() -> Result<()> {
 fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() -> Result<()> {
     let r = render(&[])?;
     let kinds: BTreeSet<&str> = r.docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    let cluster_scoped = ["ClusterRole", "ClusterRoleBinding", POLICY, POLICY_BINDING];
     let expected: BTreeSet<&str> = [
-        "ClusterRole",
-        "ClusterRoleBinding",
         "Deployment",
         "Role",
         "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
-    .into();
+    .into_iter()
+    .chain(cluster_scoped)
+    .collect();
     assert_eq!(kinds, expected);
     // One of each, but two ClusterRoles: the operator's and the scanners'.
     assert_eq!(r.docs.len(), expected.len() + 1);
@@ -759,7 +780,7 @@ fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() ->
         let meta = &doc["metadata"];
         let name = meta["name"].as_str().unwrap_or_default();
         assert!(name.starts_with(FULLNAME), "{kind} {name}");
-        if !kind.starts_with("Cluster") {
+        if !cluster_scoped.contains(&kind) {
             assert_eq!(meta["namespace"], NAMESPACE, "{kind} {name}");
         }
         assert_eq!(
@@ -1231,6 +1252,62 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
     assert_eq!(
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}])
+    );
+    Ok(())
+}
+
+/// The expression of the scanner admission policy's one match condition.
+fn scanner_match_condition(r: &Rendered) -> Result<String> {
+    let conditions = r.one(POLICY)?["spec"]["matchConditions"]
+        .as_array()
+        .context("no matchConditions")?
+        .clone();
+    ensure!(conditions.len() == 1, "{conditions:?}");
+    Ok(conditions[0]["expression"]
+        .as_str()
+        .context("no expression")?
+        .to_owned())
+}
+
+#[test]
+fn the_scanner_admission_policy_denies_scanner_writes_to_the_crd_and_nothing_else() -> Result<()> {
+    // What the policy decides is proven against a real API server in
+    // tests/e2e_security.rs; here, that it is wired to the right requests.
+    let r = render(&[])?;
+    let policy = r.one(POLICY)?;
+    let spec = &policy["spec"];
+    let name = format!("{FULLNAME}-scanner-own-scan");
+    assert_eq!(policy["metadata"]["name"], name.as_str());
+    assert_eq!(spec["failurePolicy"], "Fail", "an error refuses the write");
+    let (group, plural) = crd_group_and_plural()?;
+    assert_eq!(
+        spec["matchConstraints"]["resourceRules"],
+        json!([{
+            "apiGroups": [group],
+            "apiVersions": ["*"],
+            "operations": ["UPDATE"],
+            "resources": [plural.clone(), format!("{plural}/status")],
+        }])
+    );
+    // Only the scanner ServiceAccount of any namespace: never the operator.
+    let condition = scanner_match_condition(&r)?;
+    assert_eq!(
+        condition,
+        "request.userInfo.username.startsWith('system:serviceaccount:') && \
+         request.userInfo.username.endsWith(':nuclei-scanner')"
+    );
+    let validations = spec["validations"].as_array().context("no validations")?;
+    assert_eq!(validations.len(), 3);
+    for v in validations {
+        assert_eq!(v["reason"], "Forbidden", "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let binding = r.one(POLICY_BINDING)?;
+    assert_eq!(binding["metadata"]["name"], name.as_str());
+    assert_eq!(
+        binding["spec"],
+        json!({"policyName": name, "validationActions": ["Deny"]}),
+        "bound everywhere, denying"
     );
     Ok(())
 }

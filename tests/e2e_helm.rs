@@ -14,7 +14,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use devcluster::DevCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::batch::v1::Job;
@@ -24,7 +23,6 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Resource, ResourceExt};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
@@ -33,7 +31,7 @@ use serde_json::json;
 use support::chart::{
     Chart, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
 };
-use support::{canary_target, eventually, ingress, namespace, target_ip};
+use support::{canary_target, eventually, ingress, namespace, target_ip, token_client};
 use tokio::sync::Mutex;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -49,6 +47,9 @@ const SCAN: &str = "canary-ingress";
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The chart's scanner ClusterRole, `<fullname>-scanner`.
 const SCANNER_CLUSTER_ROLE: &str = "nuclei-operator-scanner";
+/// The chart's scanner admission policy and its binding,
+/// `<fullname>-scanner-own-scan`.
+const SCANNER_POLICY: &str = "nuclei-operator-scanner-own-scan";
 
 /// One devcluster at a time in this binary.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -192,27 +193,6 @@ where
 
 fn set(items: &[String]) -> BTreeSet<String> {
     items.iter().cloned().collect()
-}
-
-/// A client that authenticates only with `token` (verifying the API server
-/// against the CA the pod was given).
-async fn token_client(cluster: &DevCluster, token: &str, ca: &std::path::Path) -> kube::Client {
-    let kc: Kubeconfig = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": format!("https://127.0.0.1:{}", cluster.api_port()),
-            "certificate-authority": ca,
-        }}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
-        "current-context": "c",
-    }))
-    .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
 }
 
 #[tokio::test]
@@ -438,6 +418,8 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("ClusterRole {FULLNAME}"),
         format!("ClusterRole {SCANNER_CLUSTER_ROLE}"),
         format!("ClusterRoleBinding {FULLNAME}"),
+        format!("ValidatingAdmissionPolicy {SCANNER_POLICY}"),
+        format!("ValidatingAdmissionPolicyBinding {SCANNER_POLICY}"),
         format!("Role {RELEASE_NS}/{FULLNAME}-leader-election"),
         format!("RoleBinding {RELEASE_NS}/{FULLNAME}-leader-election"),
     ]);
@@ -460,7 +442,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
 
     // Nothing with the release's labels is left anywhere: not the Deployment,
     // its ReplicaSet and pod (garbage-collected after the Deployment), the
-    // ServiceAccount, the RBAC or the Service.
+    // ServiceAccount, the RBAC, the admission policy or the Service.
     settles_to(
         Duration::from_secs(90),
         "objects labelled with the release",

@@ -1,6 +1,7 @@
 //! End-to-end, issue #11: what a namespace user cannot do through the
-//! operator, against devcluster's real API server with the chart's RBAC (the
-//! operator runs as the chart's ServiceAccount, in a pod). Each test is
+//! operator, and what a scanner pod cannot do with its token, against
+//! devcluster's real API server with the chart's RBAC and admission policy
+//! (the operator runs as the chart's ServiceAccount, in a pod). Each test is
 //! named after the attack it stops.
 
 mod support;
@@ -9,17 +10,30 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams, PostParams};
-use nuclei_operator::api::{NucleiScan, ScanPhase};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use nuclei_operator::api::{NucleiScan, ScanPhase, SourceKind};
+use nuclei_operator::sources::targets::{MAX_SCAN_NAME_LEN, scan_name};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
-use support::{canary_annotations, canary_target, completed, eventually, ingress, target_ip};
+use support::{
+    canary_annotations, canary_target, completed, eventually, ingress, namespace,
+    service_account_token, target_ip, token_client,
+};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
-const HOSTS: [&str; 3] = ["image.test", "timeout.test", "spec-image.test"];
+const HOSTS: [&str; 4] = [
+    "image.test",
+    "timeout.test",
+    "spec-image.test",
+    "identity.test",
+];
+/// The chart's scanner ServiceAccount (`scanner.serviceAccountName`).
+const SCANNER_SA: &str = "nuclei-scanner";
+/// The chart's admission policy that keeps a scanner pod to its own scan.
+const SCANNER_POLICY: &str = "nuclei-operator-scanner-own-scan";
 
 static ENV: OnceCell<Chart> = OnceCell::const_new();
 
@@ -163,5 +177,197 @@ async fn an_overflowing_timeout_annotation_is_an_error_not_an_operator_crash() {
     assert_eq!(
         restarts["containerStatuses"][0]["restartCount"], 0,
         "the operator did not restart"
+    );
+}
+
+/// A pod in `ns` named `name` that runs as the scanner ServiceAccount and
+/// never starts (devcluster knows no such image): what anyone who may create
+/// pods there could make, to hold a token bound to a pod of that name.
+async fn forged_scanner_pod(client: &kube::Client, ns: &str, name: &str) -> Pod {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": SCANNER_SA,
+            "containers": [{"name": "c", "image": "forged.invalid/scanner:1"}],
+        }
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+}
+
+/// A client acting as the scanner ServiceAccount of `ns` with a token bound
+/// to `pod` (as a scanner pod's is), or bound to no pod.
+async fn scanner_client(env: &Chart, ns: &str, pod: Option<&Pod>) -> kube::Client {
+    let admin = env.cluster.client().await.unwrap();
+    let token = service_account_token(&admin, ns, SCANNER_SA, pod).await;
+    token_client(&env.cluster, &token, &env.cluster.dir().join("pki/ca.crt")).await
+}
+
+async fn patch_status(
+    api: &Api<NucleiScan>,
+    name: &str,
+    status: Value,
+) -> kube::Result<NucleiScan> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+}
+
+/// Asserts that the scanner admission policy refused `result`, saying each
+/// of `says`.
+#[track_caller]
+fn assert_refused(result: kube::Result<NucleiScan>, says: &[&str]) {
+    match result {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            for part in std::iter::once(SCANNER_POLICY).chain(says.iter().copied()) {
+                assert!(e.message.contains(part), "{part:?} not in {:?}", e.message);
+            }
+        }
+        other => panic!("expected the scanner admission policy to refuse, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_scanner_pod_cannot_rewrite_another_scans_findings() {
+    let (env, client) = env().await;
+    let ns = "identity";
+    namespace(&client, ns).await;
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), ns);
+    let own = "web-ingress";
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("web", "identity.test", canary_annotations()),
+        )
+        .await
+        .unwrap();
+    let a = completed(&scans, own, Duration::from_secs(120)).await;
+    let a_job = a.status.as_ref().unwrap().job_ref.clone().unwrap();
+
+    // The scanner ServiceAccount exists now. The policy is active once a
+    // write with its token bound to no pod is refused (a dry run, so nothing
+    // is written while it is not).
+    let unbound = Api::<NucleiScan>::namespaced(scanner_client(env, ns, None).await, ns);
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let refused = eventually(Duration::from_secs(30), "the policy refusing", || async {
+        let erase = Patch::Merge(json!({"status": {"findings": []}}));
+        match unbound.patch_status(own, &dry_run, &erase).await {
+            Err(e @ kube::Error::Api(_)) => Some(e),
+            Ok(_) => None,
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .await;
+    assert_refused(Err(refused), &["bound to no pod"]);
+    env.step("scanner admission policy active");
+
+    // A scan run wholly under the policy: its scanner pod's own writes (its
+    // pod name when it starts, its findings at the end) pass. Its name is
+    // as long as scan names get, so its Job's has the full 63 characters and
+    // its pod's generated name is cut to the Job name's first 58 and 5
+    // random characters.
+    let long = "storefront-of-another-team-with-a-longer-name";
+    let other = &scan_name(SourceKind::Ingress, long);
+    assert_eq!(other.len(), MAX_SCAN_NAME_LEN);
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress(long, "identity.test", canary_annotations()),
+        )
+        .await
+        .unwrap();
+    let b = completed(&scans, other, Duration::from_secs(120)).await;
+    let b_status = b.status.as_ref().unwrap();
+    assert_eq!(b_status.findings.len(), 1);
+    let b_job = b_status.job_ref.clone().unwrap();
+    assert_eq!(b_job.name.len(), 63, "{}", b_job.name);
+    let b_pod = b_job
+        .pod_name
+        .clone()
+        .expect("B's scanner recorded its pod");
+    assert_eq!(b_pod.len(), 63, "{b_pod}");
+    assert!(b_pod.starts_with(&b_job.name[..58]), "{b_pod}");
+    let a_pod = a_job
+        .pod_name
+        .clone()
+        .expect("A's scanner recorded its pod");
+    assert!(a_pod.starts_with(&format!("{}-", a_job.name)), "{a_pod}");
+    env.step("a scan ran under the policy");
+
+    // Tokens bound to pods named as each Job's pods are, like the ones the
+    // scanner pods hold.
+    let pod_a = forged_scanner_pod(&client, ns, &format!("{}-zzzzz", a_job.name)).await;
+    let pod_b = forged_scanner_pod(&client, ns, &format!("{}zzzzz", &b_job.name[..58])).await;
+    let as_a_client = scanner_client(env, ns, Some(&pod_a)).await;
+    let as_a = Api::<NucleiScan>::namespaced(as_a_client.clone(), ns);
+    let as_b = Api::<NucleiScan>::namespaced(scanner_client(env, ns, Some(&pod_b)).await, ns);
+    let pod_a_name = pod_a.metadata.name.clone().unwrap();
+    let pod_b_name = pod_b.metadata.name.clone().unwrap();
+
+    // A's scanner cannot erase or forge B's findings, nor B's scanner A's…
+    let erase = json!({"phase": "Completed", "findings": []});
+    assert_refused(
+        patch_status(&as_a, other, erase.clone()).await,
+        &[
+            &format!("scanner pod {pod_a_name} "),
+            &b_job.name,
+            "own Job",
+        ],
+    );
+    assert_refused(
+        patch_status(&as_b, own, erase.clone()).await,
+        &[&format!("scanner pod {pod_b_name} "), &a_job.name],
+    );
+    let b_now = scans.get(other).await.unwrap();
+    assert_eq!(b_now.status.unwrap().findings.len(), 1, "B's finding kept");
+    // …nor can a pod whose name only starts like the Job's pods.
+    let longer = forged_scanner_pod(&client, ns, &format!("{}-zzzzzz", a_job.name)).await;
+    let as_longer = Api::<NucleiScan>::namespaced(scanner_client(env, ns, Some(&longer)).await, ns);
+    assert_refused(
+        patch_status(&as_longer, own, erase.clone()).await,
+        &[&a_job.name],
+    );
+
+    // Each writes its own scan: what the scanner writes, phase and findings.
+    let written = patch_status(&as_a, own, erase.clone())
+        .await
+        .expect("A's pod writes A");
+    assert!(written.status.unwrap().findings.is_empty());
+    patch_status(&as_b, other, json!({"jobRef": {"podName": pod_b_name}}))
+        .await
+        .expect("B's pod (its name cut) writes B");
+
+    // Neither moves its scan to another run: that is the operator's to say.
+    for change in [
+        json!({"jobRef": {"name": b_job.name}}),
+        json!({"jobRef": {"uid": "forged"}}),
+        json!({"runToken": "forged"}),
+    ] {
+        assert_refused(
+            patch_status(&as_a, own, change).await,
+            &["may not change status.jobRef.name"],
+        );
+    }
+
+    // Reads are not admission-controlled: A's pod reads its scan, as the
+    // scanner does first; RBAC still keeps Secrets out of its reach.
+    as_a.get(own).await.expect("A's pod reads A");
+    let secrets = Api::<Secret>::namespaced(as_a_client, ns)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&secrets, Err(kube::Error::Api(e)) if e.code == 403),
+        "a scanner's token may not list Secrets: {secrets:?}"
     );
 }

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 pub use devcluster::eventually;
 use devcluster::{Config, DevCluster, ImageMapping, Tools};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use nuclei_operator::api::{NucleiScan, NucleiScanStatus, ScanPhase, Severity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -326,4 +329,55 @@ pub fn assert_only_the_canary_finding(st: &NucleiScanStatus) {
     let summary = st.summary.as_ref().unwrap();
     assert_eq!(summary.total_findings, 1);
     assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
+}
+
+/// A client that authenticates only with `token` (verifying the API server
+/// against the CA in the file `ca`).
+pub async fn token_client(cluster: &DevCluster, token: &str, ca: &Path) -> kube::Client {
+    let kc: Kubeconfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": format!("https://127.0.0.1:{}", cluster.api_port()),
+            "certificate-authority": ca,
+        }}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
+        "current-context": "c",
+    }))
+    .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// A token of ServiceAccount `ns/sa` from a real TokenRequest, bound to
+/// `pod` when given (as the kubelet binds a pod's token), else to nothing.
+pub async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    pod: Option<&Pod>,
+) -> String {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            bound_object_ref: pod.map(|p| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: p.metadata.name.clone(),
+                uid: p.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .expect("a token in the TokenRequest status")
 }

@@ -52,3 +52,11 @@ The scanner ClusterRole (SCANNER_CLUSTER_ROLE): what scanner pods may do.
 {{- define "nuclei-operator.scannerClusterRole" -}}
 {{- printf "%s-scanner" (include "nuclei-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end }}
+
+{{/*
+The ValidatingAdmissionPolicy (and its binding) that lets a scanner pod
+write only its own scan.
+*/}}
+{{- define "nuclei-operator.scannerPolicy" -}}
+{{- printf "%s-scanner-own-scan" (include "nuclei-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}
