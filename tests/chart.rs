@@ -248,6 +248,7 @@ struct Case {
 fn cases() -> Vec<Case> {
     const NO_CONTEXT: &[&str] = &[];
     const SERVICE_MONITOR: &[&str] = &["--set", "serviceMonitor.enabled=true"];
+    const NETWORK_POLICY: &[&str] = &["--set", "networkPolicy.enabled=true"];
     vec![
         Case {
             value: "replicaCount",
@@ -646,6 +647,51 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            value: "networkPolicy.enabled",
+            context: NO_CONTEXT,
+            set: &["--set", "networkPolicy.enabled=true"],
+            expect: |r| {
+                let np = r.one("NetworkPolicy")?;
+                let selector = &r.deployment()?["spec"]["selector"]["matchLabels"];
+                field_is(
+                    "podSelector",
+                    &np["spec"]["podSelector"]["matchLabels"],
+                    selector.clone(),
+                )?;
+                field_is(
+                    "policyTypes",
+                    &np["spec"]["policyTypes"],
+                    json!(["Ingress"]),
+                )?;
+                field_is(
+                    "ingress",
+                    &np["spec"]["ingress"],
+                    json!([
+                        {"ports": [{"port": "health", "protocol": "TCP"}]},
+                        {"ports": [{"port": "http", "protocol": "TCP"}],
+                         "from": [{"namespaceSelector": {"matchLabels":
+                             {"kubernetes.io/metadata.name": "monitoring"}}}]},
+                    ]),
+                )
+            },
+        },
+        Case {
+            value: "networkPolicy.dataFrom",
+            context: NETWORK_POLICY,
+            set: &[
+                "--set-json",
+                r#"networkPolicy.dataFrom=[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]"#,
+            ],
+            expect: |r| {
+                let np = r.one("NetworkPolicy")?;
+                field_is(
+                    "data port peers",
+                    &np["spec"]["ingress"][1]["from"],
+                    json!([{"podSelector": {"matchLabels": {"app": "prometheus"}}}]),
+                )
+            },
+        },
+        Case {
             value: "resources.requests.cpu",
             context: NO_CONTEXT,
             set: &["--set", "resources.requests.cpu=250m"],
@@ -726,7 +772,7 @@ fn helm_lint_passes_with_default_and_non_default_values() -> Result<()> {
     for extra in [
         &[][..],
         &["--set", "serviceMonitor.enabled=true,scanner.mode=sync"][..],
-        &["--set", "http.auth=none"][..],
+        &["--set", "networkPolicy.enabled=true,http.auth=none"][..],
         &[
             "--set",
             "leaderElection.enabled=false",
