@@ -160,7 +160,8 @@ fn main() {
     // One scan's page: a direct lookup, against the whole snapshot the
     // single-scan page used to take.
     let lookups = 100;
-    let key = "namespace-50/scan-50000";
+    let key = "namespace-0/scan-50000";
+    assert!(handle.lookup(key).is_some(), "{key} is queued");
     timed(
         &mut total,
         "lookup(one key) over 100k pending",

@@ -493,11 +493,18 @@ impl<P> ScanQueue<P> {
                 enqueued_at, seq, ..
             } => {
                 let rank = Rank::new(entry.intent.reason, enqueued_at, seq);
-                let ahead = self
-                    .entries
+                // The heap's ranks sit in one vector; parked intents (few:
+                // those behind a busy host or their own running scan) are
+                // looked up.
+                let ahead_ready = self.ready.iter().filter(|(_, r)| **r > rank).count();
+                let ahead_parked = self
+                    .parked
                     .values()
-                    .filter(|e| e.ready_rank().is_some_and(|r| r > rank))
+                    .flatten()
+                    .filter_map(|k| self.entries.get(k)?.ready_rank())
+                    .filter(|r| *r > rank)
                     .count();
+                let ahead = ahead_ready + ahead_parked;
                 Located::Ready {
                     intent: &entry.intent,
                     enqueued_at,

@@ -915,6 +915,48 @@ async fn looking_up_one_scan_shows_what_the_whole_snapshot_shows_for_it() {
     assert!(handle.lookup("absent").is_none());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_looked_up_position_counts_the_intents_parked_ahead_of_it() {
+    let (dispatcher, handle) = Dispatcher::new(max(2));
+    let (fake, mut launches) = Fake::holding(&handle);
+    handle.enqueue(new_scan("a").with_hosts(["x.example"]));
+    let _running = spawn(dispatcher, fake);
+    assert_eq!(next(&mut launches).await.key, "a");
+    // Both wait for x.example: looked at once, then parked.
+    handle.enqueue(Intent::new("manual-on-x", Reason::ManualRescan, 0).with_hosts(["x.example"]));
+    handle.enqueue(new_scan("new-on-x").with_hosts(["x.example"]));
+    settle().await;
+    handle.enqueue(Intent::new("b", Reason::Scheduled, 0).with_hosts(["z.example"]));
+    assert_eq!(next(&mut launches).await.key, "b");
+    // No slot left: these stay in the ready heap.
+    sleep(Duration::from_secs(1)).await;
+    handle.enqueue(new_scan("c"));
+    handle.enqueue(Intent::new("d", Reason::Retry, 0));
+    settle().await;
+
+    let all = handle.snapshot(usize::MAX, 0);
+    let expected: Vec<(&str, usize, bool)> = all
+        .pending
+        .iter()
+        .map(|p| (p.key.as_str(), p.position, p.blocked))
+        .collect();
+    assert_eq!(
+        expected,
+        [
+            ("manual-on-x", 1, true),
+            ("new-on-x", 2, true),
+            ("c", 3, false),
+            ("d", 4, false)
+        ]
+    );
+    for (key, position, blocked) in expected {
+        let Some(Lookup::Pending(p)) = handle.lookup(key) else {
+            panic!("{key} not pending")
+        };
+        assert_eq!((p.position, p.blocked), (position, blocked), "{key}");
+    }
+}
+
 /// A payload that counts its copies.
 #[derive(Debug)]
 struct Counted(Arc<AtomicUsize>);
