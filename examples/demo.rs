@@ -1,23 +1,75 @@
-//! The last step of `scripts/demo.sh`: applies an Ingress (KUBECONFIG), waits
-//! for its NucleiScan to finish and prints the findings as a table.
+//! The last steps of `scripts/demo.sh`: applies an Ingress (KUBECONFIG), waits
+//! for its NucleiScan to finish and prints the findings as a table; with
+//! `--reader-token FILE`, first lets a ServiceAccount read the operator's
+//! /queue and /metrics (`kubectl create serviceaccount`, `kubectl create
+//! clusterrolebinding --clusterrole=nuclei-operator-data-reader` and
+//! `kubectl create token`, without kubectl) and writes its token to FILE.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+/// The ServiceAccount (in the release namespace) the demo reads /queue as.
+const READER: &str = "demo-queue-reader";
+
+/// Binds [`READER`] to the chart's data-reader ClusterRole and returns a
+/// one-hour token of it.
+async fn reader_token(client: &kube::Client) -> Result<String> {
+    let (ns, role) = ("nuclei-system", "nuclei-operator-data-reader");
+    let apply = PatchParams::apply("demo").force();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": READER}}))?;
+    accounts
+        .patch(READER, &apply, &Patch::Apply(&account))
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": READER},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": READER, "namespace": ns}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(READER, &apply, &Patch::Apply(&binding))
+        .await?;
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
+    let granted: TokenRequest = accounts
+        .create_subresource("token", READER, &PostParams::default(), &request)
+        .await?;
+    granted
+        .status
+        .and_then(|s| s.token)
+        .context("the TokenRequest returned no token")
+}
 use nuclei_operator::api::{NucleiScan, ScanPhase, SourceKind};
 use nuclei_operator::sources::targets::scan_name;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let path = std::env::args()
-        .nth(1)
-        .context("usage: demo INGRESS.yaml")?;
+    let usage = "usage: demo [--reader-token FILE] INGRESS.yaml";
+    let (mut token_file, mut path) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--reader-token" {
+            token_file = Some(args.next().context(usage)?);
+        } else {
+            path = Some(arg);
+        }
+    }
+    let path = path.context(usage)?;
     let ingress: Ingress = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
     let ns = ingress.namespace().unwrap_or_else(|| "default".into());
     let client = kube::Client::try_default().await?;
+    if let Some(file) = token_file {
+        let token = reader_token(&client).await?;
+        std::fs::write(&file, token).with_context(|| format!("writing {file}"))?;
+    }
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
     ingresses
         .patch(

@@ -54,18 +54,24 @@ step "installing the operator with Helm (it runs as a pod, with the chart's Serv
 "$helm" upgrade --install nuclei-operator deploy/helm/nuclei-operator \
   --namespace nuclei-system --create-namespace --wait --timeout 2m \
   --set image.repository=nuclei-operator --set image.tag=demo \
-  --set http.port=18089 --set service.port=18089 \
+  --set http.port=18089 --set service.port=18089 --set health.port=18090 \
   --set-json 'templates.defaults=[]' --set operator.logFormat=text \
   --set-json 'targets.allowCidrs=["127.0.0.0/8"]' >/dev/null
 
 step "exposing the target with an annotated Ingress, waiting for its scan"
-cargo run -q --example demo -- "$root/testdata/demo-ingress.yaml"
+# It also binds a ServiceAccount to the chart's nuclei-operator-data-reader
+# ClusterRole and writes a token of it: /queue and /metrics answer only
+# callers the API server allows (HTTP_AUTH=kubernetes, the chart's default).
+cargo run -q --example demo -- --reader-token "$state/reader.token" "$root/testdata/demo-ingress.yaml"
 
 cat <<TXT
 
-The cluster keeps running:
+The cluster keeps running (pods share the host network, so the operator's
+ports are on 127.0.0.1):
   export KUBECONFIG=$KUBECONFIG
   kubectl get nucleiscans -A                  # if you have kubectl
-  curl -s 127.0.0.1:18089/queue               # the operator's queue (pods share the host network)
+  # the operator's queue, as the ServiceAccount demo-queue-reader (token valid 1 h):
+  curl -s -H "Authorization: Bearer \$(cat $state/reader.token)" 127.0.0.1:18089/queue
+  curl -s 127.0.0.1:18090/readyz              # the probes' port needs no token
   scripts/demo.sh down                        # stop everything
 TXT

@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::VirtualService;
-use crate::http::{HttpState, router};
+use crate::http::auth::{DataAuth, KubeReviewer};
+use crate::http::{HttpState, data_router, health_router};
 use crate::metrics::Metrics;
 use crate::scan::launch::JobLauncher;
 use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
 use crate::scan::slots;
-use crate::settings::{ScannerMode, Settings};
+use crate::settings::{HttpAuth, ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
 use crate::sources::scope::NamespaceScope;
 use crate::sources::triggers::Triggers;
@@ -62,24 +63,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let ready = Arc::new(AtomicBool::new(false));
     let leader = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?;
-    info!(addr = %settings.http_addr, "serving /healthz /readyz /metrics /queue");
-    let http = {
-        let app = router(HttpState {
-            dispatch: handle.clone(),
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-            leader: leader.clone(),
-        });
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
+    let http = serve_http(
+        &settings, &client, &shutdown, &ready, &leader, &handle, &metrics,
+    )
+    .await?;
 
     let identity = settings
         .pod_name
@@ -232,11 +219,61 @@ pub async fn run(settings: Settings) -> Result<()> {
         // One controller ending means shutdown: stop the rest with it.
         shutdown.cancel();
     }
-    let _ = http.await;
+    for server in http {
+        let _ = server.await;
+    }
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!("lost leadership");
     }
     Ok(())
+}
+
+/// Binds the health and the data listeners (failing at start-up, naming the
+/// setting, if either address is taken) and serves them until shutdown.
+async fn serve_http(
+    settings: &Settings,
+    client: &kube::Client,
+    shutdown: &CancellationToken,
+    ready: &Arc<AtomicBool>,
+    leader: &Arc<AtomicBool>,
+    dispatch: &dispatcher::DispatcherHandle<String>,
+    metrics: &Arc<Metrics>,
+) -> Result<[tokio::task::JoinHandle<std::io::Result<()>>; 2]> {
+    let health = tokio::net::TcpListener::bind(settings.health_addr)
+        .await
+        .with_context(|| format!("binding HEALTH_ADDR {}", settings.health_addr))?;
+    let data = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?;
+    let auth = match settings.http_auth {
+        HttpAuth::Kubernetes => Some(Arc::new(DataAuth::new(KubeReviewer::new(client.clone())))),
+        HttpAuth::None => {
+            warn!(addr = %settings.http_addr, "HTTP_AUTH=none: /metrics and /queue answer anyone who reaches them");
+            None
+        }
+    };
+    info!(addr = %settings.health_addr, "serving /healthz /readyz");
+    info!(addr = %settings.http_addr, auth = ?settings.http_auth, "serving /metrics /queue");
+    let data_app = data_router(
+        HttpState {
+            dispatch: dispatch.clone(),
+            metrics: metrics.clone(),
+            leader: leader.clone(),
+        },
+        auth,
+    );
+    let serve = |listener, app| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+    Ok([
+        serve(health, health_router(ready.clone())),
+        serve(data, data_app),
+    ])
 }
 
 /// Runs the VirtualService controller while Istio's CRD is installed: the

@@ -1,5 +1,14 @@
-//! HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, `/queue` and
-//! `/queue/{namespace}/{name}`.
+//! HTTP endpoints, on two listeners:
+//!
+//! - health (HEALTH_ADDR): `/healthz` and `/readyz`, for the kubelet's probes;
+//!   they answer anyone and tell nothing but "ok".
+//! - data (HTTP_ADDR): `/metrics`, `/queue` and `/queue/{namespace}/{name}`;
+//!   with HTTP_AUTH=kubernetes every request on it, whatever its path, needs
+//!   a bearer token the API server authenticates and authorizes ([`auth`]).
+//!
+//! Neither listener serves the other's paths (404 there).
+
+pub mod auth;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,36 +19,55 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use dispatcher::{DispatcherHandle, Reason, Snapshot};
+use dispatcher::{
+    DispatcherHandle, Lookup, PendingItem, Reason, RunningItem, ScheduledItem, Snapshot,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::metrics::{Metrics, ReasonLabel};
 
-/// What the handlers read.
+use self::auth::DataAuth;
+
+/// Default number of items per list on `/queue`.
+pub const DEFAULT_PAGE: usize = 100;
+/// Most items per list on `/queue`, whatever `limit` asks.
+pub const MAX_PAGE: usize = 1000;
+
+/// What the data handlers read.
 #[derive(Clone)]
 pub struct HttpState {
     pub dispatch: DispatcherHandle<String>,
     pub metrics: Arc<Metrics>,
-    /// Controllers started (this replica leads) or standing by as a follower.
-    pub ready: Arc<AtomicBool>,
     /// This replica is the leader (runs the controllers and the dispatcher).
     pub leader: Arc<AtomicBool>,
 }
 
-/// The router.
-pub fn router(state: HttpState) -> Router {
+/// The health listener's router: `/healthz`, and `/readyz` from `ready`
+/// (controllers started, or standing by as a follower).
+pub fn health_router(ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .with_state(ready)
+}
+
+/// The data listener's router; every request passes `auth` first when
+/// given (HTTP_AUTH=kubernetes).
+pub fn data_router(state: HttpState, auth: Option<Arc<DataAuth>>) -> Router {
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/queue", get(queue))
         .route("/queue/{namespace}/{name}", get(queue_item))
-        .with_state(state)
+        .with_state(state);
+    match auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth, auth::require)),
+        None => router,
+    }
 }
 
-async fn readyz(State(s): State<HttpState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> Response {
+    if ready.load(Ordering::Relaxed) {
         "ok".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
@@ -89,6 +117,39 @@ fn reason(r: Reason) -> Value {
     json!(r.as_str())
 }
 
+fn pending_json(p: &PendingItem<String>) -> Value {
+    json!({
+        "position": p.position,
+        "scan": p.key,
+        "reason": reason(p.reason),
+        "priority": p.priority,
+        "hosts": p.hosts,
+        "enqueuedAt": rfc3339(p.enqueued_at),
+        "waitSeconds": secs(p.waited),
+        "blocked": p.blocked,
+    })
+}
+
+fn scheduled_json(s: &ScheduledItem<String>) -> Value {
+    json!({
+        "scan": s.key,
+        "reason": reason(s.reason),
+        "dueAt": rfc3339(s.due_at),
+        "dueInSeconds": secs(s.due_in),
+    })
+}
+
+fn running_json(r: &RunningItem<String>) -> Value {
+    json!({
+        "scan": r.key,
+        "reason": r.reason.map(reason),
+        "hosts": r.hosts,
+        "startedAt": rfc3339(r.started_at),
+        "runningSeconds": secs(r.running_for),
+        "launching": r.launching,
+    })
+}
+
 /// The `/queue` document (documented in the README).
 pub fn queue_json(snap: &Snapshot<String>, leader: bool) -> Value {
     json!({
@@ -101,64 +162,246 @@ pub fn queue_json(snap: &Snapshot<String>, leader: bool) -> Value {
             "slotsUsed": snap.slots_used,
         },
         "pendingTotal": snap.pending_total,
-        "pending": snap.pending.iter().map(|p| json!({
-            "position": p.position,
-            "scan": p.key,
-            "reason": reason(p.reason),
-            "priority": p.priority,
-            "hosts": p.hosts,
-            "enqueuedAt": rfc3339(p.enqueued_at),
-            "waitSeconds": secs(p.waited),
-            "blocked": p.blocked,
-        })).collect::<Vec<_>>(),
+        "pending": snap.pending.iter().map(pending_json).collect::<Vec<_>>(),
         "scheduledTotal": snap.scheduled_total,
-        "scheduled": snap.scheduled.iter().map(|s| json!({
-            "scan": s.key,
-            "reason": reason(s.reason),
-            "dueAt": rfc3339(s.due_at),
-            "dueInSeconds": secs(s.due_in),
-        })).collect::<Vec<_>>(),
-        "running": snap.running.iter().map(|r| json!({
-            "scan": r.key,
-            "reason": r.reason.map(reason),
-            "hosts": r.hosts,
-            "startedAt": rfc3339(r.started_at),
-            "runningSeconds": secs(r.running_for),
-            "launching": r.launching,
-        })).collect::<Vec<_>>(),
+        "scheduled": snap.scheduled.iter().map(scheduled_json).collect::<Vec<_>>(),
+        "running": snap.running.iter().map(running_json).collect::<Vec<_>>(),
     })
 }
 
+/// The `/queue/{namespace}/{name}` document: the item as `/queue` lists it,
+/// with its `state`.
+pub fn item_json(item: &Lookup<String>) -> Value {
+    let (mut doc, state) = match item {
+        Lookup::Pending(p) => (pending_json(p), "pending"),
+        Lookup::Scheduled(s) => (scheduled_json(s), "scheduled"),
+        Lookup::Running(r) => (running_json(r), "running"),
+    };
+    doc["state"] = json!(state);
+    doc
+}
+
 async fn queue(State(s): State<HttpState>, Query(page): Query<Page>) -> Json<Value> {
-    let limit = page.limit.unwrap_or(100).min(10_000);
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
     let snap = s.dispatch.snapshot(limit, page.offset.unwrap_or(0));
     Json(queue_json(&snap, s.leader.load(Ordering::Relaxed)))
 }
 
+/// One scan, found directly: what it costs does not grow with the queue
+/// (beyond counting a pending scan's position).
 async fn queue_item(
     State(s): State<HttpState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
     let key = format!("{namespace}/{name}");
-    let snap = s.dispatch.snapshot(usize::MAX, 0);
-    let doc = queue_json(&snap, s.leader.load(Ordering::Relaxed));
-    for (state, list) in [
-        ("pending", "pending"),
-        ("scheduled", "scheduled"),
-        ("running", "running"),
-    ] {
-        if let Some(item) = doc[list]
-            .as_array()
-            .and_then(|l| l.iter().find(|i| i["scan"] == key.as_str()))
-        {
-            let mut item = item.clone();
-            item["state"] = json!(state);
-            return Json(item).into_response();
+    match s.dispatch.lookup(&key) {
+        Some(item) => Json(item_json(&item)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"scan": key, "state": "absent"})),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth::{Refusal, ReviewError, Reviewer, User};
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use dispatcher::{Config, Dispatcher, Intent};
+    use futures::future::BoxFuture;
+    use std::num::NonZeroUsize;
+    use tower::ServiceExt;
+
+    /// Token `reader` may get `paths`; `root` may get anything; any other
+    /// token is unknown. `down`: every review fails.
+    struct Static {
+        paths: &'static [&'static str],
+        down: bool,
+    }
+
+    impl Reviewer for Static {
+        fn authenticate<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> BoxFuture<'a, Result<Option<User>, ReviewError>> {
+            Box::pin(async move {
+                if self.down {
+                    return Err(ReviewError("connection refused".into()));
+                }
+                Ok(["reader", "root"].contains(&token).then(|| User {
+                    name: token.into(),
+                    ..Default::default()
+                }))
+            })
+        }
+
+        fn authorize<'a>(
+            &'a self,
+            user: &'a User,
+            path: &'a str,
+        ) -> BoxFuture<'a, Result<bool, ReviewError>> {
+            Box::pin(async move { Ok(user.name == "root" || self.paths.contains(&path)) })
         }
     }
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"scan": key, "state": "absent"})),
-    )
-        .into_response()
+
+    fn state() -> HttpState {
+        let (_dispatcher, handle) = Dispatcher::new(Config::new(NonZeroUsize::MIN));
+        HttpState {
+            dispatch: handle,
+            metrics: Arc::new(Metrics::default()),
+            leader: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    fn guarded(state: HttpState, paths: &'static [&'static str], down: bool) -> Router {
+        data_router(state, Some(Arc::new(DataAuth::new(Static { paths, down }))))
+    }
+
+    /// Status, one header and the body of a GET.
+    async fn get(
+        router: &Router,
+        path: &str,
+        token: Option<&str>,
+        header: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let value = resp
+            .headers()
+            .get(header)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (status, value, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_health_port_answers_probes_without_a_token_and_serves_no_data() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let health = health_router(ready.clone());
+        assert_eq!(get(&health, "/healthz", None, "x").await.0, StatusCode::OK);
+        assert_eq!(
+            get(&health, "/readyz", None, "x").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&health, "/readyz", None, "x").await.2, "ok");
+        for path in ["/metrics", "/queue", "/queue/web/scan"] {
+            let (status, _, _) = get(&health, path, Some("root"), "x").await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_or_unknown_caller_gets_401_on_every_data_port_path() {
+        let data = guarded(state(), &["/queue"], false);
+        for path in ["/metrics", "/queue", "/queue/web/scan", "/healthz", "/nope"] {
+            for token in [None, Some("random")] {
+                let (status, challenge, body) = get(&data, path, token, "www-authenticate").await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} {token:?}");
+                assert_eq!(
+                    challenge.as_deref(),
+                    Some(r#"Bearer realm="nuclei-operator""#)
+                );
+                assert!(body.contains("kubectl create token"), "{body}");
+                assert!(!body.contains("pending"), "{body}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_without_the_grant_gets_403_and_one_with_it_the_queue() {
+        let s = state();
+        s.dispatch
+            .enqueue(Intent::new("web/scan", Reason::NewScan, String::new()));
+        let data = guarded(s, &["/queue", "/queue/web/scan"], false);
+        let (status, _, body) = get(&data, "/metrics", Some("reader"), "x").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains(r#""reader" may not get /metrics"#), "{body}");
+        let (status, _, body) = get(&data, "/queue?limit=5", Some("reader"), "x").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["pending"][0]["scan"], "web/scan");
+        let (status, _, body) = get(&data, "/queue/web/scan", Some("reader"), "x").await;
+        assert_eq!(status, StatusCode::OK);
+        let item: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&item["state"], &item["position"]),
+            (&json!("pending"), &json!(1))
+        );
+        let (status, _, _) = get(&data, "/queue/web/other", Some("reader"), "x").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a path not granted");
+        let (status, _, body) = get(&data, "/metrics", Some("root"), "x").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("nuclei_queue_depth"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_data_port_answers_no_health_path_even_to_a_caller_allowed_everything() {
+        let data = guarded(state(), &[], false);
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(
+                get(&data, path, Some("root"), "x").await.0,
+                StatusCode::NOT_FOUND
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_cannot_be_asked_gives_503_with_retry_after() {
+        let data = guarded(state(), &["/queue"], true);
+        let (status, retry, body) = get(&data, "/queue", Some("reader"), "retry-after").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("5"));
+        assert!(!body.contains("pending"), "{body}");
+        assert_eq!(
+            Refusal::Unavailable.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn without_auth_the_data_port_is_open_as_before() {
+        let data = data_router(state(), None);
+        assert_eq!(get(&data, "/queue", None, "x").await.0, StatusCode::OK);
+        assert_eq!(get(&data, "/metrics", None, "x").await.0, StatusCode::OK);
+        let (status, _, body) = get(&data, "/queue/web/absent", None, "x").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"scan": "web/absent", "state": "absent"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_page_holds_at_most_max_page_items_whatever_limit_asks() {
+        let s = state();
+        for i in 0..MAX_PAGE + 10 {
+            s.dispatch.enqueue(Intent::new(
+                format!("ns/s{i}"),
+                Reason::NewScan,
+                String::new(),
+            ));
+        }
+        let data = data_router(s, None);
+        let (_, _, body) = get(&data, "/queue?limit=100000", None, "x").await;
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["pending"].as_array().unwrap().len(), MAX_PAGE);
+        assert_eq!(doc["pendingTotal"], MAX_PAGE + 10);
+        let (_, _, body) = get(&data, "/queue", None, "x").await;
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["pending"].as_array().unwrap().len(), DEFAULT_PAGE);
+    }
 }

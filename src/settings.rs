@@ -46,6 +46,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may read the data endpoints (`/metrics`, `/queue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpAuth {
+    /// A bearer token that the API server authenticates (TokenReview) and
+    /// authorizes for `get` on the request path (SubjectAccessReview).
+    Kubernetes,
+    /// No check: anyone who reaches the port.
+    None,
+}
+
 /// Operator-wide settings. Flatten into a clap command with
 /// `#[command(flatten)]`, then call [`Settings::validate`].
 #[derive(Clone, Debug, PartialEq, Args)]
@@ -219,9 +229,30 @@ pub struct Settings {
     )]
     pub log_format: LogFormat,
 
-    /// Address of the HTTP server for /healthz, /readyz, /metrics and /queue.
+    /// Address of the data endpoints /metrics, /queue and
+    /// /queue/{namespace}/{name}; HTTP_AUTH guards them.
     #[arg(long, env = "HTTP_ADDR", value_name = "HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_socket_addr)]
     pub http_addr: SocketAddr,
+
+    /// Address of the probe endpoints /healthz and /readyz, which answer
+    /// anyone (the kubelet probes them) and tell nothing else; another
+    /// port than HTTP_ADDR.
+    #[arg(long, env = "HEALTH_ADDR", value_name = "HEALTH_ADDR", default_value = "0.0.0.0:8081", value_parser = parse_socket_addr)]
+    pub health_addr: SocketAddr,
+
+    /// Who may read the data endpoints: `kubernetes` (a bearer token the API
+    /// server authenticates, by TokenReview, and authorizes to `get` the
+    /// path, by SubjectAccessReview; the chart's `<release>-data-reader`
+    /// ClusterRole grants it) or `none` (anyone who reaches the port).
+    #[arg(
+        long,
+        env = "HTTP_AUTH",
+        value_name = "HTTP_AUTH",
+        value_enum,
+        ignore_case = true,
+        default_value = "kubernetes"
+    )]
+    pub http_auth: HttpAuth,
 
     /// Elect one active replica through a Lease (`true` or `false`); only the
     /// leader starts scans.
@@ -313,6 +344,15 @@ impl Settings {
                 ),
             });
         }
+        if shares_a_port(self.health_addr, self.http_addr) {
+            return Err(SettingsError {
+                variable: "HEALTH_ADDR",
+                message: format!(
+                    "{} takes the port of HTTP_ADDR ({}): the probes and the data endpoints need a port each",
+                    self.health_addr, self.http_addr
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -349,6 +389,14 @@ impl Default for Settings {
     fn default() -> Self {
         Settings::from_flags(["nuclei-operator"]).expect("the defaults are valid")
     }
+}
+
+/// Whether two listen addresses would take the same port: the same port on
+/// the same IP, or with either on all interfaces (port 0 picks a free one).
+fn shares_a_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Makes `cmd` (and its subcommands) treat an environment variable that is set
@@ -802,6 +850,8 @@ mod tests {
         assert_eq!(s.git_image, "alpine/git:latest");
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.http_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.health_addr, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(s.http_auth, HttpAuth::Kubernetes);
         assert!(s.leader_election);
         assert_eq!(s.lease_name, "nuclei-operator-leader");
         assert_eq!(s.pod_namespace, None);
@@ -833,6 +883,8 @@ mod tests {
             "--git-image=alpine/git:v2.45.2",
             "--log-format=json",
             "--http-addr=127.0.0.1:9090",
+            "--health-addr=127.0.0.1:9091",
+            "--http-auth=None",
             "--leader-election=false",
             "--lease-name=nuclei",
             "--pod-namespace=nuclei-system",
@@ -860,6 +912,8 @@ mod tests {
         assert_eq!(s.git_image, "alpine/git:v2.45.2");
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.http_addr, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(s.health_addr, "127.0.0.1:9091".parse().unwrap());
+        assert_eq!(s.http_auth, HttpAuth::None);
         assert!(!s.leader_election);
         assert_eq!(s.lease_name, "nuclei");
         assert_eq!(s.pod_name.as_deref(), Some("nuclei-operator-7d9f-abcde"));
@@ -966,6 +1020,12 @@ mod tests {
                 "possible values: text, json",
             ),
             ("--http-addr=8080", "HTTP_ADDR", "IP address and port"),
+            ("--health-addr=:8081", "HEALTH_ADDR", "IP address and port"),
+            (
+                "--http-auth=token",
+                "HTTP_AUTH",
+                "possible values: kubernetes, none",
+            ),
             (
                 "--leader-election=maybe",
                 "LEADER_ELECTION",
@@ -1068,6 +1128,35 @@ mod tests {
     }
 
     #[test]
+    fn the_probes_and_the_data_endpoints_cannot_share_a_port() {
+        for (health, http) in [
+            ("0.0.0.0:8080", "0.0.0.0:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:9000", "127.0.0.1:9000"),
+        ] {
+            let e = rejected(&[
+                &format!("--health-addr={health}"),
+                &format!("--http-addr={http}"),
+            ]);
+            assert!(
+                e.contains("invalid HEALTH_ADDR") && e.contains("port of HTTP_ADDR"),
+                "{health} {http}: {e}"
+            );
+        }
+        for (health, http) in [
+            ("0.0.0.0:8081", "0.0.0.0:8080"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            flags(&[
+                &format!("--health-addr={health}"),
+                &format!("--http-addr={http}"),
+            ])
+            .unwrap_or_else(|e| panic!("{health} {http}: {e}"));
+        }
+    }
+
+    #[test]
     fn every_flag_is_named_after_its_environment_variable() {
         // clap's error quotes the flag with its value name; making that the
         // variable's name is what lets an error name the variable.
@@ -1089,13 +1178,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 38);
+        assert_eq!(count, 40);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 38);
+        assert_eq!(table.len(), 40);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -251,6 +251,7 @@ struct Case {
 fn cases() -> Vec<Case> {
     const NO_CONTEXT: &[&str] = &[];
     const SERVICE_MONITOR: &[&str] = &["--set", "serviceMonitor.enabled=true"];
+    const NETWORK_POLICY: &[&str] = &["--set", "networkPolicy.enabled=true"];
     vec![
         Case {
             value: "replicaCount",
@@ -579,7 +580,10 @@ fn cases() -> Vec<Case> {
             value: "http.host",
             context: NO_CONTEXT,
             set: &["--set", "http.host=::"],
-            expect: |r| env_is(r, "HTTP_ADDR", "[::]:8080"),
+            expect: |r| {
+                env_is(r, "HTTP_ADDR", "[::]:8080")?;
+                env_is(r, "HEALTH_ADDR", "[::]:8081")
+            },
         },
         Case {
             value: "http.port",
@@ -591,7 +595,50 @@ fn cases() -> Vec<Case> {
                 field_is(
                     "container ports",
                     ports,
-                    json!([{"name": "http", "containerPort": 9090, "protocol": "TCP"}]),
+                    json!([
+                        {"name": "http", "containerPort": 9090, "protocol": "TCP"},
+                        {"name": "health", "containerPort": 8081, "protocol": "TCP"},
+                    ]),
+                )
+            },
+        },
+        Case {
+            value: "http.auth",
+            context: NO_CONTEXT,
+            set: &["--set", "http.auth=none"],
+            expect: |r| {
+                env_is(r, "HTTP_AUTH", "none")?;
+                let names: Vec<&Value> = r
+                    .all("ClusterRole")
+                    .iter()
+                    .map(|c| &c["metadata"]["name"])
+                    .collect();
+                ensure!(
+                    !names.contains(&&json!(format!("{FULLNAME}-data-reader"))),
+                    "the data-reader ClusterRole is rendered without auth"
+                );
+                let operator = r
+                    .all("ClusterRole")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == FULLNAME)
+                    .context("no operator ClusterRole")?;
+                ensure!(
+                    !operator["rules"].to_string().contains("tokenreviews"),
+                    "the operator may still review tokens"
+                );
+                Ok(())
+            },
+        },
+        Case {
+            value: "health.port",
+            context: NO_CONTEXT,
+            set: &["--set", "health.port=9091"],
+            expect: |r| {
+                env_is(r, "HEALTH_ADDR", "0.0.0.0:9091")?;
+                field_is(
+                    "health container port",
+                    &r.container()?["ports"][1],
+                    json!({"name": "health", "containerPort": 9091, "protocol": "TCP"}),
                 )
             },
         },
@@ -622,7 +669,12 @@ fn cases() -> Vec<Case> {
                 field_is(
                     "endpoints",
                     &sm["spec"]["endpoints"],
-                    json!([{"port": "http-metrics", "path": "/metrics", "interval": "30s"}]),
+                    json!([{
+                        "port": "http-metrics",
+                        "path": "/metrics",
+                        "interval": "30s",
+                        "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                    }]),
                 )?;
                 let service = r.one("Service")?;
                 let selector = &sm["spec"]["selector"]["matchLabels"];
@@ -656,6 +708,51 @@ fn cases() -> Vec<Case> {
                     "chart label",
                     &labels["app.kubernetes.io/name"],
                     json!("nuclei-operator"),
+                )
+            },
+        },
+        Case {
+            value: "networkPolicy.enabled",
+            context: NO_CONTEXT,
+            set: &["--set", "networkPolicy.enabled=true"],
+            expect: |r| {
+                let np = r.one("NetworkPolicy")?;
+                let selector = &r.deployment()?["spec"]["selector"]["matchLabels"];
+                field_is(
+                    "podSelector",
+                    &np["spec"]["podSelector"]["matchLabels"],
+                    selector.clone(),
+                )?;
+                field_is(
+                    "policyTypes",
+                    &np["spec"]["policyTypes"],
+                    json!(["Ingress"]),
+                )?;
+                field_is(
+                    "ingress",
+                    &np["spec"]["ingress"],
+                    json!([
+                        {"ports": [{"port": "health", "protocol": "TCP"}]},
+                        {"ports": [{"port": "http", "protocol": "TCP"}],
+                         "from": [{"namespaceSelector": {"matchLabels":
+                             {"kubernetes.io/metadata.name": "monitoring"}}}]},
+                    ]),
+                )
+            },
+        },
+        Case {
+            value: "networkPolicy.dataFrom",
+            context: NETWORK_POLICY,
+            set: &[
+                "--set-json",
+                r#"networkPolicy.dataFrom=[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]"#,
+            ],
+            expect: |r| {
+                let np = r.one("NetworkPolicy")?;
+                field_is(
+                    "data port peers",
+                    &np["spec"]["ingress"][1]["from"],
+                    json!([{"podSelector": {"matchLabels": {"app": "prometheus"}}}]),
                 )
             },
         },
@@ -740,6 +837,7 @@ fn helm_lint_passes_with_default_and_non_default_values() -> Result<()> {
     for extra in [
         &[][..],
         &["--set", "serviceMonitor.enabled=true,scanner.mode=sync"][..],
+        &["--set", "networkPolicy.enabled=true,http.auth=none"][..],
         &[
             "--set",
             "leaderElection.enabled=false",
@@ -772,9 +870,10 @@ fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() ->
     .chain(cluster_scoped)
     .collect();
     assert_eq!(kinds, expected);
-    // One of each, but two ClusterRoles: the operator's and the scanners'.
-    assert_eq!(r.docs.len(), expected.len() + 1);
-    assert_eq!(r.all("ClusterRole").len(), 2);
+    // One of each, but three ClusterRoles: the operator's, the scanners' and
+    // the data readers'.
+    assert_eq!(r.docs.len(), expected.len() + 2);
+    assert_eq!(r.all("ClusterRole").len(), 3);
     for doc in &r.docs {
         let kind = doc["kind"].as_str().unwrap_or_default();
         let meta = &doc["metadata"];
@@ -1033,31 +1132,58 @@ fn the_operator_pod_meets_the_restricted_pod_security_standard() -> Result<()> {
 }
 
 #[test]
-fn the_operator_is_probed_and_scraped_on_its_http_port() -> Result<()> {
-    let r = render(&["--set", "http.port=9443,serviceMonitor.enabled=true"])?;
+fn the_operator_is_probed_on_its_health_port_and_scraped_with_a_token_on_its_data_port()
+-> Result<()> {
+    let r = render(&[
+        "--set",
+        "http.port=9443,health.port=9444,serviceMonitor.enabled=true",
+    ])?;
     let c = r.container()?;
     assert_eq!(c["ports"][0]["name"], "http");
     assert_eq!(c["ports"][0]["containerPort"], json!(9443));
+    assert_eq!(c["ports"][1]["name"], "health");
+    assert_eq!(c["ports"][1]["containerPort"], json!(9444));
     assert_eq!(
         c["livenessProbe"]["httpGet"],
-        json!({"path": "/healthz", "port": "http"})
+        json!({"path": "/healthz", "port": "health"})
     );
     assert_eq!(
         c["readinessProbe"]["httpGet"],
-        json!({"path": "/readyz", "port": "http"})
+        json!({"path": "/readyz", "port": "health"})
     );
     let settings = settings_of(&r)?;
     assert_eq!(
-        settings.http_addr.port(),
-        9443,
-        "the server listens where the probes look"
+        (settings.health_addr.port(), settings.http_addr.port()),
+        (9444, 9443),
+        "the servers listen where the probes and the Service look"
     );
-    let port = &r.one("Service")?["spec"]["ports"][0];
-    assert_eq!(port["name"], "http-metrics");
-    assert_eq!(port["targetPort"], "http");
+    assert_eq!(
+        settings.http_auth,
+        nuclei_operator::settings::HttpAuth::Kubernetes
+    );
+    let ports = r.one("Service")?["spec"]["ports"]
+        .as_array()
+        .context("no Service ports")?;
+    assert_eq!(ports.len(), 1, "the probes' port is not in the Service");
+    assert_eq!(ports[0]["name"], "http-metrics");
+    assert_eq!(ports[0]["targetPort"], "http");
     let endpoint = &r.one("ServiceMonitor")?["spec"]["endpoints"][0];
-    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(endpoint["port"], ports[0]["name"]);
     assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        endpoint["bearerTokenFile"], "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "Prometheus sends its token"
+    );
+    let open = render(&["--set", "http.auth=none,serviceMonitor.enabled=true"])?;
+    let endpoint = &open.one("ServiceMonitor")?["spec"]["endpoints"][0];
+    assert!(endpoint.get("bearerTokenFile").is_none(), "{endpoint}");
+    Ok(())
+}
+
+#[test]
+fn the_probes_and_the_data_endpoints_cannot_share_a_port() -> Result<()> {
+    let e = render_error(&["--set", "health.port=8080"])?;
+    assert!(e.contains("health.port must differ from http.port"), "{e}");
     Ok(())
 }
 
@@ -1077,6 +1203,8 @@ fn values_outside_the_schema_are_rejected_before_anything_is_rendered() -> Resul
             "at '/scanner/resources/limits/memory'",
         ),
         ("scanner.resources.request.cpu=1", "'request' not allowed"),
+        ("http.auth=token", "at '/http/auth'"),
+        ("health.port=0", "at '/health/port'"),
     ] {
         let e = render_error(&["--set", set])?;
         assert!(e.contains("schema"), "{set}: {e}");
@@ -1225,6 +1353,8 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
             &["get", "create", "patch"],
         ),
         ("rbac.authorization.k8s.io", "clusterroles", &["bind"]),
+        ("authentication.k8s.io", "tokenreviews", &["create"]),
+        ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
     ]);
     let actual: BTreeSet<_> = granted.keys().cloned().collect();
     assert_eq!(actual, expected);
@@ -1309,6 +1439,30 @@ fn the_scanner_admission_policy_denies_scanner_writes_to_the_crd_and_nothing_els
         json!({"policyName": name, "validationActions": ["Deny"]}),
         "bound everywhere, denying"
     );
+    Ok(())
+}
+
+#[test]
+fn the_data_reader_cluster_role_grants_get_on_the_data_paths_and_nothing_else() -> Result<()> {
+    let r = render(&[])?;
+    let name = format!("{FULLNAME}-data-reader");
+    let role = r
+        .all("ClusterRole")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == name.as_str())
+        .with_context(|| format!("no ClusterRole {name}"))?;
+    assert_eq!(
+        role["rules"],
+        json!([{"nonResourceURLs": ["/metrics", "/queue", "/queue/*"], "verbs": ["get"]}])
+    );
+    // Nothing binds it: who may read is the user's choice.
+    for binding in r
+        .all("ClusterRoleBinding")
+        .iter()
+        .chain(r.all("RoleBinding").iter())
+    {
+        assert_ne!(binding["roleRef"]["name"], name.as_str(), "{binding}");
+    }
     Ok(())
 }
 

@@ -29,7 +29,7 @@ use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use serde_json::json;
 use support::chart::{
-    Chart, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
+    Chart, DATA_READER, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
 };
 use support::{canary_target, eventually, ingress, namespace, target_ip, token_client};
 use tokio::sync::Mutex;
@@ -351,7 +351,7 @@ async fn helm_install_runs_the_operator_as_the_charts_service_account_and_it_sca
         Some(pod_name.as_str())
     );
     eventually(Duration::from_secs(30), "operator /readyz", || {
-        env.get("/readyz")
+        env.health("/readyz")
     })
     .await;
 
@@ -417,6 +417,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("Service {RELEASE_NS}/{FULLNAME}"),
         format!("ClusterRole {FULLNAME}"),
         format!("ClusterRole {SCANNER_CLUSTER_ROLE}"),
+        format!("ClusterRole {DATA_READER}"),
         format!("ClusterRoleBinding {FULLNAME}"),
         format!("ValidatingAdmissionPolicy {SCANNER_POLICY}"),
         format!("ValidatingAdmissionPolicyBinding {SCANNER_POLICY}"),
@@ -452,7 +453,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
     .await;
     env.step("no object of the release left");
     assert!(
-        env.get("/readyz").await.is_none(),
+        env.health("/readyz").await.is_none(),
         "the operator's HTTP server is gone"
     );
 

@@ -3,6 +3,11 @@
 //! devcluster's real API server with the chart's RBAC and admission policy
 //! (the operator runs as the chart's ServiceAccount, in a pod). Each test is
 //! named after the attack it stops.
+//!
+//! The data endpoints (/queue, /metrics) are read as any pod would: over the
+//! operator pod's data port (pods share the host network here, so
+//! 127.0.0.1), with or without a ServiceAccount token that the operator has
+//! the real API server review.
 
 mod support;
 
@@ -11,14 +16,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase, SourceKind};
 use nuclei_operator::sources::targets::{MAX_SCAN_NAME_LEN, scan_name};
 use serde_json::{Value, json};
-use support::chart::{Chart, restricted_namespace};
+use support::chart::{
+    Chart, DATA_READER, RELEASE, RELEASE_NS, account_token, may_get, restricted_namespace,
+};
 use support::{
-    canary_annotations, canary_target, completed, eventually, ingress, namespace,
+    canary_annotations, canary_target, completed, eventually, ingress, namespace, repo,
     service_account_token, target_ip, token_client,
 };
 use tokio::sync::OnceCell;
@@ -370,4 +378,188 @@ async fn a_scanner_pod_cannot_rewrite_another_scans_findings() {
         matches!(&secrets, Err(kube::Error::Api(e)) if e.code == 403),
         "a scanner's token may not list Secrets: {secrets:?}"
     );
+}
+
+/// The data paths: the queue, one scan's entry, the metrics.
+const DATA_PATHS: [&str; 3] = ["/queue", "/queue/image/web-ingress", "/metrics"];
+
+/// A token of a new ServiceAccount `name` in a new namespace `name`.
+async fn new_account_token(client: &kube::Client, name: &str) -> String {
+    namespace(client, name).await;
+    account_token(client, name, name).await
+}
+
+/// Binds `namespace/name`'s ServiceAccount to the chart's data-reader
+/// ClusterRole, as the README says to, and waits until RBAC allows it.
+async fn bind_data_reader(client: &kube::Client, name: &str) {
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": DATA_READER},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": name}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let user = format!("system:serviceaccount:{name}:{name}");
+    eventually(Duration::from_secs(30), "the binding in force", || {
+        may_get(client, &user, "/queue")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_anonymous_or_forged_token_request_for_the_queue_or_metrics_gets_401() {
+    let (env, _client) = env().await;
+    // A made-up token, and one shaped like a ServiceAccount JWT.
+    let forged = [
+        None,
+        Some("forged"),
+        Some("eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.eyJzdWIiOiJzeXN0ZW06YWRtaW4ifQ.c2ln"),
+    ];
+    for path in DATA_PATHS {
+        for token in forged {
+            let (status, body) = env
+                .request(env.port, path, token)
+                .await
+                .expect("the data port answers");
+            assert_eq!(status, 401, "{path} {token:?}: {body}");
+            assert!(
+                !body.contains("pendingTotal") && !body.contains("nuclei_"),
+                "{body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_service_account_token_without_the_data_reader_binding_gets_403() {
+    let (env, client) = env().await;
+    let token = new_account_token(&client, "snoop").await;
+    for path in DATA_PATHS {
+        let (status, body) = env.request(env.port, path, Some(&token)).await.unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.contains("system:serviceaccount:snoop:snoop") && body.contains("data-reader"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_bound_to_the_data_reader_role_reads_the_queue_and_the_metrics() {
+    let (env, client) = env().await;
+    let token = new_account_token(&client, "reader").await;
+    bind_data_reader(&client, "reader").await;
+    let (status, body) = env.request(env.port, "/queue", Some(&token)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let queue: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(queue["leader"], true, "{queue}");
+    assert!(queue["pendingTotal"].is_u64(), "{queue}");
+    let (status, body) = env
+        .request(env.port, "/queue/reader/absent", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body.contains(r#""state":"absent""#)),
+        (404, true),
+        "{body}"
+    );
+    let (status, body) = env
+        .request(env.port, "/metrics", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("nuclei_queue_depth"), "{body}");
+}
+
+#[tokio::test]
+async fn the_probes_answer_without_a_token_on_the_health_port_which_serves_no_data() {
+    let (env, client) = env().await;
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = env.request(env.health_port, path, None).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"), "{path}");
+    }
+    let token = new_account_token(&client, "prober").await;
+    bind_data_reader(&client, "prober").await;
+    // The health port has no data, whatever the token…
+    for path in DATA_PATHS {
+        for token in [None, Some(token.as_str())] {
+            let (status, _) = env.request(env.health_port, path, token).await.unwrap();
+            assert_eq!(status, 404, "health port {path}");
+        }
+    }
+    // …and the data port no probes: 401 without a token, 404 with one.
+    for path in ["/healthz", "/readyz"] {
+        let anonymous = env.request(env.port, path, None).await.unwrap().0;
+        let allowed = env.request(env.port, path, Some(&token)).await.unwrap().0;
+        assert_eq!((anonymous, allowed), (401, 404), "data port {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_charts_network_policy_is_accepted_by_the_api_server_and_fits_the_operator_pod() {
+    let (env, client) = env().await;
+    let chart = repo().join("deploy/helm/nuclei-operator");
+    for data_from in [
+        None,
+        Some(
+            r#"networkPolicy.dataFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}},"podSelector":{"matchLabels":{"app":"prometheus"}}},{"ipBlock":{"cidr":"10.0.0.0/8"}}]"#,
+        ),
+    ] {
+        let mut args = vec![
+            "template",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NS,
+            "--set",
+            "networkPolicy.enabled=true",
+            "--show-only",
+            "templates/networkpolicy.yaml",
+        ];
+        if let Some(set) = data_from {
+            args.extend(["--set-json", set]);
+        }
+        let policy: NetworkPolicy = serde_yaml::from_str(&env.helm(&args).await).unwrap();
+        let created = Api::<NetworkPolicy>::namespaced(client.clone(), RELEASE_NS)
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &policy,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the API server refuses the NetworkPolicy: {e}"));
+        let spec = created.spec.unwrap();
+        // It selects the operator pod and names ports the pod has.
+        let pod = env.operator_pod().await;
+        let labels = pod.metadata.labels.unwrap_or_default();
+        let selector = spec.pod_selector.unwrap_or_default().match_labels;
+        let selector = selector.unwrap_or_default();
+        assert!(!selector.is_empty(), "it selects the operator pod only");
+        for (k, v) in selector {
+            assert_eq!(labels.get(&k), Some(&v), "selector {k}");
+        }
+        let pod_ports: BTreeSet<String> = pod.spec.unwrap().containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone())
+            .collect();
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 2, "health from anywhere, data from dataFrom");
+        for rule in &rules {
+            for port in rule.ports.iter().flatten() {
+                let name = serde_json::to_value(port.port.as_ref().unwrap()).unwrap();
+                assert!(pod_ports.contains(name.as_str().unwrap()), "{name}");
+            }
+        }
+        assert!(rules[0].from.is_none(), "the probes' port is open to all");
+        assert!(!rules[1].from.as_ref().unwrap().is_empty());
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+    }
 }

@@ -269,7 +269,7 @@ async fn start_operator(
     env: &[(&str, &str)],
     hosts: Option<&[(&str, Ipv4Addr)]>,
 ) -> (Daemon, u16) {
-    let port = free_port();
+    let (port, health_port) = support::two_free_ports();
     let dir = cluster.dir().join(format!("operator-{port}"));
     let home = dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -298,6 +298,8 @@ async fn start_operator(
         .env("HOME", &home)
         .env("KUBECONFIG", cluster.kubeconfig())
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+        .env("HTTP_AUTH", "none")
         .env("SCANNER_IMAGE", support::IMAGE)
         .env("LEADER_ELECTION", "false")
         .env("TARGET_CHECK_TIMEOUT", "0")
@@ -310,7 +312,7 @@ async fn start_operator(
     }
     let daemon = Daemon::spawn(cmd);
     let ready = async {
-        while devcluster::http_get(port, "/readyz").await.is_none() {
+        while devcluster::http_get(health_port, "/readyz").await.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };

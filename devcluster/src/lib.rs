@@ -703,19 +703,33 @@ where
 /// `GET path` from `127.0.0.1:port` over HTTP/1.0 (the operator's health,
 /// queue and metrics endpoints): `Some(body)` on a 200 within 5 s.
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    match http_request(port, path, None).await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// `GET path` from `127.0.0.1:port` over HTTP/1.0, with
+/// `Authorization: Bearer <token>` when given: the status and the body,
+/// `None` when nothing answered within 5 s.
+pub async fn http_request(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
             .await
             .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n")?;
-        (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
     };
     tokio::time::timeout(Duration::from_secs(5), fetch)
         .await

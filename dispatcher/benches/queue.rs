@@ -1,5 +1,6 @@
 //! Queue throughput: enqueue, update, pop, schedule and remove 100,000
-//! intents, and a queue page over 100,000 pending intents.
+//! intents, a queue page over 100,000 pending intents, and one scan's lookup
+//! against the whole snapshot.
 //!
 //! Run with `cargo bench -p nuclei-dispatcher --bench queue`.
 
@@ -152,6 +153,32 @@ fn main() {
         || {
             for _ in 0..pages {
                 black_box(handle.snapshot(50, 0));
+            }
+        },
+    );
+
+    // One scan's page: a direct lookup, against the whole snapshot the
+    // single-scan page used to take.
+    let lookups = 100;
+    let key = "namespace-0/scan-50000";
+    assert!(handle.lookup(key).is_some(), "{key} is queued");
+    timed(
+        &mut total,
+        "lookup(one key) over 100k pending",
+        lookups,
+        || {
+            for _ in 0..lookups {
+                black_box(handle.lookup(key));
+            }
+        },
+    );
+    timed(
+        &mut total,
+        "snapshot(all) over 100k pending (old lookup)",
+        lookups,
+        || {
+            for _ in 0..lookups {
+                black_box(handle.snapshot(usize::MAX, 0));
             }
         },
     );

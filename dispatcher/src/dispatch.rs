@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Config, RateLimit, Running};
-use crate::queue::{Blocker, Enqueued, Intent, Reason, ReasonCounts, ScanQueue};
+use crate::queue::{Blocker, Enqueued, Intent, Located, Reason, ReasonCounts, ScanQueue};
 
 /// Shortest retry delay after a failed launch, so a launcher that fails at
 /// once with a zero delay cannot spin the run loop.
@@ -180,6 +180,88 @@ pub struct Snapshot<P> {
     pub running: Vec<RunningItem<P>>,
 }
 
+/// One scan as [`DispatcherHandle::lookup`] finds it.
+#[derive(Debug, Clone)]
+pub enum Lookup<P> {
+    /// Ready to run (possibly blocked), at its position in admission order.
+    Pending(PendingItem<P>),
+    /// Waiting until it falls due.
+    Scheduled(ScheduledItem<P>),
+    /// Holding a slot.
+    Running(RunningItem<P>),
+}
+
+/// Converts the dispatcher's clock to wall-clock time, for one reading.
+#[derive(Debug, Clone, Copy)]
+struct Clocks {
+    now: Instant,
+    wall_now: SystemTime,
+}
+
+impl Clocks {
+    fn read() -> Self {
+        Self {
+            now: Instant::now(),
+            wall_now: SystemTime::now(),
+        }
+    }
+
+    fn wall(self, t: Instant) -> SystemTime {
+        if t <= self.now {
+            self.wall_now - (self.now - t)
+        } else {
+            self.wall_now + (t - self.now)
+        }
+    }
+
+    fn pending<P: Clone>(
+        self,
+        admission: &Admission<P>,
+        intent: &Intent<P>,
+        enqueued_at: Instant,
+        position: usize,
+    ) -> PendingItem<P> {
+        PendingItem {
+            position,
+            key: intent.key.clone(),
+            reason: intent.reason,
+            priority: intent.reason.priority(),
+            hosts: intent.hosts.clone(),
+            payload: intent.payload.clone(),
+            enqueued_at: self.wall(enqueued_at),
+            waited: self.now.saturating_duration_since(enqueued_at),
+            blocked: admission.blocker(intent).is_some(),
+        }
+    }
+
+    fn scheduled<P: Clone>(self, intent: &Intent<P>, due: Instant) -> ScheduledItem<P> {
+        ScheduledItem {
+            key: intent.key.clone(),
+            reason: intent.reason,
+            hosts: intent.hosts.clone(),
+            payload: intent.payload.clone(),
+            due_at: self.wall(due),
+            due_in: due.saturating_duration_since(self.now),
+        }
+    }
+
+    fn running<P: Clone>(self, key: &str, run: &Running<P>) -> RunningItem<P> {
+        let running_for = self.now.saturating_duration_since(run.started_at);
+        RunningItem {
+            key: key.to_owned(),
+            reason: run.reason,
+            hosts: run.hosts.clone(),
+            payload: run.payload.clone(),
+            started_at: self
+                .wall_now
+                .checked_sub(running_for)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            running_for,
+            launching: run.launching,
+        }
+    }
+}
+
 /// Counters for metrics; cheap to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -322,53 +404,31 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
     }
 
     /// The queue page: `limit` ready and `limit` delayed intents starting at
-    /// `offset` in each list, every running scan, limits and totals.
+    /// `offset` in each list, every running scan, limits and totals. Only
+    /// the page is copied; finding it still looks at every queued intent.
     pub fn snapshot(&self, limit: usize, offset: usize) -> Snapshot<P> {
         let state = self.shared.lock();
-        let now = Instant::now();
-        let wall_now = SystemTime::now();
-        let wall = |t: Instant| {
-            if t <= now {
-                wall_now - (now - t)
-            } else {
-                wall_now + (t - now)
-            }
-        };
+        let clocks = Clocks::read();
         let admission = &state.admission;
         let pending = state
             .queue
             .pending_page(offset, limit)
             .into_iter()
             .enumerate()
-            .map(|(i, (intent, enqueued_at))| PendingItem {
-                position: offset + i + 1,
-                key: intent.key.clone(),
-                reason: intent.reason,
-                priority: intent.reason.priority(),
-                hosts: intent.hosts.clone(),
-                payload: intent.payload.clone(),
-                enqueued_at: wall(enqueued_at),
-                waited: now.saturating_duration_since(enqueued_at),
-                blocked: admission.blocker(intent).is_some(),
+            .map(|(i, (intent, enqueued_at))| {
+                clocks.pending(admission, intent, enqueued_at, offset + i + 1)
             })
             .collect();
         let scheduled = state
             .queue
             .scheduled_page(offset, limit)
             .into_iter()
-            .map(|(intent, due)| ScheduledItem {
-                key: intent.key.clone(),
-                reason: intent.reason,
-                hosts: intent.hosts.clone(),
-                payload: intent.payload.clone(),
-                due_at: wall(due),
-                due_in: due.saturating_duration_since(now),
-            })
+            .map(|(intent, due)| clocks.scheduled(intent, due))
             .collect();
-        let running = running_items(admission, now, wall_now);
+        let running = running_items(admission, clocks);
         let config = admission.config();
         Snapshot {
-            taken_at: wall_now,
+            taken_at: clocks.wall_now,
             limits: Limits {
                 max_concurrent: config.max_concurrent.get(),
                 rate_limit: config.rate_limit,
@@ -382,11 +442,40 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
         }
     }
 
+    /// One scan: pending, scheduled or running, in that order of precedence
+    /// (a key queued again while its scan runs is reported pending), as the
+    /// [`snapshot`](Self::snapshot) would show it. Copies only that scan;
+    /// a pending scan's position costs one pass over the ready intents that
+    /// counts, without copying or sorting.
+    pub fn lookup(&self, key: &str) -> Option<Lookup<P>> {
+        let state = self.shared.lock();
+        let clocks = Clocks::read();
+        match state.queue.locate(key) {
+            Some(Located::Ready {
+                intent,
+                enqueued_at,
+                position,
+            }) => Some(Lookup::Pending(clocks.pending(
+                &state.admission,
+                intent,
+                enqueued_at,
+                position,
+            ))),
+            Some(Located::Delayed { intent, due }) => {
+                Some(Lookup::Scheduled(clocks.scheduled(intent, due)))
+            }
+            None => {
+                let run = state.admission.get(key)?;
+                Some(Lookup::Running(clocks.running(key, run)))
+            }
+        }
+    }
+
     /// Every scan holding a slot, longest running first (the `running` part
     /// of a [`snapshot`](Self::snapshot), without the queue pages).
     pub fn running(&self) -> Vec<RunningItem<P>> {
         let state = self.shared.lock();
-        running_items(&state.admission, Instant::now(), SystemTime::now())
+        running_items(&state.admission, Clocks::read())
     }
 
     /// Whether `key` holds a slot (running, or its launch in flight).
@@ -409,29 +498,11 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
     }
 }
 
-/// The scans holding slots at `now` (`wall_now` on the wall clock), longest
-/// running first.
-fn running_items<P: Clone>(
-    admission: &Admission<P>,
-    now: Instant,
-    wall_now: SystemTime,
-) -> Vec<RunningItem<P>> {
+/// The scans holding slots at the clocks' reading, longest running first.
+fn running_items<P: Clone>(admission: &Admission<P>, clocks: Clocks) -> Vec<RunningItem<P>> {
     let mut running: Vec<RunningItem<P>> = admission
         .runs()
-        .map(|(key, run)| {
-            let running_for = now.saturating_duration_since(run.started_at);
-            RunningItem {
-                key: key.clone(),
-                reason: run.reason,
-                hosts: run.hosts.clone(),
-                payload: run.payload.clone(),
-                started_at: wall_now
-                    .checked_sub(running_for)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                running_for,
-                launching: run.launching,
-            }
-        })
+        .map(|(key, run)| clocks.running(key, run))
         .collect();
     running.sort_by(|a, b| {
         b.running_for

@@ -41,7 +41,7 @@ mod queue;
 
 pub use admission::{Config, RateLimit, TokioClock};
 pub use dispatch::{
-    Admitted, Dispatcher, DispatcherHandle, LaunchError, Launched, Launcher, Limits,
+    Admitted, Dispatcher, DispatcherHandle, LaunchError, Launched, Launcher, Limits, Lookup,
     MIN_RETRY_DELAY, PendingItem, RunningItem, ScheduledItem, Snapshot, Stats,
 };
 pub use queue::{Blocker, Enqueued, Intent, Queued, Reason, ReasonCounts, ScanQueue};

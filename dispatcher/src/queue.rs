@@ -215,6 +215,32 @@ struct Entry<P> {
     place: Place,
 }
 
+impl<P> Entry<P> {
+    /// Its place in admission order, if it is ready (parked or not).
+    fn ready_rank(&self) -> Option<Rank> {
+        match self.place {
+            Place::Ready { enqueued_at, seq }
+            | Place::Parked {
+                enqueued_at, seq, ..
+            } => Some(Rank::new(self.intent.reason, enqueued_at, seq)),
+            Place::Delayed { .. } => None,
+        }
+    }
+}
+
+/// Where [`ScanQueue::locate`] found a key.
+#[derive(Debug)]
+pub(crate) enum Located<'a, P> {
+    /// Ready (parked or not), `position` in admission order.
+    Ready {
+        intent: &'a Intent<P>,
+        enqueued_at: Instant,
+        position: usize,
+    },
+    /// Delayed until `due`.
+    Delayed { intent: &'a Intent<P>, due: Instant },
+}
+
 /// The queue of scan intents.
 ///
 /// Each key is in at most one place: ready (ordered by reason, then age) or
@@ -455,6 +481,43 @@ impl<P> ScanQueue<P> {
         }
     }
 
+    /// Where the key is queued, found without copying or sorting anything:
+    /// a hash lookup, plus for a ready key one pass that counts the ready
+    /// intents ahead of it (its 1-based position in admission order, as
+    /// [`pending_page`](Self::pending_page) numbers it).
+    pub(crate) fn locate(&self, key: &str) -> Option<Located<'_, P>> {
+        let entry = self.entries.get(key)?;
+        Some(match entry.place {
+            Place::Ready { enqueued_at, seq }
+            | Place::Parked {
+                enqueued_at, seq, ..
+            } => {
+                let rank = Rank::new(entry.intent.reason, enqueued_at, seq);
+                // The heap's ranks sit in one vector; parked intents (few:
+                // those behind a busy host or their own running scan) are
+                // looked up.
+                let ahead_ready = self.ready.iter().filter(|(_, r)| **r > rank).count();
+                let ahead_parked = self
+                    .parked
+                    .values()
+                    .flatten()
+                    .filter_map(|k| self.entries.get(k)?.ready_rank())
+                    .filter(|r| *r > rank)
+                    .count();
+                let ahead = ahead_ready + ahead_parked;
+                Located::Ready {
+                    intent: &entry.intent,
+                    enqueued_at,
+                    position: ahead + 1,
+                }
+            }
+            Place::Delayed { due, .. } => Located::Delayed {
+                intent: &entry.intent,
+                due,
+            },
+        })
+    }
+
     /// Number of queued keys (ready and delayed).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -491,13 +554,7 @@ impl<P> ScanQueue<P> {
         let mut ranked: Vec<(Rank, &Intent<P>)> = self
             .entries
             .values()
-            .filter_map(|e| match e.place {
-                Place::Ready { enqueued_at, seq }
-                | Place::Parked {
-                    enqueued_at, seq, ..
-                } => Some((Rank::new(e.intent.reason, enqueued_at, seq), &e.intent)),
-                Place::Delayed { .. } => None,
-            })
+            .filter_map(|e| Some((e.ready_rank()?, &e.intent)))
             .collect();
         let by_admission = |a: &(Rank, &Intent<P>), b: &(Rank, &Intent<P>)| b.0.cmp(&a.0);
         page(

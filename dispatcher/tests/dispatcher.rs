@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dispatcher::{
     Admitted, Config, Dispatcher, DispatcherHandle, Intent, LaunchError, Launched, Launcher,
-    RateLimit, Reason,
+    Lookup, RateLimit, Reason,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -847,6 +847,160 @@ async fn the_snapshot_pages_pending_intents_in_admission_order() {
     );
     assert_eq!(first.scheduled[0].key, "in-1h");
     assert!(handle.snapshot(10, 4).pending.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn looking_up_one_scan_shows_what_the_whole_snapshot_shows_for_it() {
+    let (_dispatcher, handle) = Dispatcher::new(max(1));
+    let start = Instant::now();
+    handle.adopt_running("running", ["busy.example"], 9);
+    handle.enqueue(Intent::new("retry", Reason::Retry, 1));
+    sleep(Duration::from_secs(10)).await;
+    handle.enqueue(Intent::new("blocked", Reason::NewScan, 2).with_hosts(["busy.example"]));
+    handle.enqueue(Intent::new("new", Reason::NewScan, 3));
+    handle.enqueue(Intent::new("manual", Reason::ManualRescan, 4));
+    handle.enqueue_at(
+        Intent::new("later", Reason::Scheduled, 5),
+        start + Duration::from_secs(3600),
+    );
+    // Queued again while its scan runs: reported pending, as before.
+    handle.enqueue(Intent::new("running", Reason::SpecChanged, 6));
+    sleep(Duration::from_secs(5)).await;
+
+    let all = handle.snapshot(usize::MAX, 0);
+    for p in &all.pending {
+        let Some(Lookup::Pending(one)) = handle.lookup(&p.key) else {
+            panic!("{} not pending", p.key)
+        };
+        assert_eq!(
+            (
+                one.position,
+                one.reason,
+                one.payload,
+                one.waited,
+                one.blocked
+            ),
+            (p.position, p.reason, p.payload, p.waited, p.blocked),
+            "{}",
+            p.key
+        );
+    }
+    let positions: Vec<(&str, usize)> = all
+        .pending
+        .iter()
+        .map(|p| (p.key.as_str(), p.position))
+        .collect();
+    assert_eq!(
+        positions,
+        [
+            ("manual", 1),
+            ("blocked", 2),
+            ("new", 3),
+            ("running", 4),
+            ("retry", 5)
+        ]
+    );
+    let Some(Lookup::Scheduled(later)) = handle.lookup("later") else {
+        panic!("later not scheduled")
+    };
+    assert_eq!((later.payload, later.due_in), (5, all.scheduled[0].due_in));
+    handle.remove("running");
+    let Some(Lookup::Running(running)) = handle.lookup("running") else {
+        panic!("running not running")
+    };
+    assert_eq!(
+        (running.payload, running.running_for, running.reason),
+        (9, Duration::from_secs(15), None)
+    );
+    assert!(handle.lookup("absent").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_looked_up_position_counts_the_intents_parked_ahead_of_it() {
+    let (dispatcher, handle) = Dispatcher::new(max(2));
+    let (fake, mut launches) = Fake::holding(&handle);
+    handle.enqueue(new_scan("a").with_hosts(["x.example"]));
+    let _running = spawn(dispatcher, fake);
+    assert_eq!(next(&mut launches).await.key, "a");
+    // Both wait for x.example: looked at once, then parked.
+    handle.enqueue(Intent::new("manual-on-x", Reason::ManualRescan, 0).with_hosts(["x.example"]));
+    handle.enqueue(new_scan("new-on-x").with_hosts(["x.example"]));
+    settle().await;
+    handle.enqueue(Intent::new("b", Reason::Scheduled, 0).with_hosts(["z.example"]));
+    assert_eq!(next(&mut launches).await.key, "b");
+    // No slot left: these stay in the ready heap.
+    sleep(Duration::from_secs(1)).await;
+    handle.enqueue(new_scan("c"));
+    handle.enqueue(Intent::new("d", Reason::Retry, 0));
+    settle().await;
+
+    let all = handle.snapshot(usize::MAX, 0);
+    let expected: Vec<(&str, usize, bool)> = all
+        .pending
+        .iter()
+        .map(|p| (p.key.as_str(), p.position, p.blocked))
+        .collect();
+    assert_eq!(
+        expected,
+        [
+            ("manual-on-x", 1, true),
+            ("new-on-x", 2, true),
+            ("c", 3, false),
+            ("d", 4, false)
+        ]
+    );
+    for (key, position, blocked) in expected {
+        let Some(Lookup::Pending(p)) = handle.lookup(key) else {
+            panic!("{key} not pending")
+        };
+        assert_eq!((p.position, p.blocked), (position, blocked), "{key}");
+    }
+}
+
+/// A payload that counts its copies.
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Counted(Arc::clone(&self.0))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn looking_up_one_scan_copies_that_scan_only_however_long_the_queue() {
+    for n in [10, 10_000] {
+        let copies = Arc::new(AtomicUsize::new(0));
+        let (_dispatcher, handle) = Dispatcher::new(max(1));
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..n {
+            let intent = Intent::new(format!("ns/p{i}"), Reason::NewScan, Counted(copies.clone()));
+            handle.enqueue(intent);
+            let intent = Intent::new(format!("ns/s{i}"), Reason::Retry, Counted(copies.clone()));
+            handle.enqueue_at(intent, later);
+        }
+        handle.adopt_running("ns/r", ["r.example"], Counted(copies.clone()));
+        copies.store(0, Ordering::SeqCst);
+
+        let middle = format!("ns/p{}", n / 2);
+        let Some(Lookup::Pending(p)) = handle.lookup(&middle) else {
+            panic!("{middle} not pending")
+        };
+        assert_eq!(p.position, n / 2 + 1);
+        assert!(matches!(
+            handle.lookup(&format!("ns/s{}", n - 1)),
+            Some(Lookup::Scheduled(_))
+        ));
+        assert!(matches!(handle.lookup("ns/r"), Some(Lookup::Running(_))));
+        assert!(handle.lookup("ns/absent").is_none());
+        assert_eq!(copies.load(Ordering::SeqCst), 3, "n = {n}");
+
+        // What the single-scan page cost before: a copy of everything.
+        copies.store(0, Ordering::SeqCst);
+        drop(handle.snapshot(usize::MAX, 0));
+        assert_eq!(copies.load(Ordering::SeqCst), 2 * n + 1, "n = {n}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -477,7 +477,7 @@ pub async fn run(
         op.check_alive()?;
         s.cluster.check()?;
         let now = s.rec.now();
-        if ready_at.is_none() && op.get("/readyz").await.is_some() {
+        if ready_at.is_none() && op.ready().await {
             ready_at = Some(now);
             if let Some(k) = c.kills.last_mut() {
                 k.ready_secs = Some(round2(now - k.at));

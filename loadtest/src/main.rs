@@ -726,7 +726,7 @@ async fn main() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120).min(timeout);
     while Instant::now() < deadline {
         let t = op2.spawned.elapsed().as_secs_f64();
-        if ready.is_none() && op2.get("/readyz").await.is_some() {
+        if ready.is_none() && op2.ready().await {
             ready = Some(round2(t));
         }
         if ready.is_some()

@@ -16,7 +16,10 @@ use crate::procfs::{ProcStats, proc_stats};
 pub struct Operator {
     child: tokio::process::Child,
     pub pid: u32,
+    /// HTTP_ADDR: /metrics and /queue, open (HTTP_AUTH=none).
     pub port: u16,
+    /// HEALTH_ADDR: /healthz and /readyz.
+    pub health_port: u16,
     pub log: PathBuf,
     /// When it was spawned.
     pub spawned: Instant,
@@ -81,10 +84,11 @@ pub fn queue_totals(body: &str) -> Option<QueueTotals> {
     })
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Two distinct free ports on 127.0.0.1 (both held while asking).
+fn two_free_ports() -> Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 impl Operator {
@@ -96,7 +100,7 @@ impl Operator {
         env: &[(String, String)],
         log: &Path,
     ) -> Result<Operator> {
-        let port = free_port()?;
+        let (port, health_port) = two_free_ports()?;
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = tokio::process::Command::new(binary);
@@ -104,6 +108,10 @@ impl Operator {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+            // The harness polls /queue and reads /metrics; token reviews
+            // would add API requests to what it measures.
+            .env("HTTP_AUTH", "none")
             .env("LEADER_ELECTION", "false")
             // The operator runs on the host, where the generated host names do
             // not resolve; the fixture scan does not connect anywhere.
@@ -149,6 +157,7 @@ impl Operator {
             child,
             pid,
             port,
+            health_port,
             log: log.to_owned(),
             spawned,
             last_stats: ProcStats::default(),
@@ -157,9 +166,16 @@ impl Operator {
         })
     }
 
-    /// GET a path of the operator's HTTP server; the body on 200.
+    /// GET a data path (/queue, /metrics); the body on 200.
     pub async fn get(&self, path: &str) -> Option<String> {
         devcluster::http_get(self.port, path).await
+    }
+
+    /// Whether `/readyz` (on the health port) answers 200.
+    pub async fn ready(&self) -> bool {
+        devcluster::http_get(self.health_port, "/readyz")
+            .await
+            .is_some()
     }
 
     /// `/queue` totals.
@@ -171,7 +187,7 @@ impl Operator {
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.get("/readyz").await.is_some() {
+            if self.ready().await {
                 return Ok(self.spawned.elapsed());
             }
             if let Some(st) = self.child.try_wait()? {

@@ -4,12 +4,16 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use devcluster::{Config, DevCluster, Tools};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use tokio::sync::OnceCell;
 
 use super::{operator_image, repo};
 
@@ -21,6 +25,11 @@ pub const FULLNAME: &str = "nuclei-operator";
 pub const RELEASE_SELECTOR: &str = "app.kubernetes.io/instance=nuclei-operator";
 /// Namespace of the release.
 pub const RELEASE_NS: &str = "nuclei-system";
+/// The chart's ClusterRole that grants reading /metrics and /queue.
+pub const DATA_READER: &str = "nuclei-operator-data-reader";
+/// The ServiceAccount (in [`RELEASE_NS`]) and ClusterRoleBinding to
+/// [`DATA_READER`] through which [`Chart::get`] reads the data endpoints.
+pub const TEST_READER: &str = "e2e-data-reader";
 
 /// A cluster (without the CRD: the chart installs it) and the helm that
 /// installs into it.
@@ -28,11 +37,16 @@ pub struct Chart {
     pub cluster: DevCluster,
     pub client: kube::Client,
     pub helm: PathBuf,
-    /// The operator's HTTP port (pods share the host network).
+    /// The operator's data port, /metrics and /queue (pods share the host
+    /// network).
     pub port: u16,
+    /// The operator's health port, /healthz and /readyz.
+    pub health_port: u16,
     pub started: Instant,
     /// Prefix of the progress lines.
     pub name: &'static str,
+    /// A token of [`TEST_READER`], made on first use.
+    reader_token: OnceCell<String>,
 }
 
 impl Chart {
@@ -49,18 +63,18 @@ impl Chart {
         let client = cluster.client().await.unwrap();
         let tools = Tools::locate().unwrap();
         let helm = tools.require(&tools.helm).unwrap().to_owned();
-        let port = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Both held while asking, so they differ.
+        let bind = || std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let (data, health) = (bind(), bind());
         let chart = Chart {
             cluster,
             client,
             helm,
-            port,
+            port: data.local_addr().unwrap().port(),
+            health_port: health.local_addr().unwrap().port(),
             started,
             name,
+            reader_token: OnceCell::new(),
         };
         chart.step("devcluster up");
         chart
@@ -98,13 +112,14 @@ impl Chart {
     }
 
     /// `helm install --wait` with the chart's defaults, except what a
-    /// devcluster needs (the image, a free port) and `values` (more `--set`
+    /// devcluster needs (the image, free ports) and `values` (more `--set`
     /// / `--set-json` arguments).
     pub async fn install(&self, values: &[&str]) {
         let chart = repo().join("deploy/helm/nuclei-operator");
         let port = self.port.to_string();
         let http_port = format!("http.port={port}");
         let service_port = format!("service.port={port}");
+        let health_port = format!("health.port={}", self.health_port);
         let mut args = vec![
             "install",
             RELEASE,
@@ -127,6 +142,8 @@ impl Chart {
             // policy refuses by default.
             "--set-json",
             r#"targets.allowCidrs=["127.0.0.0/8"]"#,
+            "--set",
+            &health_port,
         ];
         args.extend_from_slice(values);
         self.helm(&args).await;
@@ -146,12 +163,74 @@ impl Chart {
         list.items.into_iter().next().unwrap()
     }
 
-    /// GET on the operator's HTTP server; `Some(body)` on 200.
+    /// GET a data path (/queue, /metrics) as [`TEST_READER`], the way a
+    /// user bound to the chart's data-reader ClusterRole reads it;
+    /// `Some(body)` on 200.
     pub async fn get(&self, path: &str) -> Option<String> {
-        devcluster::http_get(self.port, path).await
+        let token = self.reader_token().await;
+        match self.request(self.port, path, Some(&token)).await? {
+            (200, body) => Some(body),
+            _ => None,
+        }
     }
 
-    /// The `/queue` page as JSON.
+    /// GET a health path (/healthz, /readyz), without a token; `Some(body)`
+    /// on 200.
+    pub async fn health(&self, path: &str) -> Option<String> {
+        devcluster::http_get(self.health_port, path).await
+    }
+
+    /// GET `path` on `port` (the operator's [`port`](Self::port) or
+    /// [`health_port`](Self::health_port)), with a bearer token when given:
+    /// status and body.
+    pub async fn request(
+        &self,
+        port: u16,
+        path: &str,
+        token: Option<&str>,
+    ) -> Option<(u16, String)> {
+        devcluster::http_request(port, path, token).await
+    }
+
+    /// A token of [`TEST_READER`]: on first use, creates that
+    /// ServiceAccount, binds it to the chart's [`DATA_READER`] ClusterRole
+    /// and waits until the API server allows it `get` on /queue (so the
+    /// operator's first review of it is not a 403 it would cache).
+    pub async fn reader_token(&self) -> String {
+        self.reader_token
+            .get_or_init(|| async {
+                let client = self.cluster.client().await.unwrap();
+                let token = account_token(&client, RELEASE_NS, TEST_READER).await;
+                let binding: ClusterRoleBinding = serde_json::from_value(json!({
+                    "metadata": {"name": TEST_READER},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                "kind": "ClusterRole", "name": DATA_READER},
+                    "subjects": [{"kind": "ServiceAccount", "name": TEST_READER,
+                                  "namespace": RELEASE_NS}],
+                }))
+                .unwrap();
+                Api::<ClusterRoleBinding>::all(client.clone())
+                    .patch(
+                        TEST_READER,
+                        &PatchParams::apply("e2e").force(),
+                        &Patch::Apply(&binding),
+                    )
+                    .await
+                    .unwrap();
+                let user = format!("system:serviceaccount:{RELEASE_NS}:{TEST_READER}");
+                super::eventually(
+                    Duration::from_secs(30),
+                    "the data-reader binding in force",
+                    || may_get(&client, &user, "/queue"),
+                )
+                .await;
+                token
+            })
+            .await
+            .clone()
+    }
+
+    /// The `/queue` page as JSON (read as [`TEST_READER`]).
     pub async fn queue(&self) -> serde_json::Value {
         let body = self.get("/queue").await.expect("/queue answers");
         serde_json::from_str(&body).unwrap()
@@ -187,6 +266,47 @@ impl Drop for Chart {
     fn drop(&mut self) {
         self.dump_logs_on_panic();
     }
+}
+
+/// Creates (or keeps) the ServiceAccount `namespace/name` and returns a
+/// token of it, as `kubectl create token` does (TokenRequest, 2 h).
+pub async fn account_token(client: &kube::Client, namespace: &str, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    accounts
+        .patch(
+            name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&account),
+        )
+        .await
+        .unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 7200}}))
+            .unwrap();
+    let granted: TokenRequest = accounts
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    granted.status.and_then(|s| s.token).expect("a token")
+}
+
+/// Whether the API server lets `user` (a ServiceAccount's user name, with
+/// the ServiceAccount groups) `get` the non-resource URL `path`; `Some(())`
+/// when it does.
+pub async fn may_get(client: &kube::Client, user: &str, path: &str) -> Option<()> {
+    let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+        "user": user,
+        "groups": ["system:serviceaccounts", "system:authenticated"],
+        "nonResourceAttributes": {"path": path, "verb": "get"},
+    }}))
+    .unwrap();
+    let review = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()?;
+    review.status?.allowed.then_some(())
 }
 
 /// Creates a namespace that enforces the "restricted" Pod Security Standard.

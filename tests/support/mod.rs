@@ -127,17 +127,27 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
 /// tests sits in a static and is never dropped).
 pub struct Operator {
     pub pid: i32,
+    /// HTTP_ADDR: /metrics and /queue, open (HTTP_AUTH=none).
     pub port: u16,
+    /// HEALTH_ADDR: /healthz and /readyz.
+    pub health_port: u16,
     pub log: PathBuf,
+}
+
+/// Two distinct free ports on 127.0.0.1 (both held while asking, so they
+/// differ).
+pub fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 impl Operator {
     pub async fn start(cluster: &DevCluster, env: &[(&str, &str)]) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let (port, health_port) = two_free_ports();
         let log = cluster.dir().join(format!("operator-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new("setpriv");
@@ -147,6 +157,10 @@ impl Operator {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+            // These tests read /queue to follow scans, not to test who may
+            // read it (tests/e2e_security.rs does, with the chart's defaults).
+            .env("HTTP_AUTH", "none")
             .env("SCANNER_IMAGE", IMAGE)
             .env("LEADER_ELECTION", "false")
             // The operator runs on the host here, where the test host names do
@@ -171,9 +185,14 @@ impl Operator {
             let _ = child.wait();
         });
         let pid = rx.recv().unwrap();
-        let op = Operator { pid, port, log };
+        let op = Operator {
+            pid,
+            port,
+            health_port,
+            log,
+        };
         eventually(Duration::from_secs(30), "operator /readyz", || {
-            op.get("/readyz")
+            op.health("/readyz")
         })
         .await;
         op
@@ -192,9 +211,14 @@ impl Operator {
         .await;
     }
 
-    /// GET a path of the operator's HTTP server; `Some(body)` on 200.
+    /// GET a data path (/queue, /metrics); `Some(body)` on 200.
     pub async fn get(&self, path: &str) -> Option<String> {
         devcluster::http_get(self.port, path).await
+    }
+
+    /// GET a health path (/healthz, /readyz); `Some(body)` on 200.
+    pub async fn health(&self, path: &str) -> Option<String> {
+        devcluster::http_get(self.health_port, path).await
     }
 
     pub fn log_text(&self) -> String {

@@ -37,13 +37,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.leaderElection.leaseName | default (printf "%s-leader" (include "nuclei-operator.fullname" .)) }}
 {{- end }}
 
-{{/* HTTP_ADDR: host and port, with an IPv6 host in brackets. */}}
-{{- define "nuclei-operator.httpAddr" -}}
+{{/* The listeners' host, with an IPv6 host in brackets. */}}
+{{- define "nuclei-operator.httpHost" -}}
 {{- $host := toString .Values.http.host }}
 {{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}
 {{- $host = printf "[%s]" $host }}
 {{- end }}
-{{- printf "%s:%v" $host .Values.http.port }}
+{{- $host }}
+{{- end }}
+
+{{/* HTTP_ADDR: the data endpoints' host and port. */}}
+{{- define "nuclei-operator.httpAddr" -}}
+{{- printf "%s:%v" (include "nuclei-operator.httpHost" .) .Values.http.port }}
+{{- end }}
+
+{{/* HEALTH_ADDR: the probes' host and port. */}}
+{{- define "nuclei-operator.healthAddr" -}}
+{{- printf "%s:%v" (include "nuclei-operator.httpHost" .) .Values.health.port }}
+{{- end }}
+
+{{/* The ClusterRole that lets its subjects read /metrics and /queue. */}}
+{{- define "nuclei-operator.dataReaderClusterRole" -}}
+{{- printf "%s-data-reader" (include "nuclei-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end }}
 
 {{/*
