@@ -31,6 +31,8 @@ pub const DEFAULT_DENY_CIDRS: &str =
 /// Default TARGET_DENY_HOST_SUFFIXES: cluster-internal names.
 pub const DEFAULT_DENY_HOST_SUFFIXES: &str = "svc,cluster.local,localhost";
 
+const DENIED_BY: &str = "denied by TARGET_DENY_CIDRS (TARGET_ALLOW_CIDRS can allow it)";
+
 /// An IP network: an address and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -247,25 +249,29 @@ impl TargetPolicy {
         ))
     }
 
-    /// Why `ip` is refused, or `None`.
-    pub fn refuse_addr(&self, ip: IpAddr) -> Option<String> {
+    /// The denied network holding `ip`, unless an allowed one holds it too.
+    fn denied_net(&self, ip: IpAddr) -> Option<Cidr> {
         let ip = ip.to_canonical();
         let denied = self.deny_cidrs.iter().find(|c| c.contains(ip))?;
-        if self.allow_cidrs.iter().any(|c| c.contains(ip)) {
-            return None;
-        }
-        Some(format!(
-            "{ip} is in {denied}, denied by TARGET_DENY_CIDRS (TARGET_ALLOW_CIDRS can allow it)"
-        ))
+        (!self.allow_cidrs.iter().any(|c| c.contains(ip))).then_some(*denied)
+    }
+
+    /// Why `ip` is refused, or `None`.
+    pub fn refuse_addr(&self, ip: IpAddr) -> Option<String> {
+        let net = self.denied_net(ip)?;
+        Some(format!("{} is in {net}, {DENIED_BY}", ip.to_canonical()))
     }
 
     /// Why a host that resolved to `addrs` is refused, or `None`: refused
     /// when any of its addresses is, since a client may connect to any.
     pub fn refuse_resolved(&self, host: &str, addrs: &[IpAddr]) -> Option<String> {
-        addrs
-            .iter()
-            .find_map(|ip| self.refuse_addr(*ip))
-            .map(|why| format!("{host} resolves to {why}"))
+        addrs.iter().find_map(|ip| {
+            let net = self.denied_net(*ip)?;
+            Some(format!(
+                "{host} resolves to {}, which is in {net}, {DENIED_BY}",
+                ip.to_canonical()
+            ))
+        })
     }
 
     /// Why the host of `target` (an http(s) URL) is refused by name or as

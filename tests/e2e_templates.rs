@@ -303,6 +303,8 @@ async fn start_operator(
         .env("SCANNER_IMAGE", support::IMAGE)
         .env("LEADER_ELECTION", "false")
         .env("TARGET_CHECK_TIMEOUT", "0")
+        // The test targets listen on loopback.
+        .env("TARGET_ALLOW_CIDRS", "127.0.0.0/8")
         .env("RUST_LOG", "info,kube_runtime=warn")
         .env("JOB_TTL_AFTER_FINISHED", "600")
         .stdout(out.try_clone().unwrap())
