@@ -213,15 +213,27 @@ impl TargetPolicy {
         }
     }
 
-    /// Why `host` (lower case, no trailing dot, as in a target URL; IPv6
-    /// literals may keep their brackets) is refused by name, or `None`. IP
-    /// literals are checked as addresses. A numeric host that is not a
-    /// dotted-quad IPv4 address (`2852039166`, `0xa9fea9fe`, `0251.0376.1`)
-    /// is refused: resolvers read such names as IP addresses in other forms.
+    /// Why `host` (as in a target URL: IPv6 literals may keep their
+    /// brackets; any case, one trailing dot) is refused by name, or `None`.
+    /// IP literals are checked as addresses. Refused too: a numeric host that
+    /// is not a dotted-quad IPv4 address (`2852039166`, `0xa9fea9fe`,
+    /// `0251.0376.1`), which resolvers read as IP addresses in other forms,
+    /// and a bracketed host that is not a plain IPv6 literal (a zone,
+    /// `[fe80::1%25eth0]`).
     pub fn refuse_host(&self, host: &str) -> Option<String> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        let host = host.to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        if let Some(inner) = host.strip_prefix('[') {
+            return match inner.strip_suffix(']').map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => self.refuse_addr(ip),
+                _ => Some(format!("{host} is not a plain IPv6 literal")),
+            };
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
             return self.refuse_addr(ip);
+        }
+        if host.contains('%') {
+            return Some(format!("{host} holds a '%', which no host name does"));
         }
         let last = host.rsplit('.').next().unwrap_or(host);
         let numeric = last.bytes().all(|b| b.is_ascii_digit())
@@ -283,26 +295,79 @@ impl TargetPolicy {
 
     /// Resolves the host of `target` (an http(s) URL) and checks it by name
     /// and address. A host that does not resolve is not refused: nuclei will
-    /// find it unreachable, which is no policy matter.
-    pub async fn check_target(&self, target: &str) -> Result<(), String> {
+    /// find it unreachable, which is no policy matter. A name that resolves
+    /// after one of the DNS `search` domains (`kubernetes.default` +
+    /// `svc.cluster.local`) is refused: a resolver that tries the search list
+    /// reaches a cluster-internal name through it.
+    pub async fn check_target(&self, target: &str, search: &[String]) -> Result<(), String> {
+        self.check_target_with(target, search, |socket| async move {
+            tokio::net::lookup_host(socket)
+                .await
+                .map(|addrs| addrs.map(|a| a.ip()).collect())
+                .unwrap_or_default()
+        })
+        .await
+    }
+
+    /// [`Self::check_target`] with `resolve` (`host:port` → addresses, none
+    /// when it does not resolve).
+    async fn check_target_with<F, Fut>(
+        &self,
+        target: &str,
+        search: &[String],
+        resolve: F,
+    ) -> Result<(), String>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Vec<IpAddr>>,
+    {
         let Some(socket) = crate::scan::probe::socket_of(target) else {
-            return Ok(());
+            return Err(format!(
+                "{target} is not an http(s) URL whose host can be checked"
+            ));
         };
-        let host = host_of_socket(&socket);
+        let (host, port) = socket.rsplit_once(':').unwrap_or((&socket, "80"));
         if let Some(why) = self.refuse_host(host) {
             return Err(why);
         }
-        match tokio::net::lookup_host(socket.as_str()).await {
-            Ok(addrs) => {
-                let addrs: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                match self.refuse_resolved(host, &addrs) {
-                    Some(why) => Err(why),
-                    None => Ok(()),
-                }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let literal = host.starts_with('[') || host.parse::<IpAddr>().is_ok();
+        for domain in search.iter().filter(|_| !literal) {
+            let expanded = format!("{host}.{domain}");
+            let allowed = self
+                .allow_host_suffixes
+                .iter()
+                .any(|s| suffix_matches(&expanded, s));
+            if !allowed && !resolve(format!("{expanded}:{port}")).await.is_empty() {
+                return Err(format!(
+                    "{host} resolves through the DNS search list as {expanded}, a cluster-internal name (TARGET_ALLOW_HOST_SUFFIXES can allow it)"
+                ));
             }
-            Err(_) => Ok(()),
+        }
+        let addrs = resolve(socket.clone()).await;
+        match self.refuse_resolved(&host, &addrs) {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
     }
+}
+
+/// The domains of the `search` (or older `domain`) line of a resolv.conf:
+/// what a resolver appends to names with fewer dots than `ndots`.
+pub fn search_domains(resolv_conf: &str) -> Vec<String> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            matches!(words.next(), Some("search" | "domain")).then_some(words)
+        })
+        .next_back()
+        .map(|w| {
+            w.map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The host of a `host:port`, IPv6 literals in brackets.
@@ -431,15 +496,102 @@ mod tests {
     #[tokio::test]
     async fn targets_are_checked_by_name_then_by_their_resolved_addresses() {
         let p = TargetPolicy::default();
-        let e = p.check_target("http://127.0.0.1:8080/x").await.unwrap_err();
+        let e = p
+            .check_target("http://127.0.0.1:8080/x", &[])
+            .await
+            .unwrap_err();
         assert!(e.contains("127.0.0.0/8"), "{e}");
-        let e = p.check_target("https://localhost/").await.unwrap_err();
+        let e = p.check_target("https://localhost/", &[]).await.unwrap_err();
         assert!(e.contains("TARGET_DENY_HOST_SUFFIXES"), "{e}");
-        // A name that does not resolve is nuclei's to report unreachable.
-        assert_eq!(p.check_target("http://nothing.invalid/").await, Ok(()));
         let mut allowed = p.clone();
         allowed.allow_cidrs = vec![cidr("127.0.0.0/8")];
-        assert_eq!(allowed.check_target("http://127.0.0.1:8080/").await, Ok(()));
+        assert_eq!(
+            allowed.check_target("http://127.0.0.1:8080/", &[]).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_short_name_the_search_list_turns_into_a_cluster_name_is_refused() {
+        let p = TargetPolicy::default();
+        let search = search_domains(
+            "nameserver 10.96.0.10\nsearch team.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+        );
+        assert_eq!(
+            search,
+            [
+                "team.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        // A fake resolver: the cluster answers kubernetes.default.svc.cluster.local,
+        // the world answers example.com.
+        let resolve = |socket: String| async move {
+            match socket.rsplit_once(':').unwrap().0 {
+                "kubernetes.default.svc.cluster.local" => vec!["10.96.0.1".parse().unwrap()],
+                "example.com" => vec!["93.184.215.14".parse().unwrap()],
+                "rebind.example" => vec!["169.254.169.254".parse().unwrap()],
+                _ => vec![],
+            }
+        };
+        let e = p
+            .check_target_with("https://Kubernetes.Default/", &search, resolve)
+            .await
+            .unwrap_err();
+        assert!(e.contains("kubernetes.default.svc.cluster.local"), "{e}");
+        assert_eq!(
+            p.check_target_with("https://example.com/", &search, resolve)
+                .await,
+            Ok(())
+        );
+        let e = p
+            .check_target_with("http://rebind.example/", &search, resolve)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("rebind.example resolves to 169.254.169.254, which is in 169.254.0.0/16"),
+            "{e}"
+        );
+        // Unresolvable: nuclei's to report; unparsable: refused.
+        assert_eq!(
+            p.check_target_with("http://gone.example/", &search, resolve)
+                .await,
+            Ok(())
+        );
+        assert!(
+            p.check_target_with("nonsense", &search, resolve)
+                .await
+                .is_err()
+        );
+        let allowed = TargetPolicy {
+            allow_host_suffixes: vec!["default.svc.cluster.local".into()],
+            ..TargetPolicy::default()
+        };
+        assert_eq!(
+            allowed
+                .check_target_with("https://kubernetes.default/", &search, resolve)
+                .await,
+            Ok(())
+        );
+        assert!(search_domains("nameserver 1.1.1.1\n").is_empty());
+    }
+
+    #[test]
+    fn names_are_compared_in_any_case_and_zones_or_odd_brackets_are_refused() {
+        let p = TargetPolicy::default();
+        for host in [
+            "WEB.NS.SVC.CLUSTER.LOCAL",
+            "web.ns.svc.cluster.local.",
+            "[::ffff:169.254.169.254%25eth0]",
+            "[fe80::1%eth0]",
+            "[not-an-ip]",
+            "web%2esvc",
+        ] {
+            assert!(p.refuse_host(host).is_some(), "{host} should be refused");
+        }
+        assert_eq!(p.refuse_host("[2001:db8::1]"), None);
+        assert_eq!(p.refuse_host("Example.COM."), None);
     }
 
     #[test]

@@ -157,7 +157,7 @@ async fn a_name_resolving_to_a_denied_address_is_not_scanned() {
     .await;
     let error = failed.status.unwrap().last_error.unwrap_or_default();
     assert!(
-        error.contains("every target was refused")
+        error.contains("every target (1) was refused")
             && error.contains("zero.test resolves to 0.0.0.0")
             && error.contains("TARGET_DENY_CIDRS"),
         "{error}"

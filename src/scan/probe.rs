@@ -46,6 +46,12 @@ pub async fn any_target_answers(
     timeout: Duration,
     policy: &TargetPolicy,
 ) -> bool {
+    if targets
+        .iter()
+        .any(|t| policy.refuse_target_host(t).is_some())
+    {
+        return true;
+    }
     let mut sockets: Vec<String> = targets.iter().filter_map(|t| socket_of(t)).collect();
     sockets.sort();
     sockets.dedup();

@@ -224,10 +224,11 @@ pub async fn run(
     let clock = Instant::now();
     let result = match scan_options(&scan, d, targets_file) {
         Err(e) => Err(format!("invalid scanner configuration: {e}")),
-        Ok(_) if allowed.is_empty() => Err(format!(
-            "every target was refused by the target policy: {}",
-            refused.join("; ")
-        )),
+        Ok(_) if allowed.is_empty() => Err(crate::events::note(&format!(
+            "every target ({}) was refused by the target policy: {}",
+            refused.len(),
+            listed_refusals(&refused).join("; ")
+        ))),
         Ok(opts) => execute(&opts, d, findings_budget(&scan)).await,
     };
     let duration = clock.elapsed().as_secs() as i64;
@@ -279,7 +280,12 @@ pub async fn run(
 /// Splits `targets` into those the policy lets the scan reach and the
 /// reasons for the others, resolving each host here, where nuclei runs.
 async fn check_targets(policy: &TargetPolicy, targets: &[String]) -> (Vec<String>, Vec<String>) {
-    let checks = futures::future::join_all(targets.iter().map(|t| policy.check_target(t))).await;
+    // The search list of this pod's resolver, which nuclei's may use too.
+    let search = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|conf| crate::target_policy::search_domains(&conf))
+        .unwrap_or_default();
+    let checks =
+        futures::future::join_all(targets.iter().map(|t| policy.check_target(t, &search))).await;
     let mut allowed = Vec::new();
     let mut refused = Vec::new();
     for (target, check) in targets.iter().zip(checks) {

@@ -145,14 +145,22 @@ impl NamespaceScope {
         let sel = selector.clone();
         tokio::spawn(async move {
             let mut in_scope: HashMap<String, bool> = HashMap::new();
-            let mut events = std::pin::pin!(events.default_backoff().applied_objects());
+            let mut events = std::pin::pin!(events.default_backoff());
             loop {
-                let ns = tokio::select! {
-                    ns = events.next() => ns,
+                let event = tokio::select! {
+                    event = events.next() => event,
                     _ = shutdown.cancelled() => return,
                 };
-                let Some(ns) = ns else { return };
-                let Ok(ns) = ns else { continue };
+                let Some(event) = event else { return };
+                let ns = match event {
+                    Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => ns,
+                    // A deleted namespace takes its sources with it.
+                    Ok(watcher::Event::Delete(ns)) => {
+                        in_scope.remove(&ns.metadata.name.unwrap_or_default());
+                        continue;
+                    }
+                    _ => continue,
+                };
                 let name = ns.metadata.name.clone().unwrap_or_default();
                 let now = selects(
                     &sel,

@@ -148,7 +148,8 @@ pub fn ingress_targets(ingress: &Ingress) -> Derived {
 /// it has no targets. (The Go operator treated an absent list as external.)
 ///
 /// Hosts are `spec.hosts` minus wildcards, short names without a dot (mesh
-/// service names) and cluster-internal names (`*.svc.*`, `*.cluster.local`).
+/// service names); cluster-internal names (`*.svc`, `*.cluster.local`) are
+/// the target policy's to refuse ([`apply_policy`]), as for Ingresses.
 /// Paths come from `http[].match[].uri` `exact` and `prefix`; `regex` matches
 /// are skipped, and so are matches restricted to the `mesh` gateway. A route
 /// without matches, or a match without a `uri`, covers the base URL, and so do
@@ -248,13 +249,6 @@ pub fn virtual_service_targets(vs: &VirtualService) -> Derived {
             out.skip(
                 raw_host,
                 "a short name is a mesh-internal service, not reachable from outside",
-            );
-            continue;
-        }
-        if host.split('.').skip(1).any(|label| label == "svc") || host.ends_with(".cluster.local") {
-            out.skip(
-                raw_host,
-                "a cluster-internal service name, not reachable from outside",
             );
             continue;
         }
@@ -950,7 +944,7 @@ mod tests {
                 vec![],
             ),
             (
-                "wildcards, short names and cluster names are skipped",
+                "wildcards and short names are skipped; cluster names are the policy's",
                 vs(
                     &[
                         "*",
@@ -965,15 +959,13 @@ mod tests {
                     gw,
                     vec![route(vec![])],
                 ),
-                vec!["https://web.example.com"],
                 vec![
-                    "*",
-                    "*.example.com",
-                    "reviews",
-                    "reviews.prod.svc.cluster.local",
-                    "reviews.prod.svc",
-                    "db.internal.cluster.local",
+                    "https://db.internal.cluster.local",
+                    "https://reviews.prod.svc",
+                    "https://reviews.prod.svc.cluster.local",
+                    "https://web.example.com",
                 ],
+                vec!["*", "*.example.com", "reviews"],
             ),
             (
                 "exact and prefix matches become paths and regex is skipped",
