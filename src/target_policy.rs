@@ -56,6 +56,15 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// Whether every address of `other` lies in this network.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix
+            && self.addr.is_ipv4() == other.addr.is_ipv4()
+            && self.contains(other.addr)
+    }
+}
+
 fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
     let full = usize::from(prefix / 8);
     let rest = prefix % 8;
@@ -268,6 +277,15 @@ impl TargetPolicy {
         (!self.allow_cidrs.iter().any(|c| c.contains(ip))).then_some(*denied)
     }
 
+    /// Whether some address would be refused: not when every denied
+    /// network is allowed again (`0.0.0.0/0,::/0` in TARGET_ALLOW_CIDRS),
+    /// and then no name needs resolving.
+    pub fn refuses_any_address(&self) -> bool {
+        self.deny_cidrs
+            .iter()
+            .any(|d| !self.allow_cidrs.iter().any(|a| a.covers(d)))
+    }
+
     /// Why `ip` is refused, or `None`.
     pub fn refuse_addr(&self, ip: IpAddr) -> Option<String> {
         let net = self.denied_net(ip)?;
@@ -343,6 +361,9 @@ impl TargetPolicy {
                     "{host} resolves through the DNS search list as {expanded}, a cluster-internal name (TARGET_ALLOW_HOST_SUFFIXES can allow it)"
                 ));
             }
+        }
+        if !self.refuses_any_address() {
+            return Ok(());
         }
         let addrs = resolve(socket.clone()).await;
         match self.refuse_resolved(&host, &addrs) {
@@ -575,6 +596,31 @@ mod tests {
             Ok(())
         );
         assert!(search_domains("nameserver 1.1.1.1\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_policy_that_allows_every_address_resolves_nothing() {
+        let all: Vec<Cidr> = vec![cidr("0.0.0.0/0"), cidr("::/0")];
+        let open = TargetPolicy {
+            allow_cidrs: all,
+            ..TargetPolicy::default()
+        };
+        assert!(!open.refuses_any_address());
+        assert!(TargetPolicy::default().refuses_any_address());
+        let half = TargetPolicy {
+            allow_cidrs: vec![cidr("0.0.0.0/0")],
+            ..TargetPolicy::default()
+        };
+        assert!(half.refuses_any_address(), "the IPv6 networks stay denied");
+        let resolve = |socket: String| async move { panic!("resolved {socket}") };
+        assert_eq!(
+            open.check_target_with("http://a.lt.test/", &[], resolve)
+                .await,
+            Ok(())
+        );
+        assert!(cidr("10.0.0.0/8").covers(&cidr("10.1.0.0/16")));
+        assert!(!cidr("10.1.0.0/16").covers(&cidr("10.0.0.0/8")));
+        assert!(!cidr("0.0.0.0/0").covers(&cidr("::/0")));
     }
 
     #[test]
