@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dispatcher::{Config as DispatchConfig, Dispatcher, RateLimit};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -25,6 +23,8 @@ use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
 use crate::scan::slots;
 use crate::settings::{HttpAuth, ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
+use crate::sources::discovery::{Served, while_served};
+use crate::sources::gateway_api;
 use crate::sources::scope::NamespaceScope;
 use crate::sources::triggers::Triggers;
 
@@ -171,10 +171,17 @@ pub async fn run(settings: Settings) -> Result<()> {
     tasks.spawn(reconcile::run(scan_controller, scan_ctx.clone(), stop()));
     tasks.spawn(sources::run::<Ingress>(
         source_ctx.clone(),
+        (),
+        no_more,
         concurrency,
         stop(),
     ));
     tasks.spawn(watch_istio(
+        source_ctx.clone(),
+        concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(gateway_api::run(
         source_ctx.clone(),
         concurrency,
         shutdown.clone(),
@@ -276,60 +283,40 @@ async fn serve_http(
     ])
 }
 
-/// Runs the VirtualService controller while Istio's CRD is installed: the
+/// The Istio version we read: VirtualServices at `networking.istio.io/v1`.
+fn istio_v1(served: &Served) -> Option<()> {
+    served
+        .get(ISTIO_CRD)
+        .is_some_and(|v| v.iter().any(|v| v == "v1"))
+        .then_some(())
+}
+
+/// Runs the VirtualService controller while Istio's CRD serves `v1`: the
 /// operator works without Istio, and picks VirtualServices up, without a
 /// restart, when the CRD appears.
 async fn watch_istio(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: CancellationToken) {
-    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={ISTIO_CRD}"));
-    let stream = watcher(crds, cfg);
-    futures::pin_mut!(stream);
-    let mut running: Option<CancellationToken> = None;
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            e = stream.next() => e,
-        };
-        let Some(event) = event else { break };
-        let crd = match event {
-            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => Some(c),
-            Ok(watcher::Event::Delete(_)) => None,
-            Ok(_) => continue,
-            Err(e) => {
-                warn!("watching the Istio CRD: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
-            }
-        };
-        let serves_v1 = crd.as_ref().is_some_and(|c| {
-            c.spec.versions.iter().any(|v| v.name == "v1" && v.served)
-                && c.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-        });
-        match (serves_v1, running.is_some()) {
-            (true, false) => {
-                info!("Istio VirtualService API found: watching VirtualServices");
-                let token = shutdown.child_token();
-                let t = token.clone();
-                tokio::spawn(sources::run::<VirtualService>(
-                    ctx.clone(),
-                    concurrency,
-                    async move { t.cancelled_owned().await },
-                ));
-                running = Some(token);
-            }
-            (false, true) => {
-                info!("Istio VirtualService API gone: no longer watching VirtualServices");
-                if let Some(t) = running.take() {
-                    t.cancel();
-                }
-            }
-            _ => {}
-        }
-    }
+    let client = ctx.client.clone();
+    let start = move |(): (), stop: CancellationToken| {
+        tokio::spawn(sources::run::<VirtualService>(
+            ctx.clone(),
+            (),
+            no_more,
+            concurrency,
+            stop.cancelled_owned(),
+        ));
+    };
+    while_served(
+        client,
+        &[ISTIO_CRD],
+        "Istio VirtualService API",
+        istio_v1,
+        start,
+        shutdown,
+    )
+    .await;
+}
+
+/// No reconcile requests beyond a source's own.
+fn no_more<K: sources::SourceObject>(_: Store<K>) -> BoxStream<'static, ObjectRef<K>> {
+    futures::stream::empty().boxed()
 }

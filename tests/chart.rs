@@ -1327,6 +1327,16 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
             &["get", "list", "watch"],
         ),
         (
+            "gateway.networking.k8s.io",
+            "httproutes",
+            &["get", "list", "watch"],
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "gateways",
+            &["get", "list", "watch"],
+        ),
+        (
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             &["get", "list", "watch"],

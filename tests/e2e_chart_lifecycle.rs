@@ -20,9 +20,11 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
+use nuclei_operator::api::gateway::V1;
 use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
+use support::gateway;
 use support::{canary_annotations, eventually, ingress, slow_target, target_ip};
 use tokio::sync::OnceCell;
 
@@ -35,8 +37,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Host names the pods resolve to the test target; `dead.test` goes to an
 /// address where nothing listens.
-const HOSTS: [&str; 9] = [
+const HOSTS: [&str; 10] = [
     "plain.test",
+    "route.test",
     "slow0.test",
     "slow1.test",
     "slow2.test",
@@ -187,6 +190,61 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
     // The chart's rate cap, and interactsh off (no INTERACTSH_URL: `-ni`).
     assert_eq!(value("MAX_RATE_LIMIT").as_deref(), Some("150"));
     assert_eq!(value("INTERACTSH_URL"), None);
+}
+
+/// Issue #15 through the chart: the Gateway API installed while the
+/// operator pod runs (its ClusterRole must let it read routes and
+/// Gateways), and a route's host scanned by real nuclei with the chart's
+/// default templates, target check on.
+#[tokio::test]
+async fn an_httproute_installed_while_the_operator_runs_is_scanned_with_the_charts_defaults() {
+    let _serial = SERIAL.lock().await;
+    let (_env, client) = env().await;
+    let ns = "routes";
+    restricted_namespace(&client, ns).await;
+    gateway::install_crds(&client, None).await;
+    gateway::create_gateway(
+        &client,
+        ns,
+        "web",
+        json!([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.test"}]),
+    )
+    .await;
+    let route = gateway::route(
+        "shop",
+        &format!("{ns}/web"),
+        None,
+        &["route.test"],
+        &["/"],
+        json!({}),
+    );
+    gateway::create(&client, ns, &route).await.unwrap();
+    gateway::set_accepted::<V1>(&client, ns, "shop", true).await;
+    let api = scans(&client, ns);
+    let scan = phase(
+        &api,
+        "shop-httproute",
+        ScanPhase::Completed,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(scan.spec.targets, ["http://route.test"]);
+    let st = scan.status.as_ref().unwrap();
+    let found: BTreeSet<(&str, &str)> = st
+        .findings
+        .iter()
+        .map(|f| (f.template_id.as_str(), f.matched_at.as_str()))
+        .collect();
+    // The chart's default templates and severity, as for an Ingress.
+    assert_eq!(
+        found,
+        BTreeSet::from([
+            ("nuclei-operator-canary", "http://route.test/canary"),
+            ("nuclei-operator-other-tag", "http://route.test/canary"),
+        ]),
+        "{:?}",
+        st.findings
+    );
 }
 
 #[tokio::test]

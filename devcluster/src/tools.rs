@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// Paths of the built tools.
 #[derive(Clone, Debug)]
@@ -13,6 +14,9 @@ pub struct Tools {
     pub kube_controller_manager: PathBuf,
     pub nuclei: PathBuf,
     pub helm: PathBuf,
+    /// The Gateway API project's standard-channel CRDs (GatewayClass,
+    /// Gateway, HTTPRoute), copied from its Go module: a directory.
+    pub gateway_api_crds: PathBuf,
 }
 
 /// The build script, for error messages and for callers that want to build.
@@ -50,7 +54,24 @@ impl Tools {
             kube_controller_manager: dir("kubernetes")?.join("kube-controller-manager"),
             nuclei: dir("nuclei")?.join("nuclei"),
             helm: dir("helm")?.join("helm"),
+            gateway_api_crds: dir("gateway-api")?,
         })
+    }
+
+    /// The Gateway API CRDs, parsed, in the order they must be installed
+    /// (GatewayClass, Gateway, HTTPRoute).
+    pub fn gateway_api_crds(&self) -> Result<Vec<CustomResourceDefinition>> {
+        ["gatewayclasses", "gateways", "httproutes"]
+            .iter()
+            .map(|kind| {
+                let path = self
+                    .gateway_api_crds
+                    .join(format!("gateway.networking.k8s.io_{kind}.yaml"));
+                let text = std::fs::read_to_string(self.require(&path)?)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+            })
+            .collect()
     }
 
     /// The path of `tool`, or an error telling how to build it.

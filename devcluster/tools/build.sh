@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real components devcluster runs (kube-apiserver, kube-controller-manager,
 # etcd, nuclei, helm) from their Go modules into a per-version cache outside the repo,
-# only when missing. Prints where they are. Never writes binaries into the repo.
+# only when missing, and copies the Gateway API project's published CRDs out of its
+# Go module. Prints where they are. Never writes binaries into the repo.
 #
 #   devcluster/tools/build.sh                 build whatever is missing
 #   devcluster/tools/build.sh --print-dir     print the cache dir of each tool and exit
@@ -22,7 +23,8 @@ version_of() {
   case $1 in
     kubernetes) echo "$KUBERNETES_VERSION" ;; etcd) echo "$ETCD_VERSION" ;;
     nuclei) echo "$NUCLEI_VERSION" ;; helm) echo "$HELM_VERSION" ;;
-    *) die "unknown tool '$1' (kubernetes, etcd, nuclei, helm)" ;;
+    gateway-api) echo "$GATEWAY_API_VERSION" ;;
+    *) die "unknown tool '$1' (kubernetes, etcd, nuclei, helm, gateway-api)" ;;
   esac
 }
 dir_of() { echo "$cache/$1-$(version_of "$1")"; }
@@ -52,14 +54,33 @@ regen() {
       printf 'module nuclei-operator/devcluster/tools/nuclei\n\ngo 1.26.0\n\nrequire github.com/projectdiscovery/nuclei/v3 %s\n\ntool github.com/projectdiscovery/nuclei/v3/cmd/nuclei\n' "$v" > "$mod" ;;
     helm)
       printf 'module nuclei-operator/devcluster/tools/helm\n\ngo 1.26.0\n\nrequire helm.sh/helm/v3 %s\n\ntool helm.sh/helm/v3/cmd/helm\n' "$v" > "$mod" ;;
+    gateway-api)
+      die "gateway-api: edit GATEWAY_API_VERSION and the require line of $mod, then run: (cd $here/gateway-api && GOFLAGS=-mod=mod go mod download sigs.k8s.io/gateway-api && go mod verify)" ;;
   esac
   rm -f "$here/$name/go.sum"
   log "tidying $name/go.mod"
   (cd "$here/$name" && GOFLAGS=-mod=mod go mod tidy) || die "go mod tidy failed for $name"
 }
 
+# The Gateway API's standard-channel CRDs (the ones the HTTPRoute source reads),
+# as the project publishes them in its Go module at the pinned version.
+fetch_gateway_api() {
+  local v out tmp dir; v=$(version_of gateway-api); out=$(dir_of gateway-api)
+  if [ -f "$out/.complete" ]; then log "gateway-api $v: cached in $out"; return; fi
+  tmp="$out.partial.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  dir=$(cd "$here/gateway-api" && go mod download -json sigs.k8s.io/gateway-api | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$dir/config/crd/standard" ] || die "gateway-api $v: go mod download gave no CRDs (dir '$dir')"
+  for kind in gatewayclasses gateways httproutes; do
+    cp "$dir/config/crd/standard/gateway.networking.k8s.io_$kind.yaml" "$tmp/"
+  done
+  touch "$tmp/.complete"
+  rm -rf "$out"; mv "$tmp" "$out"
+  log "gateway-api $v: CRDs in $out"
+}
+
 build() {
   local name=$1 v out tmp start; v=$(version_of "$name"); out=$(dir_of "$name")
+  if [ "$name" = gateway-api ]; then fetch_gateway_api; return; fi
   if [ -f "$out/.complete" ]; then log "$name $v: cached in $out"; return; fi
   tmp="$out.partial.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
   start=$(date +%s)
@@ -86,9 +107,9 @@ build() {
 }
 
 case ${1:-} in
-  --print-dir) for t in kubernetes etcd nuclei helm; do echo "$t=$(dir_of $t)"; done; exit 0 ;;
+  --print-dir) for t in kubernetes etcd nuclei helm gateway-api; do echo "$t=$(dir_of $t)"; done; exit 0 ;;
   --regen) shift; for t in "$@"; do regen "$t"; done; exit 0 ;;
 esac
 command -v go >/dev/null || die "go is not on PATH (Go 1.26 builds the test tools)"
-tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=(etcd kubernetes helm nuclei)
+tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=(etcd kubernetes helm nuclei gateway-api)
 for t in "${tools[@]}"; do build "$t"; done

@@ -1,7 +1,8 @@
 //! The `nuclei.homelab.mortenolsen.pro/v1alpha1` API, and the minimal Istio
-//! `VirtualService` type we read.
+//! `VirtualService` and Gateway API `HTTPRoute`/`Gateway` types we read.
 
 mod finding;
+pub mod gateway;
 pub mod nucleiscan;
 pub mod virtual_service;
 

@@ -56,7 +56,7 @@ pub const TARGET_RULE_MESSAGE: &str =
     status = "NucleiScanStatus",
     shortname = "nscan",
     derive = "PartialEq",
-    doc = "NucleiScan keeps the web endpoints of one Ingress or VirtualService scanned with nuclei. The operator creates one per exposed source object; the scanner writes its findings into the status.",
+    doc = "NucleiScan keeps the web endpoints of one Ingress, VirtualService or HTTPRoute scanned with nuclei. The operator creates one per exposed source object; the scanner writes its findings into the status.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Findings",
@@ -87,7 +87,7 @@ pub const TARGET_RULE_MESSAGE: &str =
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NucleiScanSpec {
-    /// The Ingress or VirtualService whose endpoints this scan covers.
+    /// The Ingress, VirtualService or HTTPRoute whose endpoints this scan covers.
     pub source_ref: SourceRef,
 
     /// URLs to scan, derived from the source object. At least one; each an
@@ -176,6 +176,9 @@ pub enum SourceKind {
     Ingress,
     /// An Istio `networking.istio.io` VirtualService.
     VirtualService,
+    /// A Gateway API `gateway.networking.k8s.io` HTTPRoute.
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
 }
 
 impl SourceKind {
@@ -184,6 +187,7 @@ impl SourceKind {
         match self {
             SourceKind::Ingress => "Ingress",
             SourceKind::VirtualService => "VirtualService",
+            SourceKind::HttpRoute => "HTTPRoute",
         }
     }
 }
@@ -194,7 +198,7 @@ impl std::fmt::Display for SourceKind {
     }
 }
 
-/// Identifies the Ingress or VirtualService a scan belongs to.
+/// Identifies the Ingress, VirtualService or HTTPRoute a scan belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
@@ -643,7 +647,10 @@ mod tests {
                 "kind",
             ],
         );
-        assert_eq!(kind["enum"], json!(["Ingress", "VirtualService"]));
+        assert_eq!(
+            kind["enum"],
+            json!(["Ingress", "VirtualService", "HTTPRoute"])
+        );
     }
 
     #[test]

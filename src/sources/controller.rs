@@ -1,5 +1,6 @@
-//! Source reconcilers: every Ingress and (when Istio is installed)
-//! VirtualService becomes a `NucleiScan`, written with server-side apply.
+//! Source reconcilers: every Ingress, and (when their APIs are installed)
+//! every Istio VirtualService and Gateway API HTTPRoute, becomes a
+//! `NucleiScan`, written with server-side apply.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -19,6 +21,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 
 use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
+use super::httproute::httproute_targets;
 use super::scope::NamespaceScope;
 use super::targets::{
     Derived, Skipped, apply_policy, ingress_class, ingress_targets, scan_name,
@@ -26,6 +29,7 @@ use super::targets::{
 };
 use super::triggers::Triggers;
 use crate::annotations;
+use crate::api::gateway::{Gateway, GatewayVersion, HttpRoute};
 use crate::api::{NucleiScan, SourceKind, VirtualService};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
@@ -62,8 +66,11 @@ pub trait SourceObject:
     const KIND: SourceKind;
     /// API version recorded in `sourceRef` and the owner reference.
     const API_VERSION: &'static str;
+    /// What target derivation reads besides the object (HTTPRoutes: the
+    /// Gateways they attach to).
+    type Env: Send + Sync + 'static;
     /// Targets of this object.
-    fn derive(&self) -> Derived;
+    fn derive(&self, env: &Self::Env) -> Derived;
     /// Whether INGRESS_CLASSES (`classes`) lets this object be scanned.
     fn in_classes(&self, _classes: &[String]) -> bool {
         true
@@ -73,7 +80,8 @@ pub trait SourceObject:
 impl SourceObject for Ingress {
     const KIND: SourceKind = SourceKind::Ingress;
     const API_VERSION: &'static str = "networking.k8s.io/v1";
-    fn derive(&self) -> Derived {
+    type Env = ();
+    fn derive(&self, _: &()) -> Derived {
         ingress_targets(self)
     }
     fn in_classes(&self, classes: &[String]) -> bool {
@@ -85,15 +93,38 @@ impl SourceObject for Ingress {
 impl SourceObject for VirtualService {
     const KIND: SourceKind = SourceKind::VirtualService;
     const API_VERSION: &'static str = "networking.istio.io/v1";
-    fn derive(&self) -> Derived {
+    type Env = ();
+    fn derive(&self, _: &()) -> Derived {
         virtual_service_targets(self)
     }
 }
 
+impl<V: GatewayVersion + PartialEq> SourceObject for HttpRoute<V> {
+    const KIND: SourceKind = SourceKind::HttpRoute;
+    const API_VERSION: &'static str = V::API_VERSION;
+    /// The Gateways, as the HTTPRoute source's own watch sees them.
+    type Env = Store<Gateway<V>>;
+    fn derive(&self, gateways: &Store<Gateway<V>>) -> Derived {
+        httproute_targets(self, |namespace, name| {
+            gateways.get(&ObjectRef::new(name).within(namespace))
+        })
+    }
+}
+
+/// What a source controller's reconciles share.
+struct Runner<K: SourceObject> {
+    ctx: Arc<SourceCtx>,
+    env: K::Env,
+}
+
 /// Runs the source controller for `K` until `shutdown` resolves, with at
-/// most `concurrency` reconciles at once.
+/// most `concurrency` reconciles at once. Besides its own objects' changes
+/// and its scans' triggers, it reconciles what `more` asks for (given the
+/// controller's cache of `K`).
 pub async fn run<K: SourceObject>(
     ctx: Arc<SourceCtx>,
+    env: K::Env,
+    more: impl FnOnce(Store<K>) -> BoxStream<'static, ObjectRef<K>>,
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -121,11 +152,16 @@ pub async fn run<K: SourceObject>(
         },
     );
     let triggers = ctx.triggers.subscribe::<K>(sources.clone());
+    let more = more(sources.clone());
     Controller::for_stream(events.applied_objects(), sources)
-        .reconcile_on(triggers)
+        .reconcile_on(futures::stream::select(triggers, more))
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .run(
+            reconcile::<K>,
+            error_policy::<K>,
+            Arc::new(Runner { ctx, env }),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 debug!("source reconcile: {e}");
@@ -134,13 +170,14 @@ pub async fn run<K: SourceObject>(
         .await;
 }
 
-fn error_policy<K: SourceObject>(_obj: Arc<K>, err: &Error, _ctx: Arc<SourceCtx>) -> Action {
+fn error_policy<K: SourceObject>(_obj: Arc<K>, err: &Error, _ctx: Arc<Runner<K>>) -> Action {
     warn!(error = %err, kind = %K::KIND, "source reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
 #[instrument(skip_all, fields(kind = %K::KIND, namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
-async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<Action> {
+async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Result<Action> {
+    let ctx = &runner.ctx;
     let namespace = obj
         .namespace()
         .ok_or_else(|| Error::Invalid("source object without namespace".into()))?;
@@ -163,7 +200,7 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
     }
     let mut parsed = annotations::parse(obj.annotations());
     annotations::enforce_image_policy(&mut parsed, &ctx.images);
-    let mut derived = obj.derive();
+    let mut derived = obj.derive(&runner.env);
     let refused = apply_policy(&mut derived, &ctx.targets);
     let selected = obj.in_classes(&ctx.ingress_classes)
         && ctx
@@ -196,7 +233,7 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
             debug!(skipped = ?skipped, "no scannable targets");
         }
         if parsed.enabled && selected {
-            report_refused(&ctx, obj.as_ref(), &refused).await;
+            report_refused(ctx, obj.as_ref(), &refused).await;
         }
         return Ok(Action::await_change());
     }
@@ -226,20 +263,11 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, ctx: Arc<SourceCtx>) -> Result<
     .await?;
     ctx.writes.fetch_add(1, Ordering::Relaxed);
     info!(scan, "applied scan");
-    report_refused(&ctx, obj.as_ref(), &refused).await;
+    report_refused(ctx, obj.as_ref(), &refused).await;
     if !parsed.errors.is_empty() {
         let note = describe_errors(&parsed.errors);
         warn!(scan, "invalid annotations: {note}");
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidAnnotation".into(),
-            note: Some(crate::events::note(&note)),
-            action: "ApplyScan".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-            warn!("event not recorded: {e}");
-        }
+        warn_source(ctx, obj.as_ref(), "InvalidAnnotation", &note).await;
     }
     Ok(Action::await_change())
 }
@@ -257,10 +285,16 @@ async fn report_refused<K: SourceObject>(ctx: &SourceCtx, obj: &K, refused: &[Sk
         list.join("; ")
     );
     warn!("{note}");
+    warn_source(ctx, obj, "TargetRefused", &note).await;
+}
+
+/// A Warning Event on the source object (users look at their Ingress, not
+/// at our scan).
+async fn warn_source<K: SourceObject>(ctx: &SourceCtx, obj: &K, reason: &str, note: &str) {
     let event = Event {
         type_: EventType::Warning,
-        reason: "TargetRefused".into(),
-        note: Some(crate::events::note(&note)),
+        reason: reason.into(),
+        note: Some(crate::events::note(note)),
         action: "ApplyScan".into(),
         secondary: None,
     };

@@ -1,7 +1,11 @@
-//! Source objects (Ingress, Istio VirtualService) and what they expose.
+//! Source objects (Ingress, Istio VirtualService, Gateway API HTTPRoute) and
+//! what they expose.
 
 pub mod apply;
 pub mod controller;
+pub mod discovery;
+pub mod gateway_api;
+pub mod httproute;
 pub mod scope;
 pub mod targets;
 pub mod triggers;

@@ -1,4 +1,5 @@
-//! Which URLs an Ingress or a VirtualService exposes, and what the
+//! Which URLs an Ingress or a VirtualService exposes (an HTTPRoute's are in
+//! [`super::httproute`]), and what the
 //! `NucleiScan` for it is called. Pure functions of the object.
 //!
 //! Every host or path that yields no target is reported in
@@ -259,12 +260,12 @@ pub fn virtual_service_targets(vs: &VirtualService) -> Derived {
     out.finish()
 }
 
-/// The name of the `NucleiScan` for a source object: `<name>-ingress` or
-/// `<name>-vs`.
+/// The name of the `NucleiScan` for a source object: `<name>-ingress`,
+/// `<name>-vs` or `<name>-httproute`.
 ///
 /// Deterministic; always a valid DNS-1123 label of at most
-/// [`MAX_SCAN_NAME_LEN`] characters; never the same for an Ingress and a
-/// VirtualService (the suffixes differ), so the two kinds never fight over one
+/// [`MAX_SCAN_NAME_LEN`] characters; never the same for two kinds of source
+/// (the suffixes differ), so they never fight over one
 /// scan as they did in the Go operator. A name that is too long, or not
 /// label-safe (it has dots or upper case), is cut and given an 8-hex-digit hash
 /// of the full name, so distinct long names stay distinct.
@@ -272,6 +273,7 @@ pub fn scan_name(kind: SourceKind, source_name: &str) -> String {
     let suffix = match kind {
         SourceKind::Ingress => "ingress",
         SourceKind::VirtualService => "vs",
+        SourceKind::HttpRoute => "httproute",
     };
     if is_dns_label(source_name) && source_name.len() + 1 + suffix.len() <= MAX_SCAN_NAME_LEN {
         return format!("{source_name}-{suffix}");
@@ -296,17 +298,17 @@ pub fn scan_name(kind: SourceKind, source_name: &str) -> String {
 
 const MESH: &str = "mesh";
 
-const REGEX_PATH: &str = "a regular-expression path cannot be turned into a URL (the host is still scanned at its base URL)";
+pub(super) const REGEX_PATH: &str = "a regular-expression path cannot be turned into a URL (the host is still scanned at its base URL)";
 
 /// Collects targets in sorted order and the reasons for what was left out.
 #[derive(Default)]
-struct Collector {
+pub(super) struct Collector {
     targets: BTreeSet<String>,
     skipped: Vec<Skipped>,
 }
 
 impl Collector {
-    fn skip(&mut self, what: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn skip(&mut self, what: impl Into<String>, reason: impl Into<String>) {
         self.skipped.push(Skipped {
             host_or_rule: what.into(),
             reason: reason.into(),
@@ -315,7 +317,7 @@ impl Collector {
 
     /// Adds `scheme://host` plus each path; the base URL alone when no path
     /// survived, since the host itself is exposed.
-    fn add_host(&mut self, scheme: &str, host: &str, paths: &BTreeSet<Option<String>>) {
+    pub(super) fn add_host(&mut self, scheme: &str, host: &str, paths: &BTreeSet<Option<String>>) {
         if paths.is_empty() {
             self.add(format!("{scheme}://{host}"));
         }
@@ -335,7 +337,7 @@ impl Collector {
         }
     }
 
-    fn finish(mut self) -> Derived {
+    pub(super) fn finish(mut self) -> Derived {
         let mut targets: Vec<String> = std::mem::take(&mut self.targets).into_iter().collect();
         if targets.len() > MAX_TARGETS {
             let dropped = targets.len() - MAX_TARGETS;
@@ -447,7 +449,7 @@ fn ingress_path(p: &HTTPIngressPath) -> Result<Option<String>, String> {
 }
 
 /// Checks a literal path: `None` for the base URL.
-fn check_path(path: &str) -> Result<Option<String>, String> {
+pub(super) fn check_path(path: &str) -> Result<Option<String>, String> {
     if path.is_empty() || path == "/" {
         return Ok(None);
     }
@@ -468,7 +470,7 @@ fn check_path(path: &str) -> Result<Option<String>, String> {
 
 /// Lower-cases `raw` and drops one trailing dot; errors say why it is not a
 /// scannable DNS name.
-fn normalize_host(raw: &str) -> Result<String, String> {
+pub(super) fn normalize_host(raw: &str) -> Result<String, String> {
     if raw.starts_with('*') {
         return Err("a wildcard host has no single name to scan".to_owned());
     }

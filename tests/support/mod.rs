@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod gateway;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

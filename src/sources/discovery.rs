@@ -1,0 +1,134 @@
+//! Sources whose APIs may come and go: Istio's VirtualService and the
+//! Gateway API are CRDs that may be absent, installed while the operator
+//! runs, removed, or serve only some versions. Their source controllers run
+//! while the CRDs serve a version we read, and stop (without a restart, and
+//! without failing the operator) when they no longer do.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The versions each watched CRD serves, by CRD name; a CRD that is absent
+/// or not yet `Established` has no entry.
+pub type Served = BTreeMap<&'static str, Vec<String>>;
+
+/// The versions `crd` serves, once the API server has established it.
+pub fn served_versions(crd: &CustomResourceDefinition) -> Vec<String> {
+    let established = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+    if !established {
+        return Vec::new();
+    }
+    crd.spec
+        .versions
+        .iter()
+        .filter(|v| v.served)
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// Watches the CRDs named in `crds` and keeps one source controller running
+/// while `pick` finds what it needs in the served versions: `start(choice,
+/// stop)` starts it, and `stop` is cancelled when `pick` changes its
+/// answer (say, `v1` stopped being served) or finds nothing.
+pub async fn while_served<C>(
+    client: kube::Client,
+    crds: &'static [&'static str],
+    what: &'static str,
+    pick: fn(&Served) -> Option<C>,
+    start: impl Fn(C, CancellationToken),
+    shutdown: CancellationToken,
+) where
+    C: Clone + PartialEq + Debug,
+{
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let streams = crds.iter().map(|name| {
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        watcher(api.clone(), cfg)
+            .default_backoff()
+            .map(move |e| (*name, e))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    let mut served = Served::new();
+    let mut running: Option<(C, CancellationToken)> = None;
+    loop {
+        let (name, event) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = events.next() => match e { Some(e) => e, None => break },
+        };
+        match event {
+            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                let versions = served_versions(&c);
+                if versions.is_empty() {
+                    served.remove(name);
+                } else {
+                    served.insert(name, versions);
+                }
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                served.remove(name);
+            }
+            // A relist: the CRD is absent unless it is listed again before
+            // `InitDone`.
+            Ok(watcher::Event::Init) => {
+                served.remove(name);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {}
+            Err(e) => {
+                warn!("watching the {what} CRD {name}: {e}");
+                continue;
+            }
+        }
+        let want = pick(&served);
+        if running.as_ref().map(|(c, _)| c) == want.as_ref() {
+            continue;
+        }
+        if let Some((c, stop)) = running.take() {
+            info!(version = ?c, "{what} gone or changed: stopping its source");
+            stop.cancel();
+        }
+        if let Some(c) = want {
+            info!(version = ?c, "{what} found: starting its source");
+            let stop = shutdown.child_token();
+            start(c.clone(), stop.clone());
+            running = Some((c, stop));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_established_crds_serve_and_only_their_served_versions() {
+        let crd = |established: &str| -> CustomResourceDefinition {
+            serde_json::from_value(json!({
+                "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+                "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                         "names": {"plural": "httproutes", "kind": "HTTPRoute"},
+                         "versions": [{"name": "v1", "served": false, "storage": true},
+                                      {"name": "v1beta1", "served": true, "storage": false}]},
+                "status": {"conditions": [{"type": "Established", "status": established}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(served_versions(&crd("True")), ["v1beta1"]);
+        assert!(served_versions(&crd("False")).is_empty());
+    }
+}
