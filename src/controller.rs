@@ -14,7 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::VirtualService;
+use crate::api::{SourceKind, VirtualService};
 use crate::http::auth::{DataAuth, KubeReviewer};
 use crate::http::{HttpState, data_router, health_router};
 use crate::metrics::Metrics;
@@ -122,13 +122,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         });
     }
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "nuclei-operator".into(),
-            instance: Some(identity.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: "nuclei-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     let concurrency = settings.reconcile_concurrency;
     let triggers = Triggers::default();
     let (scan_controller, job_store) = reconcile::controller(
@@ -147,7 +145,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let source_ctx = Arc::new(SourceCtx {
         client: client.clone(),
         scans: scans.clone(),
-        recorder: recorder.clone(),
+        events: crate::events::NotedEvents::new(client.clone(), reporter),
         writes: AtomicU64::new(0),
         triggers,
         images: settings.image_policy(),
@@ -296,6 +294,13 @@ fn istio_v1(served: &Served) -> Option<()> {
 /// restart, when the CRD appears.
 async fn watch_istio(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    let for_removed = ctx.clone();
+    let removed = move |_: &'static str| {
+        tokio::spawn(sources::delete_orphans(
+            for_removed.clone(),
+            SourceKind::VirtualService,
+        ));
+    };
     let start = move |(): (), stop: CancellationToken| {
         tokio::spawn(sources::run::<VirtualService>(
             ctx.clone(),
@@ -311,6 +316,7 @@ async fn watch_istio(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: Cancellati
         "Istio VirtualService API",
         istio_v1,
         start,
+        removed,
         shutdown,
     )
     .await;

@@ -13,7 +13,7 @@ use nuclei_operator::api::gateway::{V1, V1Beta1};
 use nuclei_operator::api::{NucleiScan, Severity};
 use serde_json::{Value, json};
 use support::gateway::{create, create_gateway, install_crds, route, set_accepted};
-use support::{Operator, cluster, eventually, ingress, namespace};
+use support::{Operator, cluster, event, eventually, ingress, namespace};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -190,6 +190,17 @@ async fn a_route_is_scanned_only_once_a_gateway_accepts_it_and_only_where_it_has
     for name in ["waiting", "refused", "nameless"] {
         let scan = format!("{name}-httproute");
         assert!(scans.get_opt(&scan).await.unwrap().is_none(), "{scan}");
+    }
+    // Each says why on the route, where its owner looks.
+    for (name, why) in [
+        ("waiting", "the Gateway has not accepted the route"),
+        ("refused", "the Gateway has not accepted the route"),
+        (
+            "nameless",
+            "neither the listener nor the route names a host",
+        ),
+    ] {
+        event(&client, &ns, name, "Normal", "NoTargets", why).await;
     }
     set_accepted::<V1>(&client, &ns, "waiting", true).await;
     let s = scan(&scans, "waiting-httproute", "scan once accepted", |_| true).await;

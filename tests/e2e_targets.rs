@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
@@ -65,26 +65,7 @@ fn with_rules(name: &str, hosts: &[&str], class: Option<&str>) -> Ingress {
 
 /// The message of the Warning Event `reason` on Ingress `name`, once there.
 async fn warning(client: &kube::Client, ns: &str, name: &str, reason: &str) -> String {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    eventually(
-        Duration::from_secs(60),
-        &format!("{reason} on {name}"),
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.involved_object.name.as_deref() == Some(name)
-                })
-                .and_then(|e| e.message)
-        },
-    )
-    .await
+    support::event(client, ns, name, "Warning", reason, "").await
 }
 
 #[tokio::test]

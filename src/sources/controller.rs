@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -43,7 +43,9 @@ pub struct SourceCtx {
     pub client: kube::Client,
     /// Every NucleiScan, as the scan controller sees them.
     pub scans: Store<NucleiScan>,
-    pub recorder: Recorder,
+    /// Events on source objects (why a source has no scan, which annotations
+    /// or targets were refused).
+    pub events: crate::events::NotedEvents,
     /// Writes (apply, delete) made to NucleiScans, for tests and metrics.
     pub writes: AtomicU64,
     /// Reconcile requests from the scan watch (a scan changed or vanished).
@@ -228,12 +230,16 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
                 Err(e) => return Err(e.into()),
             }
         }
-        if parsed.enabled && derived.targets.is_empty() && existing.is_some() == ours {
-            let skipped: Vec<String> = derived.skipped.iter().map(|s| s.to_string()).collect();
-            debug!(skipped = ?skipped, "no scannable targets");
-        }
         if parsed.enabled && selected {
-            report_refused(ctx, obj.as_ref(), &refused).await;
+            if refused.is_empty() {
+                // Why this source has no scan, where its owner looks.
+                let skipped: Vec<String> = derived.skipped.iter().map(|s| s.to_string()).collect();
+                let note = format!("no scannable targets: {}", skipped.join("; "));
+                debug!("{note}");
+                event_on_source(ctx, obj.as_ref(), EventType::Normal, "NoTargets", &note).await;
+            } else {
+                report_refused(ctx, obj.as_ref(), &refused).await;
+            }
         }
         return Ok(Action::await_change());
     }
@@ -267,9 +273,51 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
     if !parsed.errors.is_empty() {
         let note = describe_errors(&parsed.errors);
         warn!(scan, "invalid annotations: {note}");
-        warn_source(ctx, obj.as_ref(), "InvalidAnnotation", &note).await;
+        event_on_source(
+            ctx,
+            obj.as_ref(),
+            EventType::Warning,
+            "InvalidAnnotation",
+            &note,
+        )
+        .await;
     }
     Ok(Action::await_change())
+}
+
+/// Deletes the scans owned by sources of `kind`, whose API (CRD) was
+/// deleted with every object of it: the garbage collector retries owner
+/// references to a kind it cannot resolve forever, and never deletes them.
+pub async fn delete_orphans(ctx: Arc<SourceCtx>, kind: SourceKind) {
+    let orphans: Vec<Arc<NucleiScan>> = ctx
+        .scans
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.spec.source_ref.kind == kind
+                && s.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.kind == kind.as_str())
+        })
+        .collect();
+    info!(kind = %kind, scans = orphans.len(), "the {kind} API was deleted: deleting the scans its objects owned");
+    for scan in orphans {
+        let api: Api<NucleiScan> =
+            Api::namespaced(ctx.client.clone(), &scan.namespace().unwrap_or_default());
+        match api
+            .delete(&scan.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {
+                ctx.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => warn!(
+                scan = scan.name_any(),
+                "deleting a scan whose source API is gone: {e}"
+            ),
+        }
+    }
 }
 
 /// A Warning Event on the source naming the targets the target policy
@@ -285,20 +333,26 @@ async fn report_refused<K: SourceObject>(ctx: &SourceCtx, obj: &K, refused: &[Sk
         list.join("; ")
     );
     warn!("{note}");
-    warn_source(ctx, obj, "TargetRefused", &note).await;
+    event_on_source(ctx, obj, EventType::Warning, "TargetRefused", &note).await;
 }
 
-/// A Warning Event on the source object (users look at their Ingress, not
-/// at our scan).
-async fn warn_source<K: SourceObject>(ctx: &SourceCtx, obj: &K, reason: &str, note: &str) {
+/// An Event on the source object (users look at their Ingress, not at our
+/// scan).
+async fn event_on_source<K: SourceObject>(
+    ctx: &SourceCtx,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(crate::events::note(note)),
         action: "ApplyScan".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&event, &obj.object_ref(&())).await {
         warn!("event not recorded: {e}");
     }
 }

@@ -4,7 +4,7 @@
 //! while the CRDs serve a version we read, and stop (without a restart, and
 //! without failing the operator) when they no longer do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use futures::StreamExt;
@@ -42,13 +42,17 @@ pub fn served_versions(crd: &CustomResourceDefinition) -> Vec<String> {
 /// Watches the CRDs named in `crds` and keeps one source controller running
 /// while `pick` finds what it needs in the served versions: `start(choice,
 /// stop)` starts it, and `stop` is cancelled when `pick` changes its
-/// answer (say, `v1` stopped being served) or finds nothing.
+/// answer (say, `v1` stopped being served) or finds nothing. `removed(crd)`
+/// is called when a CRD that existed is deleted: its objects are gone, and
+/// the garbage collector cannot resolve owner references to a kind that no
+/// longer exists, so the scans they owned are the caller's to delete.
 pub async fn while_served<C>(
     client: kube::Client,
     crds: &'static [&'static str],
     what: &'static str,
     pick: fn(&Served) -> Option<C>,
     start: impl Fn(C, CancellationToken),
+    removed: impl Fn(&'static str),
     shutdown: CancellationToken,
 ) where
     C: Clone + PartialEq + Debug,
@@ -63,6 +67,10 @@ pub async fn while_served<C>(
     });
     let mut events = futures::stream::select_all(streams);
     let mut served = Served::new();
+    // CRDs that exist (served or not), and those being relisted (whether
+    // they existed before the relist).
+    let mut present = BTreeSet::new();
+    let mut relisting = BTreeMap::new();
     let mut running: Option<(C, CancellationToken)> = None;
     loop {
         let (name, event) = tokio::select! {
@@ -71,6 +79,7 @@ pub async fn while_served<C>(
         };
         match event {
             Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                present.insert(name);
                 let versions = served_versions(&c);
                 if versions.is_empty() {
                     served.remove(name);
@@ -80,14 +89,22 @@ pub async fn while_served<C>(
             }
             Ok(watcher::Event::Delete(_)) => {
                 served.remove(name);
+                if present.remove(name) {
+                    removed(name);
+                }
             }
             // A relist: the CRD is absent unless it is listed again before
             // `InitDone`.
             Ok(watcher::Event::Init) => {
                 served.remove(name);
+                relisting.insert(name, present.remove(name));
                 continue;
             }
-            Ok(watcher::Event::InitDone) => {}
+            Ok(watcher::Event::InitDone) => {
+                if relisting.remove(name) == Some(true) && !present.contains(name) {
+                    removed(name);
+                }
+            }
             Err(e) => {
                 warn!("watching the {what} CRD {name}: {e}");
                 continue;

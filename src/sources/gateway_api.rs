@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::controller::{self as sources, SourceCtx};
 use super::discovery::{Served, while_served};
+use crate::api::SourceKind;
 use crate::api::gateway::{Gateway, GatewayVersion, HttpRoute, V1, V1Beta1};
 use crate::cache;
 
@@ -49,6 +50,7 @@ pub fn pick(served: &Served) -> Option<Version> {
 /// Runs the HTTPRoute source while the Gateway API is installed.
 pub async fn run(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    let for_removed = ctx.clone();
     let start = move |version: Version, stop: CancellationToken| {
         let ctx = ctx.clone();
         match version {
@@ -56,7 +58,15 @@ pub async fn run(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: CancellationTo
             Version::V1Beta1 => tokio::spawn(routes::<V1Beta1>(ctx, concurrency, stop)),
         };
     };
-    while_served(client, CRDS, "Gateway API", pick, start, shutdown).await;
+    let removed = move |crd: &'static str| {
+        if crd == CRDS[0] {
+            tokio::spawn(sources::delete_orphans(
+                for_removed.clone(),
+                SourceKind::HttpRoute,
+            ));
+        }
+    };
+    while_served(client, CRDS, "Gateway API", pick, start, removed, shutdown).await;
 }
 
 /// The HTTPRoute source controller at version `V`: a watch of the Gateways

@@ -276,6 +276,43 @@ fn serve(ip: Ipv4Addr, slow: Option<Duration>) {
     });
 }
 
+/// The message of the first Event of `type_` (`Normal`, `Warning`) with
+/// `reason` on the object `name` in `ns` whose message contains
+/// `containing`, once there is one (60 s at most).
+pub async fn event(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    containing: &str,
+) -> String {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(60),
+        &format!("{type_} {reason} on {name}"),
+        || async {
+            events
+                .list(&kube::api::ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some(type_)
+                        && e.involved_object.name.as_deref() == Some(name)
+                        && e.message
+                            .as_deref()
+                            .unwrap_or_default()
+                            .contains(containing)
+                })
+                .and_then(|e| e.message)
+        },
+    )
+    .await
+}
+
 /// Creates a namespace for one test.
 pub async fn namespace(client: &kube::Client, name: &str) -> String {
     let ns: Namespace =
