@@ -8,15 +8,17 @@ use anyhow::{Context, Result, bail};
 use devcluster::{Config, DevCluster, ImageMapping};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
 
-use nuclei_operator::api::{NucleiScan, SourceKind};
+use nuclei_operator::api::NucleiScan;
 
-use crate::workload::{self, Item};
+use crate::workload::{self, Item, Source};
+
+/// Field manager of everything the harness applies.
+const FIELD_MANAGER: &str = "nuclei-loadtest";
 
 /// Image the scanner Jobs use in load runs on a devcluster; the process
 /// kubelet maps it to the [`FIXTURE`].
@@ -120,21 +122,41 @@ impl Cluster {
         Api::<ClusterRole>::all(self.client.clone())
             .patch(
                 nuclei_operator::jobs::SCANNER_CLUSTER_ROLE,
-                &PatchParams::apply("nuclei-loadtest").force(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&role),
             )
             .await
             .context("applying the scanner ClusterRole")?;
-        let crd: CustomResourceDefinition = nuclei_operator::api::crd();
+        self.apply_crd(nuclei_operator::api::crd()).await
+    }
+
+    /// Installs (server-side applies) the Gateway API project's own CRDs
+    /// (GatewayClass, Gateway, HTTPRoute) from the devcluster tools, waiting
+    /// until each is established. Updates installed ones: on a `--kubeconfig`
+    /// cluster that needs the permission to write CRDs, and replaces an
+    /// install of another Gateway API version.
+    pub async fn install_gateway_crds(&self) -> Result<()> {
+        let crds = devcluster::Tools::locate()?
+            .gateway_api_crds()
+            .context("reading the Gateway API CRDs")?;
+        for mut crd in crds {
+            crd.metadata.managed_fields = None;
+            self.apply_crd(crd).await?;
+        }
+        Ok(())
+    }
+
+    /// Server-side applies `crd` and waits (at most 30 s) until it is established.
+    async fn apply_crd(&self, crd: CustomResourceDefinition) -> Result<()> {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         crds.patch(
             &name,
-            &PatchParams::apply("nuclei-loadtest").force(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&crd),
         )
         .await
-        .context("applying the NucleiScan CRD")?;
+        .with_context(|| format!("applying the CRD {name}"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let established = crds.get(&name).await.ok().and_then(|c| {
@@ -147,10 +169,34 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the NucleiScan CRD was not established within 30s");
+                bail!("the CRD {name} was not established within 30s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Creates the Gateway [`workload::GATEWAY`] in each namespace (existing
+    /// ones are fine), retrying for a while: the API server may take a
+    /// moment to serve a kind whose CRD was just established.
+    pub async fn create_gateways(&self, namespaces: &[String]) -> Result<()> {
+        use nuclei_operator::api::gateway::{Gateway, V1};
+        let resource = kube::api::ApiResource::erase::<Gateway<V1>>(&());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in namespaces {
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), n, &resource);
+            let body: DynamicObject = serde_json::from_value(workload::gateway(n))?;
+            loop {
+                match api.create(&PostParams::default(), &body).await {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(e)) if e.code == 409 => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(e).with_context(|| format!("creating the Gateway in {n}"));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates the namespaces (existing ones are fine).
@@ -169,16 +215,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes the run's Ingresses in `namespaces` (one delete-collection each).
-    pub async fn delete_ingresses(&self, namespaces: &[String], run_id: &str) -> Result<()> {
+    /// Deletes the run's `source` objects in `namespaces` (one
+    /// delete-collection each).
+    pub async fn delete_sources(
+        &self,
+        source: Source,
+        namespaces: &[String],
+        run_id: &str,
+    ) -> Result<()> {
         for n in namespaces {
-            let api: Api<Ingress> = Api::namespaced(self.client.clone(), n);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), n, &source.resource());
             api.delete_collection(
                 &DeleteParams::default(),
                 &ListParams::default().labels(&format!("{}={run_id}", workload::RUN_LABEL)),
             )
             .await
-            .with_context(|| format!("deleting the ceiling Ingresses in {n}"))?;
+            .with_context(|| format!("deleting the ceiling {} in {n}", source.nouns()))?;
         }
         Ok(())
     }
@@ -208,10 +261,11 @@ pub struct CreateRec {
     pub uid: String,
 }
 
-/// Creates the Ingresses of `items` from a tight client loop with
-/// `concurrency` requests in flight. Transient failures are retried (at most
-/// 5 attempts, never past `deadline`).
-pub async fn create_ingresses(
+/// Creates the objects of `items` from a tight client loop with
+/// `concurrency` requests in flight. One record per object covers its create
+/// and, for a kind that has one, the status a controller writes right after
+/// ([`Source::status`]): both are part of making the object.
+pub async fn create_sources(
     client: &kube::Client,
     items: &[Item],
     run_id: &str,
@@ -223,34 +277,15 @@ pub async fn create_ingresses(
         .map(|item| {
             let client = client.clone();
             async move {
-                let api: Api<Ingress> = Api::namespaced(client, &item.namespace);
-                let body = workload::ingress(item, run_id);
                 let mut rec = CreateRec {
                     key: item.key(),
                     start: epoch.elapsed().as_secs_f64(),
                     ..Default::default()
                 };
-                let mut delay = Duration::from_millis(100);
-                loop {
-                    rec.attempts += 1;
-                    match api.create(&PostParams::default(), &body).await {
-                        Ok(created) => {
-                            rec.uid = created.metadata.uid.unwrap_or_default();
-                            rec.ok = true;
-                            rec.error = None;
-                            break;
-                        }
-                        Err(e) => {
-                            let conflict = matches!(&e, kube::Error::Api(s) if s.code == 409);
-                            rec.error = Some(e.to_string());
-                            if conflict || rec.attempts >= 5 || Instant::now() + delay > deadline {
-                                break;
-                            }
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
-                        }
-                    }
-                }
+                let result = create_source(client, item, run_id, &mut rec, deadline).await;
+                rec.ok = result.is_ok();
+                rec.error = result.as_ref().err().map(ToString::to_string);
+                rec.uid = result.unwrap_or_default();
                 rec.end = epoch.elapsed().as_secs_f64();
                 rec
             }
@@ -260,10 +295,63 @@ pub async fn create_ingresses(
         .await
 }
 
-/// The writes the operator must make for one Ingress, done from a tight
-/// client loop: server-side apply of its NucleiScan (the operator's own body
-/// and field manager) and the `Pending` status patch. Owned by the ceiling
-/// Ingress `uids[key]`.
+/// Creates the object of `item`, then writes its status if the kind has
+/// one; returns its uid. Every request sent counts in `rec.attempts`.
+async fn create_source(
+    client: kube::Client,
+    item: &Item,
+    run_id: &str,
+    rec: &mut CreateRec,
+    deadline: Instant,
+) -> kube::Result<String> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client, &item.namespace, &item.source.resource());
+    let body = item.source.object(item, run_id);
+    let (post, patch_params) = (PostParams::default(), PatchParams::default());
+    let created = retried(rec, deadline, || api.create(&post, &body)).await?;
+    if let Some(status) = item.source.status(item) {
+        let patch = Patch::Merge(&status);
+        retried(rec, deadline, || {
+            api.patch_status(&item.name, &patch_params, &patch)
+        })
+        .await?;
+    }
+    Ok(created.metadata.uid.unwrap_or_default())
+}
+
+/// Sends `request` until it succeeds, retrying transient failures with
+/// back-off: at most 5 attempts in all of `rec`, never past `deadline`, and
+/// never a conflict (409: the object exists, a retry cannot help).
+async fn retried<T, F, Fut>(
+    rec: &mut CreateRec,
+    deadline: Instant,
+    mut request: F,
+) -> kube::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kube::Result<T>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        rec.attempts += 1;
+        match request().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let conflict = matches!(&e, kube::Error::Api(s) if s.code == 409);
+                if conflict || rec.attempts >= 5 || Instant::now() + delay > deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
+/// The writes the operator must make for one source object, done from a
+/// tight client loop: server-side apply of its NucleiScan (the operator's own
+/// body and field manager, its targets as the operator derives them) and the
+/// `Pending` status patch. Owned by the ceiling object `uids[key]`.
 pub async fn apply_scans(
     client: &kube::Client,
     items: &[Item],
@@ -271,8 +359,8 @@ pub async fn apply_scans(
     concurrency: usize,
     epoch: Instant,
 ) -> Vec<CreateRec> {
-    use nuclei_operator::sources::apply::{FIELD_MANAGER, Source, desired_scan};
-    use nuclei_operator::sources::targets::{ingress_targets, scan_name};
+    use nuclei_operator::sources::apply::{self, FIELD_MANAGER, desired_scan};
+    use nuclei_operator::sources::targets::scan_name;
     futures::stream::iter(items.iter().filter(|i| i.expect_scan))
         .map(|item| {
             let client = client.clone();
@@ -284,15 +372,15 @@ pub async fn apply_scans(
                     attempts: 1,
                     ..Default::default()
                 };
-                let source = Source {
-                    kind: SourceKind::Ingress,
-                    api_version: "networking.k8s.io/v1".into(),
+                let source = apply::Source {
+                    kind: item.source.kind(),
+                    api_version: item.source.resource().api_version,
                     name: item.name.clone(),
                     namespace: item.namespace.clone(),
                     uid: uids.get(&item.key()).cloned().unwrap_or_default(),
                 };
-                let name = scan_name(SourceKind::Ingress, &item.name);
-                let targets = ingress_targets(&workload::ingress(item, "ceiling")).targets;
+                let name = scan_name(source.kind, &item.name);
+                let targets = item.source.targets(item);
                 let parsed = nuclei_operator::annotations::parse(&item.annotations);
                 let body = desired_scan(&source, &name, targets, &parsed);
                 let status = serde_json::json!({"status": {

@@ -1,10 +1,12 @@
 #![forbid(unsafe_code)]
-//! Load-test harness (issue #7): creates N Ingresses across namespaces against
-//! a devcluster (or any cluster from a kubeconfig), runs the operator as a host
-//! process, and measures it against the API server's own create ceiling.
+//! Load-test harness (issue #7): creates N Ingresses (or, with `--source
+//! httproute`, Gateway API HTTPRoutes accepted by one Gateway per namespace)
+//! across namespaces against a devcluster (or any cluster from a kubeconfig),
+//! runs the operator as a host process, and measures it against the API
+//! server's own create ceiling.
 //!
 //! Phases: ceiling (N raw creates, operator not running) → ingest (operator
-//! running, N Ingresses created, until every one has its NucleiScan) →
+//! running, N objects created, until every one has its NucleiScan) →
 //! rate-limited dispatch → kill -9 and restart (queue rebuild, no duplicate
 //! Jobs) → concurrency-bound dispatch (no rate limit). Prints a Markdown table
 //! and JSON.
@@ -39,23 +41,29 @@ use crate::operator::Operator;
 use crate::report::*;
 use crate::stats::{concurrency, duplicates, handover_latencies, max_in_window, summarize};
 use crate::watch::Recorder;
-use crate::workload::Shape;
+use crate::workload::{Shape, Source};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
-    about = "Load-test the nuclei-operator: N Ingresses, measured against the API server's create ceiling"
+    about = "Load-test the nuclei-operator: N Ingresses (or HTTPRoutes), measured against the API server's create ceiling"
 )]
 struct Args {
-    /// Number of Ingresses (and of ceiling creates).
+    /// The kind of source object: `ingress`, or `httproute` (Gateway API
+    /// HTTPRoutes; the harness installs the Gateway API CRDs, which on a
+    /// `--kubeconfig` cluster needs the permission to write CRDs, creates a
+    /// Gateway per namespace and writes each route's Accepted status).
+    #[arg(long, value_enum, default_value_t = Source::Ingress)]
+    source: Source,
+    /// Number of source objects, Ingresses or HTTPRoutes (and of ceiling creates).
     #[arg(long, default_value_t = 1000)]
     ingresses: usize,
-    /// Namespaces the Ingresses are spread over.
+    /// Namespaces the objects are spread over.
     #[arg(long, default_value_t = 10)]
     namespaces: usize,
-    /// About how many Ingresses share one host name.
+    /// About how many objects share one host name.
     #[arg(long, default_value_t = 4)]
     ingresses_per_host: usize,
-    /// Create requests in flight in the tight create loops (ceiling and Ingresses).
+    /// Create requests in flight in the tight create loops (ceiling and ingest).
     #[arg(long, default_value_t = 16)]
     create_concurrency: usize,
     /// MAX_CONCURRENT_SCANS of the operator.
@@ -353,12 +361,17 @@ async fn main() -> Result<()> {
     };
     log(epoch, "installing the NucleiScan CRD");
     cluster.install_crd().await?;
+    if args.source == Source::HttpRoute {
+        log(epoch, "installing the Gateway API CRDs");
+        cluster.install_gateway_crds().await?;
+    }
     let probes = Probes {
         components: procfs::children_named(&["etcd", "kube-apiserver", "kube-controller"]),
     };
     let run_id = format!("r{}", std::process::id());
     let shape = Shape {
-        ingresses: args.ingresses,
+        source: args.source,
+        count: args.ingresses,
         namespaces: args.namespaces,
         per_host: args.ingresses_per_host,
     };
@@ -366,24 +379,27 @@ async fn main() -> Result<()> {
     let ceiling_items = workload::plan(&shape, "lt-ceiling-");
     let namespaces = workload::namespaces(&items);
     let ceiling_namespaces = workload::namespaces(&ceiling_items);
+    let all_namespaces = [ceiling_namespaces.clone(), namespaces.clone()].concat();
     let timeout = Duration::from_secs(args.phase_timeout);
     let mut notes = Vec::new();
     let mut phases = Vec::new();
+    let kinds = args.source.nouns();
 
     // --- Ceiling: the same N creates, operator not running.
-    cluster
-        .create_namespaces(&[ceiling_namespaces.clone(), namespaces.clone()].concat())
-        .await?;
+    cluster.create_namespaces(&all_namespaces).await?;
+    if args.source == Source::HttpRoute {
+        cluster.create_gateways(&all_namespaces).await?;
+    }
     let p0 = probes.take(&cluster, None).await;
     log(
         epoch,
         format!(
-            "ceiling: creating {} Ingresses ({} in flight)",
+            "ceiling: creating {} {kinds} ({} in flight)",
             ceiling_items.len(),
             args.create_concurrency
         ),
     );
-    let recs = cluster::create_ingresses(
+    let recs = cluster::create_sources(
         &cluster.client,
         &ceiling_items,
         &run_id,
@@ -395,7 +411,7 @@ async fn main() -> Result<()> {
     let p1 = probes.take(&cluster, None).await;
     phases.push(phase("ceiling (raw creates)", &p0, &p1, 6));
     let (failed, secs, latency_ms) = create_summary(&recs);
-    // The operator's own minimum per Ingress, from the same tight loop.
+    // The operator's own minimum per object, from the same tight loop.
     let uids: std::collections::HashMap<String, String> = recs
         .iter()
         .filter(|r| r.ok)
@@ -419,7 +435,7 @@ async fn main() -> Result<()> {
     let t_del = Instant::now();
     cluster::delete_scans(&cluster.client, &ceiling_namespaces).await?;
     cluster
-        .delete_ingresses(&ceiling_namespaces, &run_id)
+        .delete_sources(args.source, &ceiling_namespaces, &run_id)
         .await?;
     let mut ceiling = Ceiling {
         creates: recs.len(),
@@ -487,8 +503,8 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // --- Ingest.
-    log(epoch, format!("ingest: creating {} Ingresses", items.len()));
-    let recs = cluster::create_ingresses(
+    log(epoch, format!("ingest: creating {} {kinds}", items.len()));
+    let recs = cluster::create_sources(
         &cluster.client,
         &items,
         &run_id,
@@ -500,7 +516,7 @@ async fn main() -> Result<()> {
     let (ing_failed, ing_secs, ing_lat) = create_summary(&recs);
     log(
         epoch,
-        format!("ingest: Ingresses created in {ing_secs:.1} s ({ing_failed} failed)"),
+        format!("ingest: {kinds} created in {ing_secs:.1} s ({ing_failed} failed)"),
     );
     let created: BTreeMap<String, f64> = recs
         .iter()
@@ -680,7 +696,6 @@ async fn main() -> Result<()> {
             chaos: Some(ch),
             ..Results::default()
         };
-        let all_namespaces = [ceiling_namespaces, namespaces].concat();
         return finish(&args, results, &dir, cluster, _temp, all_namespaces, epoch).await;
     }
 
@@ -953,12 +968,12 @@ async fn main() -> Result<()> {
             jobs: jobs.clone(),
         },
     };
-    let all_namespaces = [ceiling_namespaces, namespaces].concat();
     finish(&args, results, &dir, cluster, _temp, all_namespaces, epoch).await
 }
 
 fn run_config(args: &Args) -> RunConfig {
     RunConfig {
+        source: args.source,
         ingresses: args.ingresses,
         namespaces: args.namespaces,
         ingresses_per_host: args.ingresses_per_host,

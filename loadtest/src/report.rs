@@ -13,6 +13,9 @@ use crate::stats::{Duplicates, Summary};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunConfig {
+    /// The kind of source object (`--source`): `ingress` or `httproute`.
+    pub source: crate::workload::Source,
+    /// Number of source objects, whatever their kind (`--ingresses`).
     pub ingresses: usize,
     pub namespaces: usize,
     pub ingresses_per_host: usize,
@@ -40,7 +43,7 @@ pub struct Ceiling {
     pub secs: f64,
     pub per_sec: f64,
     pub latency_ms: Summary,
-    /// The operator's minimum writes for the same Ingresses (NucleiScan
+    /// The operator's minimum writes for the same objects (NucleiScan
     /// server-side apply + status patch each) from the same tight loop.
     pub scan_writes: usize,
     pub scan_writes_failed: usize,
@@ -50,6 +53,8 @@ pub struct Ceiling {
     pub delete_secs: f64,
 }
 
+/// The `ingress_*` fields count the source objects of either kind (the
+/// names stay, so that results of earlier runs compare).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Ingest {
     pub ingress_creates: usize,
@@ -60,15 +65,15 @@ pub struct Ingest {
     pub scans_seen: usize,
     pub missing_scans: usize,
     pub unexpected_scans: usize,
-    /// First Ingress create sent → last expected NucleiScan seen.
+    /// First source create sent → last expected NucleiScan seen.
     pub all_scans_secs: Option<f64>,
     pub all_scans_ratio_to_ceiling: Option<f64>,
     /// all_scans_secs / (ceiling secs + scan-writes secs): against the least
     /// API work the ingest needs.
     pub all_scans_ratio_to_minimum_work: Option<f64>,
-    /// Last Ingress created → last expected NucleiScan seen.
+    /// Last source object created → last expected NucleiScan seen.
     pub lag_after_last_ingress_secs: Option<f64>,
-    /// Ingress create returned → NucleiScan seen by the watch, ms.
+    /// Source create returned → NucleiScan seen by the watch, ms.
     pub latency_ms: Summary,
     /// latency_ms percentiles divided by the ceiling's per-create percentiles.
     pub latency_ratio_to_ceiling_create: BTreeMap<String, f64>,
@@ -375,8 +380,12 @@ pub fn markdown(r: &Results) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "### N = {} — {} — {} CPUs, {:.1} GiB\n",
-        r.config.ingresses, r.started_at, m.nproc, m.memory_gib
+        "### N = {} {} — {} — {} CPUs, {:.1} GiB\n",
+        r.config.ingresses,
+        r.config.source.nouns(),
+        r.started_at,
+        m.nproc,
+        m.memory_gib
     );
     let _ = writeln!(s, "- Command: `{}`", r.command);
     let _ = writeln!(
@@ -429,10 +438,15 @@ pub fn markdown(r: &Results) -> String {
 
     let _ = writeln!(s, "| Measure | Result | Target | |\n|---|---|---|---|");
     let ce = &r.ceiling;
+    let kind = c.source.noun();
     let _ = writeln!(
         s,
-        "| API create ceiling: {} Ingress creates, {} in flight, operator not running | {:.1} s = {:.0}/s; per create p50/p95/p99 {} | — | |",
+        "| API create ceiling: {} {kind} creates{}, {} in flight, operator not running | {:.1} s = {:.0}/s; per create p50/p95/p99 {} | — | |",
         ce.creates,
+        match c.source {
+            crate::workload::Source::Ingress => "",
+            crate::workload::Source::HttpRoute => " (each with its Accepted status write)",
+        },
         c.create_concurrency,
         ce.secs,
         ce.per_sec,
@@ -458,7 +472,7 @@ pub fn markdown(r: &Results) -> String {
     let t0 = &t[0];
     let _ = writeln!(
         s,
-        "| Every Ingress has its NucleiScan ({} expected, {} seen, {} unexpected) | {} after the first create ({} the ceiling creates + minimum writes); last scan {} after the last Ingress | {} | {} |",
+        "| Every {kind} has its NucleiScan ({} expected, {} seen, {} unexpected) | {} after the first create ({} the ceiling creates + minimum writes); last scan {} after the last {kind} | {} | {} |",
         ig.expected_scans,
         ig.scans_seen,
         ig.unexpected_scans,
@@ -478,7 +492,7 @@ pub fn markdown(r: &Results) -> String {
     };
     let _ = writeln!(
         s,
-        "| Ingress created → NucleiScan created, p50 / p95 / p99 | {} ({} / {} / {} a ceiling create) | — | |",
+        "| {kind} created → NucleiScan created, p50 / p95 / p99 | {} ({} / {} / {} a ceiling create) | — | |",
         ms3(&ig.latency_ms),
         ratio("p50"),
         ratio("p95"),
@@ -684,6 +698,21 @@ mod tests {
         );
         let md = markdown(&r);
         assert!(md.contains("| Measure | Result | Target | |"), "{md}");
+    }
+
+    #[test]
+    fn a_route_run_names_its_kind_where_an_ingress_run_says_ingress() {
+        let mut r = Results::default();
+        r.config.source = crate::workload::Source::HttpRoute;
+        let md = markdown(&r);
+        assert!(md.contains("Every HTTPRoute has its NucleiScan"), "{md}");
+        assert!(
+            md.contains("| HTTPRoute created → NucleiScan created"),
+            "{md}"
+        );
+        assert!(!md.contains("Ingress"), "{md}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["config"]["source"], "httproute");
     }
 
     #[test]
