@@ -191,17 +191,29 @@ async fn a_route_is_scanned_only_once_a_gateway_accepts_it_and_only_where_it_has
         let scan = format!("{name}-httproute");
         assert!(scans.get_opt(&scan).await.unwrap().is_none(), "{scan}");
     }
-    // Each says why on the route, where its owner looks.
-    for (name, why) in [
-        ("waiting", "the Gateway has not accepted the route"),
-        ("refused", "the Gateway has not accepted the route"),
-        (
-            "nameless",
-            "neither the listener nor the route names a host",
-        ),
-    ] {
-        event(&client, &ns, name, "Normal", "NoTargets", why).await;
-    }
+    // The nameless route says why on itself, where its owner looks; routes
+    // waiting for their Gateway get no Event of ours (every new route waits
+    // a moment, and the Gateway controller explains a refusal in status).
+    event(
+        &client,
+        &ns,
+        "nameless",
+        "Normal",
+        "NoTargets",
+        "neither the listener nor the route names a host",
+    )
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let ours: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("NoTargets"))
+        .filter_map(|e| e.involved_object.name)
+        .collect();
+    assert_eq!(ours, ["nameless"]);
     set_accepted::<V1>(&client, &ns, "waiting", true).await;
     let s = scan(&scans, "waiting-httproute", "scan once accepted", |_| true).await;
     assert_eq!(s.spec.targets, ["https://wait.example.com"]);

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 
 use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
-use super::httproute::httproute_targets;
+use super::httproute::{NOT_ACCEPTED, httproute_targets};
 use super::scope::NamespaceScope;
 use super::targets::{
     Derived, Skipped, apply_policy, ingress_class, ingress_targets, scan_name,
@@ -230,7 +230,11 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
                 Err(e) => return Err(e.into()),
             }
         }
-        if parsed.enabled && selected {
+        // A route waits for its Gateway's acceptance, which the Gateway
+        // controller reports on the route: no Event for every new route.
+        let awaiting =
+            !derived.skipped.is_empty() && derived.skipped.iter().all(|s| s.reason == NOT_ACCEPTED);
+        if parsed.enabled && selected && !awaiting {
             if refused.is_empty() {
                 // Why this source has no scan, where its owner looks.
                 let skipped: Vec<String> = derived.skipped.iter().map(|s| s.to_string()).collect();

@@ -8,10 +8,11 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::controller::{self as sources, SourceCtx};
 use super::discovery::{Served, while_served};
@@ -87,12 +88,17 @@ async fn routes<V: GatewayVersion>(ctx: Arc<SourceCtx>, concurrency: u16, stop: 
         // A Gateway's routes are reconciled when its spec changes
         // (generation), or it goes.
         let mut seen: HashMap<(String, String), Option<i64>> = HashMap::new();
+        let events = events.default_backoff();
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             let (gw, gone) = match event {
                 Ok(watcher::Event::Apply(g)) => (g, false),
                 Ok(watcher::Event::Delete(g)) => (g, true),
-                _ => continue,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!("watching Gateways: {e}");
+                    continue;
+                }
             };
             let key = (gw.namespace().unwrap_or_default(), gw.name_any());
             let generation = gw.meta().generation;

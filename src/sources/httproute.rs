@@ -34,6 +34,12 @@ use kube::ResourceExt;
 use super::targets::{Collector, Derived, REGEX_PATH, check_path, normalize_host};
 use crate::api::gateway::{GATEWAY_GROUP, Gateway, GatewayVersion, HttpRoute, Listener, ParentRef};
 
+/// Why a parent gives no target while its Gateway has not accepted the
+/// route: a state the Gateway controller owns (and explains in the route's
+/// status), and every new route passes through it.
+pub const NOT_ACCEPTED: &str =
+    "the Gateway has not accepted the route (no Accepted=True in status.parents)";
+
 /// Targets of `route`; `gateway(namespace, name)` finds a parent Gateway.
 pub fn httproute_targets<V: GatewayVersion>(
     route: &HttpRoute<V>,
@@ -65,10 +71,7 @@ pub fn httproute_targets<V: GatewayVersion>(
             .iter()
             .any(|p| p.accepted() && p.parent_ref.same_as(parent, &namespace))
         {
-            out.skip(
-                at,
-                "the Gateway has not accepted the route (no Accepted=True in status.parents)",
-            );
+            out.skip(at, NOT_ACCEPTED);
             continue;
         }
         let Some(gw) = gateway(gw_ns, &parent.name) else {
