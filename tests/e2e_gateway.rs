@@ -77,6 +77,14 @@ async fn scan(
     .await
 }
 
+/// Waits until the scan `name` no longer exists.
+async fn gone(scans: &Api<NucleiScan>, name: &str, timeout: Duration) {
+    eventually(timeout, &format!("{name} deleted"), || async {
+        scans.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 async fn accepted_route(client: &kube::Client, ns: &str, body: Value) {
     create(client, ns, &body).await.unwrap();
     set_accepted::<V1>(client, ns, body["metadata"]["name"].as_str().unwrap(), true).await;
@@ -219,15 +227,7 @@ async fn a_route_is_scanned_only_once_a_gateway_accepts_it_and_only_where_it_has
     assert_eq!(s.spec.targets, ["https://wait.example.com"]);
     // The Gateway withdraws its acceptance: the scan goes.
     set_accepted::<V1>(&client, &ns, "waiting", false).await;
-    eventually(Duration::from_secs(30), "scan deleted", || async {
-        scans
-            .get_opt("waiting-httproute")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&scans, "waiting-httproute", Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -277,15 +277,7 @@ async fn a_changed_gateway_listener_updates_the_scans_of_its_routes() {
         .delete("own", &DeleteParams::background())
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "scan deleted", || async {
-        scans
-            .get_opt("app-httproute")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&scans, "app-httproute", Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -323,15 +315,7 @@ async fn an_httproute_and_an_ingress_of_one_name_get_two_scans_and_each_goes_wit
         .delete("web", &DeleteParams::background())
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "route scan deleted", || async {
-        scans
-            .get_opt("web-httproute")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&scans, "web-httproute", Duration::from_secs(30)).await;
     assert!(scans.get_opt("web-ingress").await.unwrap().is_some());
     assert!(
         e.operator.log_text().contains("Gateway API found"),
@@ -384,7 +368,13 @@ async fn a_cluster_serving_only_v1beta1_is_read_at_v1beta1_then_at_v1_and_losing
     .await;
 
     // The Gateway API is uninstalled: routes and scans go, the operator
-    // stays up and keeps scanning Ingresses.
+    // stays up and keeps scanning Ingresses. The garbage collector is
+    // stopped, as it may or may not delete the scans before the kind that
+    // owns them is gone (after that it never does): the operator must.
+    cluster
+        .stop_component(devcluster::ComponentName::KubeControllerManager)
+        .await
+        .unwrap();
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     for name in ["httproutes", "gateways", "gatewayclasses"] {
@@ -395,15 +385,7 @@ async fn a_cluster_serving_only_v1beta1_is_read_at_v1beta1_then_at_v1_and_losing
         .await
         .unwrap();
     }
-    eventually(Duration::from_secs(60), "route scan deleted", || async {
-        scans
-            .get_opt("app-httproute")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&scans, "app-httproute", Duration::from_secs(60)).await;
     Api::<Ingress>::namespaced(client.clone(), &ns)
         .create(
             &PostParams::default(),

@@ -33,19 +33,7 @@ pub async fn install_crds(client: &kube::Client, served: Option<&[&str]>) {
         .await
         .unwrap();
         let name = crd.metadata.name.clone().unwrap();
-        eventually(
-            Duration::from_secs(20),
-            &format!("{name} established"),
-            || async {
-                let c = crds.get(&name).await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            },
-        )
-        .await;
+        super::crd_established(&crds, &name).await;
     }
 }
 

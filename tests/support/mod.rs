@@ -108,19 +108,25 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
     )
     .await
     .unwrap();
-    eventually(Duration::from_secs(20), "CRD established", || async {
-        let c = crds
-            .get("nucleiscans.nuclei.homelab.mortenolsen.pro")
-            .await
-            .ok()?;
-        c.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    crd_established(&crds, "nucleiscans.nuclei.homelab.mortenolsen.pro").await;
     cluster
+}
+
+/// Waits (20 s at most) until the API server has established the CRD `name`.
+pub async fn crd_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{name} established"),
+        || async {
+            let c = crds.get(name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// The operator as a child process (admin kubeconfig). Killed on drop, and by
