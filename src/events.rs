@@ -34,10 +34,10 @@ const MAX_REMEMBERED: usize = 10_000;
 /// Events that say why, on objects whose why changes (a source's skipped
 /// targets, its annotation errors). kube's `Recorder` folds repeats of one
 /// reason on one object into a series that keeps the *first* note for
-/// minutes, so "the Gateway has not accepted the route" would still be
-/// shown after the Gateway accepted it and the route turned out to have no
-/// host name. Here each distinct note is a new Event, and an unchanged
-/// note is published at most once per [`REPEAT`] (reconciles repeat).
+/// minutes, so after a user fixes one bad annotation and breaks another the
+/// Event would still name the first. Here each distinct note is a new
+/// Event, and an unchanged note is published at most once per [`REPEAT`]
+/// (reconciles repeat).
 pub struct NotedEvents {
     client: kube::Client,
     reporter: Reporter,
