@@ -66,51 +66,28 @@ pub async fn while_served<C>(
             .boxed()
     });
     let mut events = futures::stream::select_all(streams);
-    let mut served = Served::new();
-    // CRDs that exist (served or not), and those being relisted (whether
-    // they existed before the relist).
-    let mut present = BTreeSet::new();
-    let mut relisting = BTreeMap::new();
+    let mut state = CrdState::default();
     let mut running: Option<(C, CancellationToken)> = None;
     loop {
         let (name, event) = tokio::select! {
             _ = shutdown.cancelled() => break,
             e = events.next() => match e { Some(e) => e, None => break },
         };
-        match event {
-            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
-                present.insert(name);
-                let versions = served_versions(&c);
-                if versions.is_empty() {
-                    served.remove(name);
-                } else {
-                    served.insert(name, versions);
-                }
-            }
-            Ok(watcher::Event::Delete(_)) => {
-                served.remove(name);
-                if present.remove(name) {
-                    removed(name);
-                }
-            }
-            // A relist: the CRD is absent unless it is listed again before
-            // `InitDone`.
-            Ok(watcher::Event::Init) => {
-                served.remove(name);
-                relisting.insert(name, present.remove(name));
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => {
-                if relisting.remove(name) == Some(true) && !present.contains(name) {
-                    removed(name);
-                }
-            }
+        let event = match event {
+            Ok(event) => event,
             Err(e) => {
                 warn!("watching the {what} CRD {name}: {e}");
                 continue;
             }
+        };
+        let step = state.apply(name, event);
+        if step.removed {
+            removed(name);
         }
-        let want = pick(&served);
+        if !step.settled {
+            continue;
+        }
+        let want = pick(&state.served);
         if running.as_ref().map(|(c, _)| c) == want.as_ref() {
             continue;
         }
@@ -123,6 +100,67 @@ pub async fn while_served<C>(
             let stop = shutdown.child_token();
             start(c.clone(), stop.clone());
             running = Some((c, stop));
+        }
+    }
+}
+
+/// The watched CRDs as their watch events tell them.
+#[derive(Debug, Default)]
+struct CrdState {
+    served: Served,
+    /// CRDs that exist, served or not.
+    present: BTreeSet<&'static str>,
+    /// CRDs being relisted, and whether each existed before the relist.
+    relisting: BTreeMap<&'static str, bool>,
+}
+
+/// What one watch event changed.
+#[derive(Debug, PartialEq, Eq)]
+struct Step {
+    /// The CRD existed and is gone.
+    removed: bool,
+    /// No CRD is half relisted: `served` may be judged.
+    settled: bool,
+}
+
+impl CrdState {
+    fn apply(
+        &mut self,
+        name: &'static str,
+        event: watcher::Event<CustomResourceDefinition>,
+    ) -> Step {
+        let mut removed = false;
+        match event {
+            watcher::Event::Apply(c) | watcher::Event::InitApply(c) => {
+                self.present.insert(name);
+                let versions = served_versions(&c);
+                if versions.is_empty() {
+                    self.served.remove(name);
+                } else {
+                    self.served.insert(name, versions);
+                }
+            }
+            watcher::Event::Delete(_) => {
+                self.served.remove(name);
+                removed = self.present.remove(name);
+            }
+            // A relist: the CRD is absent unless it is listed again before
+            // `InitDone`. A list that fails starts over with another
+            // `Init`: keep what was known before the first.
+            watcher::Event::Init => {
+                self.served.remove(name);
+                let existed = self.present.remove(name);
+                *self.relisting.entry(name).or_insert(false) |= existed;
+            }
+            watcher::Event::InitDone => {
+                removed = self.relisting.remove(name) == Some(true) && !self.present.contains(name);
+            }
+        }
+        Step {
+            removed,
+            // Judged once every relist is whole, rather than a source
+            // stopped for a moment.
+            settled: self.relisting.is_empty(),
         }
     }
 }
@@ -147,5 +185,49 @@ mod tests {
         };
         assert_eq!(served_versions(&crd("True")), ["v1beta1"]);
         assert!(served_versions(&crd("False")).is_empty());
+    }
+
+    fn established(name: &str) -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"group": "g", "scope": "Namespaced", "names": {"plural": "p", "kind": "K"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]},
+            "status": {"conditions": [{"type": "Established", "status": "True"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crd_deleted_or_missing_from_a_relist_is_removed_once_and_half_relists_are_not_judged() {
+        use watcher::Event::*;
+        let (a, b) = ("a", "b");
+        let mut s = CrdState::default();
+        let step = |removed, settled| Step { removed, settled };
+        // Start-up: both listed; judged only when both lists are whole.
+        assert_eq!(s.apply(a, Init), step(false, false));
+        assert_eq!(s.apply(b, Init), step(false, false));
+        assert_eq!(s.apply(a, InitApply(established(a))), step(false, false));
+        assert_eq!(s.apply(a, InitDone), step(false, false));
+        assert_eq!(s.apply(b, InitApply(established(b))), step(false, false));
+        assert_eq!(s.apply(b, InitDone), step(false, true));
+        assert_eq!(s.served.len(), 2);
+        // A relist of `a` that fails once, then finds it gone.
+        assert_eq!(s.apply(a, Init), step(false, false));
+        assert_eq!(s.apply(b, Apply(established(b))), step(false, false));
+        assert_eq!(s.apply(a, Init), step(false, false));
+        assert_eq!(s.apply(a, InitDone), step(true, true));
+        assert!(!s.served.contains_key(a));
+        // Deleted while watched: removed once.
+        assert_eq!(s.apply(b, Delete(established(b))), step(true, true));
+        assert_eq!(s.apply(b, Delete(established(b))), step(false, true));
+        // A CRD that never existed is never removed.
+        assert_eq!(s.apply(a, Init), step(false, false));
+        assert_eq!(s.apply(a, InitDone), step(false, true));
+        // A relist that finds it again keeps it.
+        s.apply(a, Apply(established(a)));
+        s.apply(a, Init);
+        s.apply(a, InitApply(established(a)));
+        assert_eq!(s.apply(a, InitDone), step(false, true));
+        assert!(s.served.contains_key(a));
     }
 }
