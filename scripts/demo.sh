@@ -20,7 +20,10 @@ fi
 
 step "building the test tools when missing (tens of minutes the first time)"
 devcluster/tools/build.sh
-eval "$(devcluster/tools/build.sh --print-dir | sed 's/^/dir_/')"
+# Each tool's cache directory (names with '-', like gateway-api, are not read here).
+tool_dir() { devcluster/tools/build.sh --print-dir | sed -n "s/^$1=//p"; }
+dir_helm=$(tool_dir helm)
+dir_nuclei=$(tool_dir nuclei)
 helm="$dir_helm/helm"
 
 step "building the operator"
