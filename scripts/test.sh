@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: builds the real test tools when missing (etcd,
-# kube-apiserver, kube-controller-manager, nuclei, helm — tens of minutes cold),
+# kube-apiserver, kube-controller-manager, nuclei, helm, promtool, and the
+# Gateway API and report CRDs — tens of minutes cold),
 # checks formatting and lints, then unit, component and end-to-end tests. The
 # end-to-end tests start their own local control plane (devcluster) on loopback.
 set -euo pipefail

@@ -14,9 +14,15 @@ pub struct Tools {
     pub kube_controller_manager: PathBuf,
     pub nuclei: PathBuf,
     pub helm: PathBuf,
+    /// Prometheus's `promtool`, which checks and unit-tests the chart's
+    /// alert rules.
+    pub promtool: PathBuf,
     /// The Gateway API project's standard-channel CRDs (GatewayClass,
     /// Gateway, HTTPRoute), copied from its Go module: a directory.
     pub gateway_api_crds: PathBuf,
+    /// OpenReports' Report CRD and the Policy WG's PolicyReport CRD, copied
+    /// from their projects' Go modules: a directory.
+    pub report_crds: PathBuf,
 }
 
 /// The build script, for error messages and for callers that want to build.
@@ -54,7 +60,9 @@ impl Tools {
             kube_controller_manager: dir("kubernetes")?.join("kube-controller-manager"),
             nuclei: dir("nuclei")?.join("nuclei"),
             helm: dir("helm")?.join("helm"),
+            promtool: dir("prometheus")?.join("promtool"),
             gateway_api_crds: dir("gateway-api")?,
+            report_crds: dir("reports")?,
         })
     }
 
@@ -64,14 +72,29 @@ impl Tools {
         ["gatewayclasses", "gateways", "httproutes"]
             .iter()
             .map(|kind| {
-                let path = self
-                    .gateway_api_crds
-                    .join(format!("gateway.networking.k8s.io_{kind}.yaml"));
-                let text = std::fs::read_to_string(self.require(&path)?)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+                self.crd(
+                    &self
+                        .gateway_api_crds
+                        .join(format!("gateway.networking.k8s.io_{kind}.yaml")),
+                )
             })
             .collect()
+    }
+
+    /// OpenReports' `Report` CRD (`openreports.io/v1alpha1`).
+    pub fn openreports_crd(&self) -> Result<CustomResourceDefinition> {
+        self.crd(&self.report_crds.join("openreports.io_reports.yaml"))
+    }
+
+    /// The Policy WG's `PolicyReport` CRD (`wgpolicyk8s.io/v1alpha2`).
+    pub fn policyreport_crd(&self) -> Result<CustomResourceDefinition> {
+        self.crd(&self.report_crds.join("wgpolicyk8s.io_policyreports.yaml"))
+    }
+
+    fn crd(&self, path: &Path) -> Result<CustomResourceDefinition> {
+        let text = std::fs::read_to_string(self.require(path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// The path of `tool`, or an error telling how to build it.

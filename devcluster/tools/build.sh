@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real components devcluster runs (kube-apiserver, kube-controller-manager,
-# etcd, nuclei, helm) from their Go modules into a per-version cache outside the repo,
-# only when missing, and copies the Gateway API project's published CRDs out of its
-# Go module. Prints where they are. Never writes binaries into the repo.
+# etcd, nuclei, helm, promtool) from their Go modules into a per-version cache outside the repo,
+# only when missing, and copies the Gateway API's and the report APIs' published CRDs out
+# of their Go modules. Prints where they are. Never writes binaries into the repo.
 #
 #   devcluster/tools/build.sh                 build whatever is missing
 #   devcluster/tools/build.sh --print-dir     print the cache dir of each tool and exit
@@ -23,8 +23,9 @@ version_of() {
   case $1 in
     kubernetes) echo "$KUBERNETES_VERSION" ;; etcd) echo "$ETCD_VERSION" ;;
     nuclei) echo "$NUCLEI_VERSION" ;; helm) echo "$HELM_VERSION" ;;
-    gateway-api) echo "$GATEWAY_API_VERSION" ;;
-    *) die "unknown tool '$1' (kubernetes, etcd, nuclei, helm, gateway-api)" ;;
+    gateway-api) echo "$GATEWAY_API_VERSION" ;; prometheus) echo "$PROMETHEUS_VERSION" ;;
+    reports) echo "openreports-$OPENREPORTS_VERSION-kyverno-$KYVERNO_VERSION" ;;
+    *) die "unknown tool '$1' (kubernetes, etcd, nuclei, helm, prometheus, gateway-api, reports)" ;;
   esac
 }
 dir_of() { echo "$cache/$1-$(version_of "$1")"; }
@@ -54,8 +55,10 @@ regen() {
       printf 'module nuclei-operator/devcluster/tools/nuclei\n\ngo 1.26.0\n\nrequire github.com/projectdiscovery/nuclei/v3 %s\n\ntool github.com/projectdiscovery/nuclei/v3/cmd/nuclei\n' "$v" > "$mod" ;;
     helm)
       printf 'module nuclei-operator/devcluster/tools/helm\n\ngo 1.26.0\n\nrequire helm.sh/helm/v3 %s\n\ntool helm.sh/helm/v3/cmd/helm\n' "$v" > "$mod" ;;
-    gateway-api)
-      die "gateway-api: edit GATEWAY_API_VERSION and the require line of $mod, then run: (cd $here/gateway-api && GOFLAGS=-mod=mod go mod download sigs.k8s.io/gateway-api && go mod verify)" ;;
+    prometheus)
+      printf 'module nuclei-operator/devcluster/tools/prometheus\n\ngo 1.26.0\n\nrequire github.com/prometheus/prometheus %s\n\ntool github.com/prometheus/prometheus/cmd/promtool\n' "$v" > "$mod" ;;
+    gateway-api|reports)
+      die "$name: edit versions.env and the require lines of $mod, then run (cd $here/$name && GOFLAGS=-mod=mod go mod download <each required module> && go mod verify)" ;;
   esac
   rm -f "$here/$name/go.sum"
   log "tidying $name/go.mod"
@@ -78,9 +81,26 @@ fetch_gateway_api() {
   log "gateway-api $v: CRDs in $out"
 }
 
+# The report CRDs the report writer targets, as their projects publish them:
+# OpenReports' Report from its API module, and the Policy WG's PolicyReport
+# from Kyverno's module (the wg-policy-prototypes module is not served).
+fetch_reports() {
+  local out tmp openreports kyverno; out=$(dir_of reports)
+  if [ -f "$out/.complete" ]; then log "reports: cached in $out"; return; fi
+  tmp="$out.partial.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  openreports=$(cd "$here/reports" && go mod download -json "github.com/openreports/reports-api" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  kyverno=$(cd "$here/reports" && go mod download -json "github.com/kyverno/kyverno" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  cp "$openreports/config/crd/openreports.io_reports.yaml" "$tmp/" || die "reports: no Report CRD in '$openreports'"
+  cp "$kyverno/config/crds/policyreport/wgpolicyk8s.io_policyreports.yaml" "$tmp/" || die "reports: no PolicyReport CRD in '$kyverno'"
+  touch "$tmp/.complete"
+  rm -rf "$out"; mv "$tmp" "$out"
+  log "reports: CRDs in $out"
+}
+
 build() {
   local name=$1 v out tmp start; v=$(version_of "$name"); out=$(dir_of "$name")
   if [ "$name" = gateway-api ]; then fetch_gateway_api; return; fi
+  if [ "$name" = reports ]; then fetch_reports; return; fi
   if [ -f "$out/.complete" ]; then log "$name $v: cached in $out"; return; fi
   tmp="$out.partial.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
   start=$(date +%s)
@@ -94,6 +114,7 @@ build() {
     etcd) pkgs="." ;;
     nuclei) pkgs="github.com/projectdiscovery/nuclei/v3/cmd/nuclei" ;;
     helm) pkgs="helm.sh/helm/v3/cmd/helm" ;;
+    prometheus) pkgs="github.com/prometheus/prometheus/cmd/promtool" ;;
   esac
   # shellcheck disable=SC2086
   if ! (cd "$here/$name" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" $pkgs) >"$tmp/build.log" 2>&1; then
@@ -107,9 +128,9 @@ build() {
 }
 
 case ${1:-} in
-  --print-dir) for t in kubernetes etcd nuclei helm gateway-api; do echo "$t=$(dir_of $t)"; done; exit 0 ;;
+  --print-dir) for t in kubernetes etcd nuclei helm prometheus gateway-api reports; do echo "$t=$(dir_of $t)"; done; exit 0 ;;
   --regen) shift; for t in "$@"; do regen "$t"; done; exit 0 ;;
 esac
 command -v go >/dev/null || die "go is not on PATH (Go 1.26 builds the test tools)"
-tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=(etcd kubernetes helm nuclei gateway-api)
+tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=(etcd kubernetes helm nuclei prometheus gateway-api reports)
 for t in "${tools[@]}"; do build "$t"; done
