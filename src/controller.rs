@@ -9,7 +9,7 @@ use dispatcher::{Config as DispatchConfig, Dispatcher, RateLimit};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -126,7 +126,6 @@ pub async fn run(settings: Settings) -> Result<()> {
         controller: "nuclei-operator".into(),
         instance: Some(identity.clone()),
     };
-    let recorder = Recorder::new(client.clone(), reporter.clone());
     let concurrency = settings.reconcile_concurrency;
     let triggers = Triggers::default();
     let (scan_controller, job_store) = reconcile::controller(
@@ -136,6 +135,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         triggers.clone(),
     );
     let scans = scan_controller.store();
+    metrics.read_scans_from(scans.clone());
     let namespaces = NamespaceScope::start(
         client.clone(),
         settings.scan_namespace_selector.clone(),
@@ -145,7 +145,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let source_ctx = Arc::new(SourceCtx {
         client: client.clone(),
         scans: scans.clone(),
-        events: crate::events::NotedEvents::new(client.clone(), reporter),
+        events: crate::events::NotedEvents::new(client.clone(), reporter.clone()),
         writes: AtomicU64::new(0),
         triggers,
         images: settings.image_policy(),
@@ -158,7 +158,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         settings.clone(),
         handle.clone(),
         metrics.clone(),
-        recorder,
+        reporter,
         job_store,
     ));
     let stop = || {
@@ -182,6 +182,15 @@ pub async fn run(settings: Settings) -> Result<()> {
     tasks.spawn(gateway_api::run(
         source_ctx.clone(),
         concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::reports::run(
+        Arc::new(crate::reports::ReportCtx {
+            client: client.clone(),
+            scans: scans.clone(),
+            setting: settings.reports_format,
+            budget_bytes: crate::scanner::report::DEFAULT_BUDGET_BYTES,
+        }),
         shutdown.clone(),
     ));
     {

@@ -12,6 +12,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value of [`Error::metric_label`].
+    pub const METRIC_LABELS: [&str; 2] = ["kube", "invalid"];
+
     /// A stable, low-cardinality label for the error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {

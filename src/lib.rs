@@ -12,6 +12,7 @@ pub mod hash;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod reports;
 pub mod scan;
 pub mod scanner;
 pub mod settings;

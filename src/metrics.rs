@@ -1,11 +1,23 @@
-//! Prometheus metrics (DESIGN §7).
+//! Prometheus metrics (DESIGN §7): counters and histograms the controllers
+//! update as things happen, and the per-scan series ([`ScanSeries`]), which
+//! are read from the scan cache at each scrape, so they are never stale and
+//! cost nothing between scrapes. No series has a per-finding label: the
+//! per-scan ones are bounded by the number of scans times six severities.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, OnceLock};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::{NucleiScan, NucleiScanStatus, ScanPhase, Severity};
+use crate::scan::status::chrono;
 
 /// Label of a per-reason queue gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,12 +29,6 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
-}
-
-/// Label of the findings counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SeverityLabel {
-    pub severity: String,
 }
 
 /// Label of the reconcile-error counter.
@@ -42,8 +48,8 @@ pub struct Metrics {
     pub queue_scheduled: Gauge,
     pub queue_wait: Histogram,
     pub outcomes: Family<OutcomeLabel, Counter>,
-    pub findings: Family<SeverityLabel, Counter>,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
+    scans: ScanCache,
 }
 
 impl Default for Metrics {
@@ -56,8 +62,8 @@ impl Default for Metrics {
         let queue_scheduled = Gauge::default();
         let queue_wait = Histogram::new(exponential_buckets(0.01, 4.0, 12));
         let outcomes = Family::<OutcomeLabel, Counter>::default();
-        let findings = Family::<SeverityLabel, Counter>::default();
         let reconcile_errors = Family::<ErrorLabel, Counter>::default();
+        let scans = ScanCache::default();
         registry.register(
             "nuclei_scan_jobs_created",
             "Scanner Jobs (or in-process scans) started",
@@ -94,15 +100,21 @@ impl Default for Metrics {
             outcomes.clone(),
         );
         registry.register(
-            "nuclei_findings",
-            "Findings reported by finished scans, by severity",
-            findings.clone(),
-        );
-        registry.register(
             "nuclei_reconcile_errors",
             "Failed reconciles by controller and error kind",
             reconcile_errors.clone(),
         );
+        // At 0 from the start, so `rate()` and the dashboard see them
+        // before the first error.
+        for error in crate::error::Error::METRIC_LABELS {
+            reconcile_errors
+                .get_or_create(&ErrorLabel {
+                    controller: "nucleiscan".into(),
+                    error: error.into(),
+                })
+                .inc_by(0);
+        }
+        registry.register_collector(Box::new(scans.clone()));
         Metrics {
             registry,
             jobs_created,
@@ -112,8 +124,8 @@ impl Default for Metrics {
             queue_scheduled,
             queue_wait,
             outcomes,
-            findings,
             reconcile_errors,
+            scans,
         }
     }
 }
@@ -126,11 +138,248 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// From now on, every scrape reads the per-scan series from `scans`
+    /// (the scan controller's cache, filled once this replica leads). A
+    /// second call is ignored.
+    pub fn read_scans_from(&self, scans: Store<NucleiScan>) {
+        let _ = self.scans.0.set(scans);
+    }
+}
+
+/// The scan cache the per-scan series are read from; empty on a follower.
+#[derive(Clone, Debug, Default)]
+struct ScanCache(Arc<OnceLock<Store<NucleiScan>>>);
+
+impl Collector for ScanCache {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let info = ConstGauge::new(1i64);
+        info.encode(
+            encoder
+                .encode_descriptor(
+                    "nuclei_build_info",
+                    "The operator's version; always 1",
+                    None,
+                    info.metric_type(),
+                )?
+                .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?,
+        )?;
+        let Some(store) = self.0.get() else {
+            return Ok(());
+        };
+        let scans = store.state();
+        ScanSeries::of(scans.iter().map(|s| s.as_ref())).encode(&mut encoder)
+    }
+}
+
+/// The six `severity` label values, in [`Severity::ALL`] order.
+const SEVERITIES: usize = Severity::ALL.len();
+
+/// Phases of `nuclei_scans`: `New` for a scan with no phase yet.
+const PHASES: [&str; 5] = ["New", "Pending", "Running", "Completed", "Failed"];
+
+/// The per-scan series of one scrape.
+#[derive(Debug, Default, PartialEq)]
+pub struct ScanSeries {
+    /// Findings by severity of each scan's latest completed run.
+    findings: Vec<(ScanLabels, [i64; SEVERITIES])>,
+    /// When each scan last completed successfully (unix seconds).
+    last_success: Vec<(ScanLabels, f64)>,
+    /// When each scheduled scan's next run is due (unix seconds).
+    next_run: Vec<(ScanLabels, f64)>,
+    /// Failed attempts since each scan's last success.
+    failures: Vec<(ScanLabels, i64)>,
+    /// Scans by phase, in [`PHASES`] order.
+    phases: [i64; PHASES.len()],
+}
+
+/// `namespace` and `nucleiscan`.
+#[derive(Clone, Debug, PartialEq)]
+struct ScanLabels(String, String);
+
+impl ScanLabels {
+    fn with<'a>(&'a self, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut labels = vec![
+            ("namespace", self.0.as_str()),
+            ("nucleiscan", self.1.as_str()),
+        ];
+        labels.extend_from_slice(more);
+        labels
+    }
+}
+
+impl ScanSeries {
+    /// The series of `scans`.
+    pub fn of<'a>(scans: impl IntoIterator<Item = &'a NucleiScan>) -> ScanSeries {
+        let mut out = ScanSeries::default();
+        let no_status = NucleiScanStatus::default();
+        for scan in scans {
+            let labels = ScanLabels(scan.namespace().unwrap_or_default(), scan.name_any());
+            let status = scan.status.as_ref().unwrap_or(&no_status);
+            let phase = match status.phase {
+                None => 0,
+                Some(ScanPhase::Pending) => 1,
+                Some(ScanPhase::Running) => 2,
+                Some(ScanPhase::Completed) => 3,
+                Some(ScanPhase::Failed) => 4,
+            };
+            out.phases[phase] += 1;
+            out.failures.push((
+                labels.clone(),
+                status.retry_count.unwrap_or(0).max(0).into(),
+            ));
+            if let Some(next) = &status.next_scheduled_time {
+                out.next_run.push((labels.clone(), unix_seconds(next)));
+            }
+            // Scans completed before `lastSuccessTime` existed: their
+            // completion time is the success while they are Completed.
+            let success = status.last_success_time.as_ref().or(status
+                .completion_time
+                .as_ref()
+                .filter(|_| status.phase == Some(ScanPhase::Completed)));
+            if let Some(at) = success {
+                out.last_success.push((labels.clone(), unix_seconds(at)));
+            }
+            if let Some(summary) = &status.summary {
+                out.findings
+                    .push((labels, by_severity(&summary.findings_by_severity)));
+            }
+        }
+        out
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "nuclei_findings",
+            "Findings of each scan's latest completed run, by severity (true totals, also when the stored list was cut)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (scan, counts) in &self.findings {
+            for (severity, n) in Severity::ALL.iter().zip(counts) {
+                ConstGauge::new(*n).encode(
+                    family.encode_family(&scan.with(&[("severity", severity.as_str())]))?,
+                )?;
+            }
+        }
+        gauges(
+            encoder,
+            "nuclei_scan_last_success_timestamp_seconds",
+            "When each scan last completed successfully, in unix seconds",
+            &self.last_success,
+        )?;
+        gauges(
+            encoder,
+            "nuclei_scan_next_run_timestamp_seconds",
+            "When each scheduled scan's next run is due, in unix seconds",
+            &self.next_run,
+        )?;
+        gauges(
+            encoder,
+            "nuclei_scan_consecutive_failures",
+            "Failed attempts of each scan since its last success",
+            &self.failures,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "nuclei_scans",
+            "Scans by phase (New: not yet picked up)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (phase, n) in PHASES.iter().zip(self.phases) {
+            ConstGauge::new(n).encode(family.encode_family(&[("phase", *phase)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// One gauge per scan.
+fn gauges<N: prometheus_client::encoding::EncodeGaugeValue + Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(ScanLabels, N)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (scan, v) in values {
+        ConstGauge::new(*v).encode(family.encode_family(&scan.with(&[]))?)?;
+    }
+    Ok(())
+}
+
+/// Counts by severity from `summary.findingsBySeverity`, which scanner pods
+/// write: a key that is not one of the six severities counts as `unknown`,
+/// so it never makes a new series and the totals stay true; negative
+/// counts are read as 0.
+fn by_severity(counts: &std::collections::BTreeMap<String, i64>) -> [i64; SEVERITIES] {
+    let mut out = [0i64; SEVERITIES];
+    for (key, n) in counts {
+        let severity = key.parse::<Severity>().unwrap_or(Severity::Unknown);
+        let i = Severity::ALL
+            .iter()
+            .position(|s| *s == severity)
+            .expect("ALL holds every severity");
+        out[i] = out[i].saturating_add((*n).max(0));
+    }
+    out
+}
+
+fn unix_seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    chrono(t).timestamp_millis() as f64 / 1000.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{NucleiScanSpec, ScanSummary};
+    use crate::scan::status::time;
+
+    fn scan(ns: &str, name: &str, status: Option<NucleiScanStatus>) -> NucleiScan {
+        let mut s = NucleiScan::new(name, NucleiScanSpec::default());
+        s.metadata.namespace = Some(ns.into());
+        s.status = status;
+        s
+    }
+
+    fn at(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+        Some(time(chrono::DateTime::from_timestamp(secs, 0).unwrap()))
+    }
+
+    fn summary(counts: &[(&str, i64)]) -> Option<ScanSummary> {
+        Some(ScanSummary {
+            total_findings: counts.iter().map(|(_, n)| n).sum(),
+            findings_by_severity: counts.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            ..Default::default()
+        })
+    }
+
+    fn metrics_with(scans: Vec<NucleiScan>) -> Metrics {
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        for s in scans {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(s));
+        }
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        let m = Metrics::default();
+        m.read_scans_from(reader);
+        m
+    }
+
+    /// The sample lines of the exposition that start with `prefix`.
+    fn samples(text: &str, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
 
     #[test]
     fn the_exposition_names_the_design_metrics() {
@@ -141,8 +390,119 @@ mod tests {
             "nuclei_scan_jobs_created_total 1",
             "nuclei_scan_job_duration_seconds",
             "nuclei_active_scan_jobs",
+            "nuclei_build_info{version=\"",
+            "nuclei_reconcile_errors_total{controller=\"nucleiscan\",error=\"kube\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+        // A follower has no scan cache: no per-scan series at all.
+        assert!(!text.contains("nuclei_findings"), "{text}");
+    }
+
+    #[test]
+    fn each_scan_exports_six_severities_of_its_last_completed_run() {
+        let m = metrics_with(vec![
+            scan(
+                "shop",
+                "web-ingress",
+                Some(NucleiScanStatus {
+                    // A later run is under way: the counts are still the
+                    // last completed run's.
+                    phase: Some(ScanPhase::Running),
+                    summary: summary(&[("critical", 2), ("info", 5), ("high", 0)]),
+                    last_success_time: at(1_700_000_000),
+                    ..Default::default()
+                }),
+            ),
+            scan("shop", "never-ran", None),
+        ]);
+        let text = m.encode();
+        assert_eq!(
+            samples(&text, "nuclei_findings{"),
+            [
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"critical\"} 2",
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"high\"} 0",
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"info\"} 5",
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"low\"} 0",
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"medium\"} 0",
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"unknown\"} 0",
+            ]
+        );
+        assert_eq!(
+            samples(&text, "nuclei_scans{"),
+            [
+                "nuclei_scans{phase=\"Completed\"} 0",
+                "nuclei_scans{phase=\"Failed\"} 0",
+                "nuclei_scans{phase=\"New\"} 1",
+                "nuclei_scans{phase=\"Pending\"} 0",
+                "nuclei_scans{phase=\"Running\"} 1",
+            ]
+        );
+        assert_eq!(
+            samples(&text, "nuclei_scan_last_success_timestamp_seconds{"),
+            [
+                "nuclei_scan_last_success_timestamp_seconds{namespace=\"shop\",nucleiscan=\"web-ingress\"} 1700000000.0"
+            ]
+        );
+        assert_eq!(
+            samples(&text, "nuclei_scan_consecutive_failures{"),
+            [
+                "nuclei_scan_consecutive_failures{namespace=\"shop\",nucleiscan=\"never-ran\"} 0",
+                "nuclei_scan_consecutive_failures{namespace=\"shop\",nucleiscan=\"web-ingress\"} 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scanner_written_severity_key_never_makes_a_new_series_and_still_counts() {
+        let counts = [
+            ("high", 1),
+            ("HIGH ", 2),
+            ("x-evil-1", 3),
+            ("", 4),
+            ("critical", -7),
+        ]
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+        // critical, high, medium, low, info, unknown
+        assert_eq!(by_severity(&counts), [0, 3, 0, 0, 0, 7]);
+        let long = [("a".repeat(10_000), 1)].into_iter().collect();
+        assert_eq!(by_severity(&long), [0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn failures_schedule_and_an_older_completed_status_are_read() {
+        let series = ScanSeries::of(&[
+            scan(
+                "a",
+                "failing",
+                Some(NucleiScanStatus {
+                    phase: Some(ScanPhase::Failed),
+                    retry_count: Some(3),
+                    completion_time: at(200),
+                    next_scheduled_time: at(900),
+                    ..Default::default()
+                }),
+            ),
+            // Written before `lastSuccessTime` existed.
+            scan(
+                "a",
+                "older",
+                Some(NucleiScanStatus {
+                    phase: Some(ScanPhase::Completed),
+                    completion_time: at(100),
+                    summary: summary(&[]),
+                    ..Default::default()
+                }),
+            ),
+        ]);
+        let l = |n: &str| ScanLabels("a".into(), n.into());
+        assert_eq!(series.failures, [(l("failing"), 3), (l("older"), 0)]);
+        assert_eq!(series.next_run, [(l("failing"), 900.0)]);
+        // A failed run's completion time is no success.
+        assert_eq!(series.last_success, [(l("older"), 100.0)]);
+        assert_eq!(series.findings, [(l("older"), [0; 6])]);
+        assert_eq!(series.phases, [0, 0, 0, 1, 1]);
     }
 }

@@ -37,6 +37,20 @@ pub enum ScannerMode {
     Sync,
 }
 
+/// Which policy-report API findings are also written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportsFormat {
+    /// OpenReports when its CRD is installed, else the Policy WG's
+    /// PolicyReport when that one is, else none.
+    Auto,
+    /// Only OpenReports `Report`s (`openreports.io/v1alpha1`).
+    Openreports,
+    /// Only `PolicyReport`s (`wgpolicyk8s.io/v1alpha2`).
+    Wgpolicy,
+    /// No reports.
+    None,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -228,6 +242,20 @@ pub struct Settings {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// Policy reports of each scan's findings, for Kyverno's Policy Reporter
+    /// and the tools it feeds: `auto` (OpenReports `Report`s when that CRD is
+    /// installed, else `wgpolicyk8s.io` `PolicyReport`s when that one is),
+    /// `openreports`, `wgpolicy` or `none`. The CRD is found at run time.
+    #[arg(
+        long,
+        env = "REPORTS_FORMAT",
+        value_name = "REPORTS_FORMAT",
+        value_enum,
+        ignore_case = true,
+        default_value = "auto"
+    )]
+    pub reports_format: ReportsFormat,
 
     /// Address of the data endpoints /metrics, /queue and
     /// /queue/{namespace}/{name}; HTTP_AUTH guards them.
@@ -849,6 +877,7 @@ mod tests {
         assert_eq!(s.target_check_timeout, Duration::from_secs(5));
         assert_eq!(s.git_image, "alpine/git:latest");
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.reports_format, ReportsFormat::Auto);
         assert_eq!(s.http_addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(s.health_addr, "0.0.0.0:8081".parse().unwrap());
         assert_eq!(s.http_auth, HttpAuth::Kubernetes);
@@ -1178,13 +1207,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 40);
+        assert_eq!(count, 41);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 40);
+        assert_eq!(table.len(), 41);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -55,6 +55,8 @@ pub const TARGET_RULE_MESSAGE: &str =
     namespaced,
     status = "NucleiScanStatus",
     shortname = "nscan",
+    category = "nuclei",
+    category = "security",
     derive = "PartialEq",
     doc = "NucleiScan keeps the web endpoints of one Ingress, VirtualService or HTTPRoute scanned with nuclei. The operator creates one per exposed source object; the scanner writes its findings into the status.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -72,6 +74,18 @@ pub const TARGET_RULE_MESSAGE: &str =
         name = "High",
         type_ = "integer",
         json_path = ".status.summary.findingsBySeverity.high"
+    ),
+    printcolumn(
+        name = "Medium",
+        type_ = "integer",
+        json_path = ".status.summary.findingsBySeverity.medium",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Low",
+        type_ = "integer",
+        json_path = ".status.summary.findingsBySeverity.low",
+        priority = "1"
     ),
     // A string, not a date: kubectl prints a future date as "<invalid>".
     printcolumn(
@@ -357,6 +371,11 @@ pub struct NucleiScanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// When the last successful scan finished (the run `findings` and
+    /// `summary` come from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<Time>,
+
     /// When the next scheduled scan is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_scheduled_time: Option<Time>,
@@ -564,30 +583,50 @@ mod tests {
     }
 
     #[test]
-    fn printer_columns_show_phase_findings_critical_high_next_scan_and_age() {
+    fn printer_columns_show_phase_findings_by_severity_next_scan_and_age() {
         let crd = NucleiScan::crd();
         let cols = crd.spec.versions[0]
             .additional_printer_columns
             .clone()
             .unwrap();
-        let got: Vec<(&str, &str, &str)> = cols
+        let got: Vec<(&str, &str, &str, i32)> = cols
             .iter()
-            .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
+            .map(|c| {
+                let priority = c.priority.unwrap_or(0);
+                (
+                    c.name.as_str(),
+                    c.type_.as_str(),
+                    c.json_path.as_str(),
+                    priority,
+                )
+            })
             .collect();
+        let severity = |name, key| {
+            let priority = if name == "Medium" || name == "Low" {
+                1
+            } else {
+                0
+            };
+            (name, "integer", key, priority)
+        };
         assert_eq!(
             got,
             vec![
-                ("Phase", "string", ".status.phase"),
-                ("Findings", "integer", ".status.summary.totalFindings"),
-                (
-                    "Critical",
-                    "integer",
-                    ".status.summary.findingsBySeverity.critical"
-                ),
-                ("High", "integer", ".status.summary.findingsBySeverity.high"),
-                ("Next scan", "string", ".status.nextScheduledTime"),
-                ("Age", "date", ".metadata.creationTimestamp"),
+                ("Phase", "string", ".status.phase", 0),
+                ("Findings", "integer", ".status.summary.totalFindings", 0),
+                severity("Critical", ".status.summary.findingsBySeverity.critical"),
+                severity("High", ".status.summary.findingsBySeverity.high"),
+                // `-o wide` only.
+                severity("Medium", ".status.summary.findingsBySeverity.medium"),
+                severity("Low", ".status.summary.findingsBySeverity.low"),
+                ("Next scan", "string", ".status.nextScheduledTime", 0),
+                ("Age", "date", ".metadata.creationTimestamp", 0),
             ]
+        );
+        // `kubectl get nuclei` / `kubectl get security` list our scans.
+        assert_eq!(
+            crd.spec.names.categories,
+            Some(vec!["nuclei".to_string(), "security".to_string()])
         );
     }
 

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -24,11 +24,11 @@ use tracing::{debug, info, instrument, warn};
 
 use super::phase::{JobView, Observed, Plan, PodView, Policy, QueueOp, decide};
 use super::status::{Transition, chrono, patch_status};
-use crate::api::{JobRef, NucleiScan, ScanPhase, Severity};
+use crate::api::{JobRef, NucleiScan, ScanPhase};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
 use crate::jobs;
-use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, SeverityLabel};
+use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel};
 use crate::settings::{ScannerMode, Settings};
 use crate::sources::triggers::Triggers;
 
@@ -46,6 +46,11 @@ pub struct ScanCtx {
     pub jobs: Store<Job>,
     /// Finished runs already reported (events, metrics): scan key → run marker.
     reported: Mutex<HashMap<String, String>>,
+    /// Events on source objects (one per distinct note).
+    source_events: crate::events::NotedEvents,
+    /// Critical and high findings of the completed run before the one in
+    /// progress, seen while it runs: scan key → count.
+    severe_before: Mutex<HashMap<String, i64>>,
 }
 
 impl ScanCtx {
@@ -55,18 +60,20 @@ impl ScanCtx {
         settings: Settings,
         dispatch: DispatcherHandle<String>,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        reporter: Reporter,
         jobs: Store<Job>,
     ) -> Self {
         ScanCtx {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            source_events: crate::events::NotedEvents::new(client.clone(), reporter),
             client,
             policy: Policy::from_settings(&settings),
             settings,
             dispatch,
             metrics,
-            recorder,
             jobs,
             reported: Mutex::new(HashMap::new()),
+            severe_before: Mutex::new(HashMap::new()),
         }
     }
 
@@ -299,6 +306,7 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
         // Logged by the cache; nothing can be decided without its status.
         return Ok(Action::await_change());
     }
+    ctx.note_severe_before(&scan);
     let observed = observe(&ctx, &scan).await?;
     let now = Utc::now();
     let plan = decide(&scan, &observed, &ctx.policy, now);
@@ -438,14 +446,6 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
         ctx.metrics.job_duration.observe(secs);
     }
     if phase == ScanPhase::Completed {
-        for (severity, n) in &summary.findings_by_severity {
-            ctx.metrics
-                .findings
-                .get_or_create(&SeverityLabel {
-                    severity: severity_label(severity).into(),
-                })
-                .inc_by((*n).max(0) as u64);
-        }
         ctx.event(
             scan,
             EventType::Normal,
@@ -453,6 +453,14 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
             completed_note(&summary),
         )
         .await;
+        let before = ctx
+            .severe_before
+            .lock()
+            .expect("severe_before lock")
+            .remove(&key);
+        if let Some(note) = severe_note(scan, &summary, before) {
+            ctx.event_on_source(scan, "SevereFindings", note).await;
+        }
     } else {
         let note = format!(
             "scan failed: {}",
@@ -461,6 +469,48 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
         ctx.event(scan, EventType::Warning, "ScanFailed", note)
             .await;
     }
+}
+
+/// Critical plus high findings of `summary` (true totals).
+fn severe(summary: &crate::api::ScanSummary) -> i64 {
+    ["critical", "high"]
+        .iter()
+        .map(|k| {
+            summary
+                .findings_by_severity
+                .get(*k)
+                .copied()
+                .unwrap_or(0)
+                .max(0)
+        })
+        .sum()
+}
+
+/// The note of the Warning Event on the source object when a completed run
+/// found more critical and high findings than the completed run before it
+/// (`before`, unknown when this process did not see the run in progress):
+/// users look at their Ingress, not at the NucleiScan.
+fn severe_note(
+    scan: &NucleiScan,
+    summary: &crate::api::ScanSummary,
+    before: Option<i64>,
+) -> Option<String> {
+    let now = severe(summary);
+    if now == 0 || before.is_some_and(|b| now <= b) {
+        return None;
+    }
+    let count = |k: &str| summary.findings_by_severity.get(k).copied().unwrap_or(0);
+    let more = match before {
+        Some(b) if b > 0 => format!(" ({} more than the scan before)", now - b),
+        _ => String::new(),
+    };
+    Some(format!(
+        "nuclei found {} critical and {} high findings{more}: kubectl describe nucleiscan {} -n {}",
+        count("critical"),
+        count("high"),
+        scan.name_any(),
+        scan.namespace().unwrap_or_default()
+    ))
 }
 
 /// "Scan completed: 3 findings (1 critical, 2 high)." Only the severities
@@ -483,6 +533,45 @@ fn completed_note(summary: &crate::api::ScanSummary) -> String {
 }
 
 impl ScanCtx {
+    /// While a run is in progress its scan still shows the completed run
+    /// before it: remember that run's critical and high findings.
+    fn note_severe_before(&self, scan: &NucleiScan) {
+        let Some(status) = &scan.status else { return };
+        if status.phase != Some(ScanPhase::Running) {
+            return;
+        }
+        if let Some(summary) = &status.summary {
+            self.severe_before
+                .lock()
+                .expect("severe_before lock")
+                .insert(scan_key(scan), severe(summary));
+        }
+    }
+
+    /// Publishes a Warning Event on the scan's source object (Ingress,
+    /// VirtualService, HTTPRoute); failures are logged, never fatal.
+    async fn event_on_source(&self, scan: &NucleiScan, reason: &str, note: String) {
+        let source = &scan.spec.source_ref;
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(source.api_version.clone()),
+            kind: Some(source.kind.as_str().into()),
+            name: Some(source.name.clone()),
+            namespace: Some(source.namespace.clone()),
+            uid: Some(source.uid.clone()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(crate::events::note(&note)),
+            action: "Scan".into(),
+            secondary: Some(scan.object_ref(&())),
+        };
+        if let Err(e) = self.source_events.publish(&ev, &reference).await {
+            debug!("event {reason} on the source not recorded: {e}");
+        }
+    }
+
     /// Whether the run in `status` finished before this process started (its
     /// events were then published by the previous leader).
     fn finished_before_start(&self, status: &crate::api::NucleiScanStatus) -> bool {
@@ -500,29 +589,40 @@ pub fn mark_process_start() {
     std::sync::LazyLock::force(&PROCESS_START);
 }
 
-/// The `severity` label for a key of `summary.findingsBySeverity`: one of
-/// the fixed severities, `unknown` for anything else. The status is written
-/// by scanner pods, so its keys must never create new series.
-fn severity_label(key: &str) -> &'static str {
-    key.parse::<Severity>()
-        .unwrap_or(Severity::Unknown)
-        .as_str()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_scanner_written_severity_key_never_makes_a_new_metric_series() {
-        assert_eq!(severity_label("high"), "high");
-        assert_eq!(severity_label("critical"), "critical");
-        assert_eq!(severity_label("HIGH "), "high");
-        for key in ["", "x-evil-1", "high-1", &"a".repeat(10_000)] {
-            assert_eq!(severity_label(key), "unknown", "{key:.20}");
-        }
-    }
     use serde_json::json;
+
+    #[test]
+    fn the_source_hears_of_critical_and_high_findings_only_when_there_are_more() {
+        let mut scan = NucleiScan::new("shop-ingress", Default::default());
+        scan.metadata.namespace = Some("web".into());
+        let summary = |critical: i64, high: i64, low: i64| crate::api::ScanSummary {
+            findings_by_severity: [("critical", critical), ("high", high), ("low", low)]
+                .map(|(k, n)| (k.to_string(), n))
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            severe_note(&scan, &summary(1, 2, 0), None).as_deref(),
+            Some(
+                "nuclei found 1 critical and 2 high findings: kubectl describe nucleiscan shop-ingress -n web"
+            )
+        );
+        assert_eq!(
+            severe_note(&scan, &summary(1, 2, 0), Some(1)).as_deref(),
+            Some(
+                "nuclei found 1 critical and 2 high findings (2 more than the scan before): kubectl describe nucleiscan shop-ingress -n web"
+            )
+        );
+        // As many as before, fewer, or only low ones: nothing to tell.
+        assert_eq!(severe_note(&scan, &summary(1, 2, 0), Some(3)), None);
+        assert_eq!(severe_note(&scan, &summary(0, 1, 0), Some(3)), None);
+        assert_eq!(severe_note(&scan, &summary(0, 0, 9), None), None);
+    }
 
     #[test]
     fn the_completed_event_reads_as_a_sentence_naming_only_severities_that_occurred() {

@@ -162,6 +162,7 @@ impl Transition {
                 p.insert("findings".into(), findings.clone());
                 p.insert("summary".into(), summary.clone());
                 p.insert("completionTime".into(), json!(time(*at)));
+                p.insert("lastSuccessTime".into(), json!(time(*at)));
                 p.insert("lastError".into(), Value::Null);
                 p.insert("retryCount".into(), json!(0));
             }
