@@ -18,6 +18,12 @@ use nuclei_operator::settings::{Settings, env_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+// Shared with the e2e tests (`support::monitoring`); included by path because
+// the rest of `support` is the e2e harness.
+#[path = "support/monitoring.rs"]
+mod monitoring;
+use monitoring::{DASHBOARD_KEY, monitoring_metric_names, render_monitoring, strings_under};
+
 /// Release name used for every render; the chart names objects
 /// `<release>-nuclei-operator`.
 const RELEASE: &str = "scans";
@@ -32,6 +38,36 @@ const NONROOT: i64 = 65532;
 /// Kinds of the scanner's admission policy and its binding.
 const POLICY: &str = "ValidatingAdmissionPolicy";
 const POLICY_BINDING: &str = "ValidatingAdmissionPolicyBinding";
+/// The alerts of the chart's PrometheusRule.
+const ALERTS: [&str; 4] = [
+    "NucleiFindings",
+    "NucleiScanFailing",
+    "NucleiScanOverdue",
+    "NucleiQueueBacklogGrowing",
+];
+/// The operator's metrics as /metrics exposes them (histograms by their
+/// `_bucket`, `_sum` and `_count` series): all the alerts and the dashboard
+/// may read.
+const EXPORTED: &[&str] = &[
+    "nuclei_scan_jobs_created_total",
+    "nuclei_scan_job_duration_seconds_bucket",
+    "nuclei_scan_job_duration_seconds_sum",
+    "nuclei_scan_job_duration_seconds_count",
+    "nuclei_active_scan_jobs",
+    "nuclei_queue_depth",
+    "nuclei_queue_scheduled",
+    "nuclei_queue_wait_seconds_bucket",
+    "nuclei_queue_wait_seconds_sum",
+    "nuclei_queue_wait_seconds_count",
+    "nuclei_scan_outcomes_total",
+    "nuclei_reconcile_errors_total",
+    "nuclei_findings",
+    "nuclei_scan_last_success_timestamp_seconds",
+    "nuclei_scan_next_run_timestamp_seconds",
+    "nuclei_scan_consecutive_failures",
+    "nuclei_scans",
+    "nuclei_build_info",
+];
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -130,6 +166,22 @@ impl Rendered {
 
     fn deployment(&self) -> Result<&Value> {
         self.one("Deployment")
+    }
+
+    /// The rule of the PrometheusRule that defines `alert`.
+    fn alert(&self, alert: &str) -> Result<&Value> {
+        self.one("PrometheusRule")?["spec"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .find(|r| r["alert"] == alert)
+            .with_context(|| format!("no alert {alert}"))
+    }
+
+    /// The Grafana dashboard's ConfigMap.
+    fn dashboard(&self) -> Result<&Value> {
+        self.one("ConfigMap")
     }
 
     fn pod_spec(&self) -> Result<&Value> {
@@ -252,6 +304,8 @@ fn cases() -> Vec<Case> {
     const NO_CONTEXT: &[&str] = &[];
     const SERVICE_MONITOR: &[&str] = &["--set", "serviceMonitor.enabled=true"];
     const NETWORK_POLICY: &[&str] = &["--set", "networkPolicy.enabled=true"];
+    const PROMETHEUS_RULE: &[&str] = &["--set", "prometheusRule.enabled=true"];
+    const GRAFANA_DASHBOARD: &[&str] = &["--set", "grafanaDashboard.enabled=true"];
     vec![
         Case {
             value: "replicaCount",
@@ -571,6 +625,36 @@ fn cases() -> Vec<Case> {
             expect: |r| env_is(r, "TARGET_CHECK_TIMEOUT", "2s"),
         },
         Case {
+            value: "reports.format",
+            context: NO_CONTEXT,
+            set: &["--set", "reports.format=wgpolicy"],
+            expect: |r| {
+                env_is(r, "REPORTS_FORMAT", "wgpolicy")?;
+                let operator = r
+                    .all("ClusterRole")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == FULLNAME)
+                    .context("no operator ClusterRole")?;
+                let rules = operator["rules"].to_string();
+                ensure!(
+                    rules.contains("policyreports") && !rules.contains("openreports.io"),
+                    "wgpolicy should grant PolicyReports and not Reports: {rules}"
+                );
+                let none = render(&["--set", "reports.format=none"])?;
+                let operator = none
+                    .all("ClusterRole")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == FULLNAME)
+                    .context("no operator ClusterRole")?;
+                let rules = operator["rules"].to_string();
+                ensure!(
+                    !rules.contains("policyreports") && !rules.contains("openreports.io"),
+                    "none should grant no reports: {rules}"
+                );
+                env_is(&none, "REPORTS_FORMAT", "none")
+            },
+        },
+        Case {
             value: "operator.logFormat",
             context: NO_CONTEXT,
             set: &["--set", "operator.logFormat=text"],
@@ -673,6 +757,7 @@ fn cases() -> Vec<Case> {
                         "port": "http-metrics",
                         "path": "/metrics",
                         "interval": "30s",
+                        "honorLabels": true,
                         "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
                     }]),
                 )?;
@@ -708,6 +793,164 @@ fn cases() -> Vec<Case> {
                     "chart label",
                     &labels["app.kubernetes.io/name"],
                     json!("nuclei-operator"),
+                )
+            },
+        },
+        Case {
+            value: "prometheusRule.enabled",
+            context: NO_CONTEXT,
+            set: PROMETHEUS_RULE,
+            expect: |r| {
+                let rule = r.one("PrometheusRule")?;
+                field_is(
+                    "apiVersion",
+                    &rule["apiVersion"],
+                    json!("monitoring.coreos.com/v1"),
+                )?;
+                let names: Vec<&Value> = rule["spec"]["groups"][0]["rules"]
+                    .as_array()
+                    .context("no rules")?
+                    .iter()
+                    .map(|r| &r["alert"])
+                    .collect();
+                field_is("alerts", &json!(names), json!(ALERTS))?;
+                for name in ALERTS {
+                    let alert = r.alert(name)?;
+                    field_is(
+                        &format!("{name}'s severity"),
+                        &alert["labels"]["severity"],
+                        json!("warning"),
+                    )?;
+                    for annotation in ["summary", "description"] {
+                        let text = alert["annotations"][annotation]
+                            .as_str()
+                            .unwrap_or_default();
+                        let names_the_scan =
+                            text.contains("{{ $labels.namespace }}/{{ $labels.nucleiscan }}");
+                        ensure!(
+                            names_the_scan || name == "NucleiQueueBacklogGrowing",
+                            "{name}'s {annotation} does not name the scan: {text:?}"
+                        );
+                    }
+                }
+                Ok(())
+            },
+        },
+        Case {
+            value: "prometheusRule.labels",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.labels.release=prometheus"],
+            expect: |r| {
+                let labels = &r.one("PrometheusRule")?["metadata"]["labels"];
+                field_is("release label", &labels["release"], json!("prometheus"))?;
+                field_is(
+                    "chart label",
+                    &labels["app.kubernetes.io/name"],
+                    json!("nuclei-operator"),
+                )
+            },
+        },
+        Case {
+            value: "prometheusRule.severities",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.severities={critical,medium}"],
+            expect: |r| {
+                let alert = r.alert("NucleiFindings")?;
+                let expr = alert["expr"].as_str().unwrap_or_default();
+                ensure!(
+                    expr.contains(r#"nuclei_findings{severity=~"critical|medium"}"#),
+                    "{expr}"
+                );
+                let summary = alert["annotations"]["summary"].as_str().unwrap_or_default();
+                ensure!(summary.contains("critical or medium findings"), "{summary}");
+                Ok(())
+            },
+        },
+        Case {
+            value: "prometheusRule.failingFor",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.failingFor=2h"],
+            expect: |r| field_is("for", &r.alert("NucleiScanFailing")?["for"], json!("2h")),
+        },
+        Case {
+            value: "prometheusRule.overdueAfter",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.overdueAfter=1d2h30m5s"],
+            expect: |r| {
+                let expr = r.alert("NucleiScanOverdue")?["expr"]
+                    .as_str()
+                    .unwrap_or_default();
+                ensure!(expr.ends_with("> 95405"), "1d2h30m5s is 95405 s: {expr}");
+                Ok(())
+            },
+        },
+        Case {
+            value: "prometheusRule.backlogFor",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.backlogFor=2h"],
+            expect: |r| {
+                let alert = r.alert("NucleiQueueBacklogGrowing")?;
+                field_is("for", &alert["for"], json!("2h"))
+            },
+        },
+        Case {
+            value: "grafanaDashboard.enabled",
+            context: NO_CONTEXT,
+            set: GRAFANA_DASHBOARD,
+            expect: |r| {
+                let cm = r.dashboard()?;
+                field_is(
+                    "grafana_dashboard label",
+                    &cm["metadata"]["labels"]["grafana_dashboard"],
+                    json!("1"),
+                )?;
+                field_is("namespace", &cm["metadata"]["namespace"], json!(NAMESPACE))?;
+                let data = cm["data"].as_object().context("no data")?;
+                ensure!(
+                    data.keys().eq([DASHBOARD_KEY]),
+                    "data keys {:?}",
+                    data.keys()
+                );
+                let json = data[DASHBOARD_KEY].as_str().context("not a string")?;
+                let dashboard: Value = serde_json::from_str(json).context("not JSON")?;
+                field_is("uid", &dashboard["uid"], json!("nuclei-operator"))
+            },
+        },
+        Case {
+            value: "grafanaDashboard.namespace",
+            context: GRAFANA_DASHBOARD,
+            set: &["--set", "grafanaDashboard.namespace=monitoring"],
+            expect: |r| {
+                let namespace = &r.dashboard()?["metadata"]["namespace"];
+                field_is("namespace", namespace, json!("monitoring"))
+            },
+        },
+        Case {
+            value: "grafanaDashboard.labels",
+            context: GRAFANA_DASHBOARD,
+            set: &["--set", "grafanaDashboard.labels.team=security"],
+            expect: |r| {
+                let labels = &r.dashboard()?["metadata"]["labels"];
+                field_is("team label", &labels["team"], json!("security"))?;
+                field_is(
+                    "grafana_dashboard label",
+                    &labels["grafana_dashboard"],
+                    json!("1"),
+                )
+            },
+        },
+        Case {
+            value: "grafanaDashboard.annotations",
+            context: GRAFANA_DASHBOARD,
+            set: &[
+                "--set",
+                "grafanaDashboard.annotations.grafana_folder=Security",
+            ],
+            expect: |r| {
+                field_is(
+                    "annotations",
+                    &r.dashboard()?["metadata"]["annotations"],
+                    json!({"grafana_folder": "Security"}),
                 )
             },
         },
@@ -838,6 +1081,10 @@ fn helm_lint_passes_with_default_and_non_default_values() -> Result<()> {
         &[][..],
         &["--set", "serviceMonitor.enabled=true,scanner.mode=sync"][..],
         &["--set", "networkPolicy.enabled=true,http.auth=none"][..],
+        &[
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+        ][..],
         &[
             "--set",
             "leaderElection.enabled=false",
@@ -1195,6 +1442,7 @@ fn values_outside_the_schema_are_rejected_before_anything_is_rendered() -> Resul
         ("scanner.maxConcurrent=0", "at '/scanner/maxConcurrent'"),
         ("operator.rescanAge=7d", "at '/operator/rescanAge'"),
         ("operator.logFormat=xml", "at '/operator/logFormat'"),
+        ("reports.format=yaml", "at '/reports/format'"),
         ("templates.severity={severe}", "at '/templates/severity/0'"),
         ("templates.defaults={a\\,b}", "at '/templates/defaults/0'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
@@ -1205,6 +1453,19 @@ fn values_outside_the_schema_are_rejected_before_anything_is_rendered() -> Resul
         ("scanner.resources.request.cpu=1", "'request' not allowed"),
         ("http.auth=token", "at '/http/auth'"),
         ("health.port=0", "at '/health/port'"),
+        (
+            "prometheusRule.overdueAfter=3600",
+            "at '/prometheusRule/overdueAfter'",
+        ),
+        (
+            "prometheusRule.failingFor=30m1h",
+            "at '/prometheusRule/failingFor'",
+        ),
+        (
+            "prometheusRule.severities={severe}",
+            "at '/prometheusRule/severities/0'",
+        ),
+        ("grafanaDashboard.folder=Security", "'folder' not allowed"),
     ] {
         let e = render_error(&["--set", set])?;
         assert!(e.contains("schema"), "{set}: {e}");
@@ -1340,6 +1601,12 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             &["get", "list", "watch"],
+        ),
+        ("openreports.io", "reports", &["list", "create", "patch"]),
+        (
+            "wgpolicyk8s.io",
+            "policyreports",
+            &["list", "create", "patch"],
         ),
         (
             &group,
@@ -1541,6 +1808,205 @@ fn the_chart_crds_are_byte_for_byte_the_generated_crds() -> Result<()> {
         crd["metadata"]["name"],
         "nucleiscans.nuclei.homelab.mortenolsen.pro"
     );
+    Ok(())
+}
+
+#[test]
+fn the_alert_rules_and_the_dashboard_are_rendered_only_when_enabled() -> Result<()> {
+    let r = render(&[])?;
+    for kind in ["PrometheusRule", "ConfigMap"] {
+        assert!(r.all(kind).is_empty(), "a {kind} is rendered by default");
+    }
+    let r = render(&[
+        "--set",
+        "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+    ])?;
+    for kind in ["PrometheusRule", "ConfigMap"] {
+        let object = r.one(kind)?;
+        assert!(
+            object["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(FULLNAME)),
+            "{object}"
+        );
+        assert_eq!(object["metadata"]["namespace"], NAMESPACE, "{kind}");
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE,
+            "{kind}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_dashboard_is_grafana_json_whose_panels_all_query_the_chosen_datasource() -> Result<()> {
+    let (_, json) = render_monitoring()?;
+    let file = std::fs::read_to_string(chart_dir().join("dashboards").join(DASHBOARD_KEY))?;
+    assert_eq!(
+        json,
+        file.trim_end(),
+        "the ConfigMap holds the chart's file"
+    );
+    let dashboard: Value = serde_json::from_str(&json)?;
+    assert_eq!(dashboard["uid"], "nuclei-operator");
+    assert!(
+        dashboard["schemaVersion"].as_i64().is_some_and(|v| v >= 36),
+        "schemaVersion {}",
+        dashboard["schemaVersion"]
+    );
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .context("no variables")?;
+    let variable = |name: &str| variables.iter().find(|v| v["name"] == name);
+    let datasource = variable("datasource").context("no datasource variable")?;
+    assert_eq!(datasource["type"], "datasource");
+    assert_eq!(datasource["query"], "prometheus");
+    let namespace = variable("namespace").context("no namespace variable")?;
+    assert_eq!(
+        namespace["query"]["query"],
+        "label_values(nuclei_findings, namespace)"
+    );
+    assert_eq!(namespace["multi"], json!(true));
+    assert_eq!(namespace["includeAll"], json!(true));
+
+    let panels = dashboard["panels"].as_array().context("no panels")?;
+    let mut ids = BTreeSet::new();
+    let mut titles = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().context("a panel without title")?;
+        assert!(
+            ids.insert(panel["id"].as_i64()),
+            "panel id of {title} repeats"
+        );
+        assert!(titles.insert(title), "two panels are titled {title}");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let ds = json!({"type": "prometheus", "uid": "${datasource}"});
+        assert_eq!(panel["datasource"], ds, "{title}");
+        let targets = panel["targets"].as_array().context("no targets")?;
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            assert_eq!(target["datasource"], ds, "{title}");
+            assert!(
+                target["expr"].as_str().is_some_and(|e| !e.is_empty()),
+                "{title}: {target}"
+            );
+        }
+    }
+    // No data source is named by uid anywhere: the dashboard works with
+    // whichever Prometheus the variable selects.
+    let mut uids = Vec::new();
+    strings_under(&dashboard, "uid", &mut uids);
+    assert!(
+        uids.iter()
+            .all(|u| ["nuclei-operator", "${datasource}"].contains(u)),
+        "{uids:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_read_only_metrics_the_operator_exports_and_every_one_of_them()
+-> Result<()> {
+    let (rules, dashboard) = render_monitoring()?;
+    let used = monitoring_metric_names(&rules, &dashboard)?;
+    let exported: BTreeSet<String> = EXPORTED.iter().map(|m| m.to_string()).collect();
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "not exported by the operator: {unknown:?}"
+    );
+    // Every metric is shown or alerted on (a histogram by any of its series).
+    let family = |m: &str| {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| m.strip_suffix(s))
+            .unwrap_or(m)
+            .to_owned()
+    };
+    let shown: BTreeSet<String> = used.iter().map(|m| family(m)).collect();
+    let unshown: Vec<String> = EXPORTED
+        .iter()
+        .map(|m| family(m))
+        .filter(|f| !shown.contains(f))
+        .collect();
+    assert!(
+        unshown.is_empty(),
+        "neither on the dashboard nor alerted on: {unshown:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn metric_names_are_read_from_rule_and_panel_queries_but_not_from_strings() -> Result<()> {
+    let rules = r#"
+groups:
+  - name: g
+    rules:
+      - alert: A
+        expr: nuclei_a_total > 0 and on() up{job="nuclei_not_a_metric"}
+        annotations:
+          summary: "{{ $labels.nuclei_label }}"
+"#;
+    let dashboard = json!({
+        "templating": {"list": [
+            {"type": "datasource", "query": "prometheus"},
+            {"type": "query", "query": {"query": "label_values(nuclei_b, namespace)"}},
+        ]},
+        "panels": [
+            {"type": "row", "panels": [
+                {"targets": [{"expr": "histogram_quantile(0.9, rate(nuclei_c_seconds_bucket[5m]))"}]},
+            ]},
+            {"targets": [{"expr": "sum(nuclei_c_seconds_sum) / sum(nuclei_c_seconds_count)",
+                          "legendFormat": "{{nuclei_d}}"}]},
+        ],
+    });
+    let names = monitoring_metric_names(rules, &dashboard.to_string())?;
+    assert_eq!(
+        names,
+        [
+            "nuclei_a_total",
+            "nuclei_b",
+            "nuclei_c_seconds_bucket",
+            "nuclei_c_seconds_count",
+            "nuclei_c_seconds_sum",
+        ]
+        .map(String::from)
+        .into()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_alert_rules_parse_and_fire_when_they_should() -> Result<()> {
+    let tools = devcluster::Tools::locate()?;
+    let promtool = tools.require(&tools.promtool)?;
+    let (rules, _) = render_monitoring()?;
+    let dir = tempfile::tempdir()?;
+    // The test file names its rules file `rules.yaml`, next to it.
+    std::fs::write(dir.path().join("rules.yaml"), &rules)?;
+    std::fs::copy(
+        repo_root().join("tests/promtool/rules_test.yaml"),
+        dir.path().join("rules_test.yaml"),
+    )?;
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "rules_test.yaml"],
+    ] {
+        let out = Command::new(promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .context("running promtool")?;
+        assert!(
+            out.status.success(),
+            "promtool {} failed:\n{}{}\nrules.yaml:\n{rules}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

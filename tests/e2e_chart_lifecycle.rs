@@ -25,7 +25,8 @@ use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
 use support::gateway;
-use support::{canary_annotations, eventually, ingress, slow_target, target_ip};
+use support::reports::{findings_series, open_reports, report, sample};
+use support::{canary_annotations, event, eventually, ingress, slow_target, target_ip};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -37,8 +38,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Host names the pods resolve to the test target; `dead.test` goes to an
 /// address where nothing listens.
-const HOSTS: [&str; 10] = [
+const HOSTS: [&str; 11] = [
     "plain.test",
+    "report.test",
     "route.test",
     "slow0.test",
     "slow1.test",
@@ -244,6 +246,69 @@ async fn an_httproute_installed_while_the_operator_runs_is_scanned_with_the_char
         ]),
         "{:?}",
         st.findings
+    );
+}
+
+/// Issue #13 through the chart: the OpenReports CRD installed while the
+/// operator pod runs (its ClusterRole must let it write Reports), and a
+/// scan with the chart's defaults shows up in a Report, on /metrics (read
+/// as the chart's data reader) and as an Event on its Ingress.
+#[tokio::test]
+async fn findings_of_the_charts_defaults_reach_a_report_metrics_and_the_ingress() {
+    let _serial = SERIAL.lock().await;
+    let (env, client) = env().await;
+    let ns = "reports";
+    restricted_namespace(&client, ns).await;
+    let tools = devcluster::Tools::locate().unwrap();
+    support::install_crd(&client, tools.openreports_crd().unwrap()).await;
+    create_ingress(&client, ns, "shop", "report.test", json!({})).await;
+    let api = scans(&client, ns);
+    let scan = phase(
+        &api,
+        "shop-ingress",
+        ScanPhase::Completed,
+        Duration::from_secs(120),
+    )
+    .await;
+    // The chart's defaults: two high findings (see the test above).
+    assert_eq!(
+        scan.status
+            .as_ref()
+            .unwrap()
+            .summary
+            .as_ref()
+            .unwrap()
+            .findings_by_severity
+            .get("high"),
+        Some(&2)
+    );
+    let r = report(
+        &open_reports(&client, ns),
+        "shop-ingress",
+        "the scan's Report",
+        |r| r["summary"]["fail"] == 2,
+    )
+    .await;
+    let policies: BTreeSet<&str> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        policies,
+        BTreeSet::from(["nuclei-operator-canary", "nuclei-operator-other-tag"])
+    );
+    assert_eq!(r["scope"]["name"], "shop");
+    event(&client, ns, "shop", "Warning", "SevereFindings", "2 high").await;
+    let metrics = env
+        .get("/metrics")
+        .await
+        .expect("/metrics answers the data reader");
+    assert_eq!(
+        sample(&metrics, &findings_series(ns, "shop-ingress", "high")),
+        Some(2.0),
+        "{metrics}"
     );
 }
 

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use devcluster::{Tools, eventually};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -16,24 +15,13 @@ use serde_json::{Value, json};
 /// the versions in `served` (all that the project serves when `None`), and
 /// waits until the API server serves them. Also updates installed ones.
 pub async fn install_crds(client: &kube::Client, served: Option<&[&str]>) {
-    let tools = Tools::locate().unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for mut crd in tools.gateway_api_crds().unwrap() {
+    for mut crd in Tools::locate().unwrap().gateway_api_crds().unwrap() {
         if let Some(served) = served {
             for v in &mut crd.spec.versions {
                 v.served = served.contains(&v.name.as_str());
             }
         }
-        crd.metadata.managed_fields = None;
-        crds.patch(
-            crd.metadata.name.as_deref().unwrap(),
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        let name = crd.metadata.name.clone().unwrap();
-        super::crd_established(&crds, &name).await;
+        super::install_crd(client, crd).await;
     }
 }
 

@@ -5,6 +5,8 @@
 
 pub mod chart;
 pub mod gateway;
+pub mod monitoring;
+pub mod reports;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,22 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
     .unwrap();
     crd_established(&crds, "nucleiscans.nuclei.homelab.mortenolsen.pro").await;
     cluster
+}
+
+/// Installs `crd` (server-side apply) and waits until the API server has
+/// established it.
+pub async fn install_crd(client: &kube::Client, mut crd: CustomResourceDefinition) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crd.metadata.managed_fields = None;
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    crd_established(&crds, &name).await;
 }
 
 /// Waits (20 s at most) until the API server has established the CRD `name`.
