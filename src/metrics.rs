@@ -104,8 +104,22 @@ impl Default for Metrics {
             "Failed reconciles by controller and error kind",
             reconcile_errors.clone(),
         );
-        // At 0 from the start, so `rate()` and the dashboard see them
-        // before the first error.
+        // Every known label value at 0 from the start, so `rate()`, sums
+        // and the dashboard see them before the first event.
+        for reason in dispatcher::Reason::ALL {
+            queue_depth
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str().into(),
+                })
+                .set(0);
+        }
+        for outcome in ["completed", "failed"] {
+            outcomes
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.into(),
+                })
+                .inc_by(0);
+        }
         for error in crate::error::Error::METRIC_LABELS {
             reconcile_errors
                 .get_or_create(&ErrorLabel {
@@ -164,9 +178,14 @@ impl Collector for ScanCache {
                 )?
                 .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?,
         )?;
+        // A follower has no cache; a new leader's is empty until its first
+        // list: zeros then would read as every scan gone.
         let Some(store) = self.0.get() else {
             return Ok(());
         };
+        if futures::FutureExt::now_or_never(store.wait_until_ready()).is_none() {
+            return Ok(());
+        }
         let scans = store.state();
         ScanSeries::of(scans.iter().map(|s| s.as_ref())).encode(&mut encoder)
     }
@@ -231,13 +250,7 @@ impl ScanSeries {
             if let Some(next) = &status.next_scheduled_time {
                 out.next_run.push((labels.clone(), unix_seconds(next)));
             }
-            // Scans completed before `lastSuccessTime` existed: their
-            // completion time is the success while they are Completed.
-            let success = status.last_success_time.as_ref().or(status
-                .completion_time
-                .as_ref()
-                .filter(|_| status.phase == Some(ScanPhase::Completed)));
-            if let Some(at) = success {
+            if let Some(at) = status.last_success() {
                 out.last_success.push((labels.clone(), unix_seconds(at)));
             }
             if let Some(summary) = &status.summary {
@@ -397,6 +410,21 @@ mod tests {
         }
         // A follower has no scan cache: no per-scan series at all.
         assert!(!text.contains("nuclei_findings"), "{text}");
+    }
+
+    #[test]
+    fn a_new_leader_exports_no_scan_series_until_its_cache_is_filled() {
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        let m = Metrics::default();
+        m.read_scans_from(reader);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(scan(
+            "a", "b", None,
+        )));
+        // Zeros now would read as every scan gone.
+        assert!(!m.encode().contains("nuclei_scans"));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        assert!(m.encode().contains("nuclei_scans{phase=\"New\"} 1"));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! the writer starts when the CRD appears and stops when it goes, without a
 //! restart. It writes a scan's report once per completed run: each report
 //! carries the run it shows ([`RUN_ANNOTATION`]), read back at start so a
-//! restart rewrites nothing.
+//! restart rewrites nothing. When `auto` moves to OpenReports, the
+//! PolicyReports it wrote before are deleted, so no stale copy stays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use kube::core::GroupVersionKind;
 use kube::runtime::reflector::Store;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{Finding, NucleiScan, Severity};
 use crate::jobs::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
@@ -58,6 +59,14 @@ pub enum Format {
 }
 
 impl Format {
+    /// The other API, whose reports a switch to this one deletes.
+    fn other(self) -> Format {
+        match self {
+            Format::OpenReports => Format::WgPolicy,
+            Format::WgPolicy => Format::OpenReports,
+        }
+    }
+
     fn api_resource(self) -> ApiResource {
         let (gvk, plural) = match self {
             Format::OpenReports => (
@@ -123,18 +132,22 @@ pub async fn run(ctx: Arc<ReportCtx>, shutdown: CancellationToken) {
         return;
     }
     let client = ctx.client.clone();
-    let start = move |a: Available, stop: CancellationToken| {
-        if let Some(format) = choose(ctx.setting, a) {
-            tokio::spawn(write_reports(ctx.clone(), format, stop));
-        }
+    let setting = ctx.setting;
+    // Only the API written counts: the other one coming or going changes
+    // nothing.
+    let pick = move |served: &Served| available(served).and_then(|a| choose(setting, a));
+    let start = move |format: Format, stop: CancellationToken| {
+        tokio::spawn(write_reports(ctx.clone(), format, stop));
     };
+    // A deleted CRD takes its reports with it: nothing to clean up.
+    let removed = |_| {};
     while_served(
         client,
         &[OPENREPORTS_CRD, WGPOLICY_CRD],
         "policy report API",
-        available,
+        pick,
         start,
-        |_| {},
+        removed,
         shutdown,
     )
     .await;
@@ -145,10 +158,7 @@ pub async fn run(ctx: Arc<ReportCtx>, shutdown: CancellationToken) {
 pub fn run_marker(scan: &NucleiScan) -> Option<String> {
     let status = scan.status.as_ref()?;
     status.summary.as_ref()?;
-    let at = status.last_success_time.as_ref().or(status
-        .completion_time
-        .as_ref()
-        .filter(|_| status.phase == Some(crate::api::ScanPhase::Completed)))?;
+    let at = status.last_success()?;
     Some(format!(
         "{}/{}",
         scan.uid().unwrap_or_default(),
@@ -178,6 +188,7 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
             "listing existing reports: {e}; rewriting them"
         ),
     }
+    delete_other_reports(&ctx.client, format).await;
     let ready = ctx.scans.wait_until_ready();
     tokio::select! {
         _ = ready => {}
@@ -209,12 +220,14 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
                 continue;
             }
             match write_one(&ctx, &ar, format, &scan).await {
-                Ok(Some(shown)) => {
+                // The cached run counts as written, also when the scan read
+                // showed a newer one (the cache then catches up and it is
+                // written again) or none (it went, or a legacy Completed
+                // scan started its next run): never retried each sweep.
+                Ok(()) => {
                     failed.remove(&key);
-                    written.insert(key, shown);
+                    written.insert(key, run);
                 }
-                // The scan went, or has no completed run after all.
-                Ok(None) => {}
                 Err(e) => {
                     warn!(scan = key, kind = ar.kind, "writing the report: {e}");
                     failed.insert(key, (run, tokio::time::Instant::now() + RETRY));
@@ -224,30 +237,36 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
                 return;
             }
         }
-        written.retain(|k, _| {
+        let cached = |k: &String| {
             let (ns, name) = k.split_once('/').unwrap_or_default();
             ctx.scans
                 .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
                 .is_some()
-        });
+        };
+        written.retain(|k, _| cached(k));
+        failed.retain(|k, _| cached(k));
     }
 }
 
-/// Reads the scan whole (the cache has no findings) and applies its report;
-/// the run it shows, `None` when the scan is gone or has no completed run.
+/// Reads the scan whole (the cache has no findings) and applies its
+/// report; nothing when the scan is gone, is another scan of the same name,
+/// or has no completed run.
 async fn write_one(
     ctx: &ReportCtx,
     ar: &ApiResource,
     format: Format,
     cached: &NucleiScan,
-) -> kube::Result<Option<String>> {
+) -> kube::Result<()> {
     let ns = cached.namespace().unwrap_or_default();
     let scans: Api<NucleiScan> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(scan) = scans.get_opt(&cached.name_any()).await? else {
-        return Ok(None);
+        return Ok(());
     };
+    if scan.uid() != cached.uid() {
+        return Ok(());
+    }
     let Some(report) = build(format, &scan, ctx.budget_bytes) else {
-        return Ok(None);
+        return Ok(());
     };
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, ar);
     api.patch(
@@ -256,7 +275,37 @@ async fn write_one(
         &Patch::Apply(&report),
     )
     .await?;
-    Ok(run_marker(&scan))
+    Ok(())
+}
+
+/// Deletes the reports this operator wrote in the API other than `format`
+/// (written before a switch; stale from now on). Best effort: that API may
+/// not be served, or not be the operator's to touch (RBAC), and a report
+/// left behind still goes with its scan.
+async fn delete_other_reports(client: &kube::Client, format: Format) {
+    let ar = format.other().api_resource();
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let list = match all.list_metadata(&lp).await {
+        Ok(list) => list,
+        Err(e) => {
+            debug!(
+                kind = ar.kind,
+                "not cleaning up reports of the other API: {e}"
+            );
+            return;
+        }
+    };
+    for r in list.items {
+        let ns = r.namespace().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        match api.delete(&r.name_any(), &Default::default()).await {
+            Ok(_) => {
+                info!(kind = ar.kind, report = %format!("{ns}/{}", r.name_any()), "deleted: reports are written as {:?} now", format)
+            }
+            Err(e) => debug!(kind = ar.kind, "deleting an old report: {e}"),
+        }
+    }
 }
 
 /// The report of `scan`'s last completed run (`None` before it has one):
@@ -308,7 +357,7 @@ pub fn build(format: Format, scan: &NucleiScan, budget_bytes: usize) -> Option<V
             "labels": { MANAGED_BY_LABEL: MANAGED_BY },
             "annotations": annotations,
             "ownerReferences": [{
-                "apiVersion": scan.api_version_of(),
+                "apiVersion": <NucleiScan as kube::Resource>::api_version(&()),
                 "kind": "NucleiScan",
                 "name": scan.name_any(),
                 "uid": scan.uid(),
@@ -399,16 +448,6 @@ fn result_id(f: &Finding) -> String {
         .map(|s| s.as_str())
         .join("\u{1f}");
     crate::hash::fnv1a_64_hex(key.as_bytes())
-}
-
-trait ApiVersionOf {
-    fn api_version_of(&self) -> String;
-}
-
-impl ApiVersionOf for NucleiScan {
-    fn api_version_of(&self) -> String {
-        <NucleiScan as kube::Resource>::api_version(&()).into_owned()
-    }
 }
 
 #[cfg(test)]

@@ -45,29 +45,37 @@ const ALERTS: [&str; 4] = [
     "NucleiScanOverdue",
     "NucleiQueueBacklogGrowing",
 ];
-/// The operator's metrics as /metrics exposes them (histograms by their
-/// `_bucket`, `_sum` and `_count` series): all the alerts and the dashboard
-/// may read.
-const EXPORTED: &[&str] = &[
-    "nuclei_scan_jobs_created_total",
-    "nuclei_scan_job_duration_seconds_bucket",
-    "nuclei_scan_job_duration_seconds_sum",
-    "nuclei_scan_job_duration_seconds_count",
-    "nuclei_active_scan_jobs",
-    "nuclei_queue_depth",
-    "nuclei_queue_scheduled",
-    "nuclei_queue_wait_seconds_bucket",
-    "nuclei_queue_wait_seconds_sum",
-    "nuclei_queue_wait_seconds_count",
-    "nuclei_scan_outcomes_total",
-    "nuclei_reconcile_errors_total",
-    "nuclei_findings",
-    "nuclei_scan_last_success_timestamp_seconds",
-    "nuclei_scan_next_run_timestamp_seconds",
-    "nuclei_scan_consecutive_failures",
-    "nuclei_scans",
-    "nuclei_build_info",
-];
+/// The operator's metrics as its /metrics shows them (histograms by their
+/// `_bucket`, `_sum` and `_count` series), from the real exposition of a
+/// leader with one scan that has every per-scan series.
+fn exported() -> BTreeSet<String> {
+    use kube::runtime::{reflector, watcher::Event};
+    use nuclei_operator::api::{NucleiScan, NucleiScanStatus, ScanPhase, ScanSummary};
+    use nuclei_operator::scan::status::time;
+    let mut scan = NucleiScan::new("shop-ingress", Default::default());
+    scan.metadata.namespace = Some("web".into());
+    let now = Some(time(chrono::Utc::now()));
+    scan.status = Some(NucleiScanStatus {
+        phase: Some(ScanPhase::Completed),
+        summary: Some(ScanSummary::default()),
+        last_success_time: now.clone(),
+        next_scheduled_time: now,
+        ..Default::default()
+    });
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitApply(scan));
+    writer.apply_watcher_event(&Event::InitDone);
+    let metrics = nuclei_operator::metrics::Metrics::default();
+    metrics.read_scans_from(reader);
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -640,6 +648,18 @@ fn cases() -> Vec<Case> {
                     rules.contains("policyreports") && !rules.contains("openreports.io"),
                     "wgpolicy should grant PolicyReports and not Reports: {rules}"
                 );
+                // Only `auto` switches APIs, deleting the PolicyReports.
+                let verbs = operator["rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["resources"] == json!(["policyreports"]))
+                    .map(|r| r["verbs"].clone());
+                field_is(
+                    "PolicyReport verbs",
+                    &verbs.unwrap_or_default(),
+                    json!(["list", "create", "patch"]),
+                )?;
                 let none = render(&["--set", "reports.format=none"])?;
                 let operator = none
                     .all("ClusterRole")
@@ -881,6 +901,31 @@ fn cases() -> Vec<Case> {
                     .as_str()
                     .unwrap_or_default();
                 ensure!(expr.ends_with("> 95405"), "1d2h30m5s is 95405 s: {expr}");
+                Ok(())
+            },
+        },
+        // Leading zeros are decimal, not octal (010m is not 8 minutes).
+        Case {
+            value: "prometheusRule.overdueAfter",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.overdueAfter=010m"],
+            expect: |r| {
+                let expr = r.alert("NucleiScanOverdue")?["expr"]
+                    .as_str()
+                    .unwrap_or_default();
+                ensure!(expr.ends_with("> 600"), "010m is 600 s: {expr}");
+                Ok(())
+            },
+        },
+        Case {
+            value: "prometheusRule.overdueAfter",
+            context: PROMETHEUS_RULE,
+            set: &["--set", "prometheusRule.overdueAfter=08h"],
+            expect: |r| {
+                let expr = r.alert("NucleiScanOverdue")?["expr"]
+                    .as_str()
+                    .unwrap_or_default();
+                ensure!(expr.ends_with("> 28800"), "08h is 28800 s: {expr}");
                 Ok(())
             },
         },
@@ -1606,7 +1651,7 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
         (
             "wgpolicyk8s.io",
             "policyreports",
-            &["list", "create", "patch"],
+            &["list", "create", "patch", "delete"],
         ),
         (
             &group,
@@ -1911,7 +1956,7 @@ fn the_alerts_and_the_dashboard_read_only_metrics_the_operator_exports_and_every
 -> Result<()> {
     let (rules, dashboard) = render_monitoring()?;
     let used = monitoring_metric_names(&rules, &dashboard)?;
-    let exported: BTreeSet<String> = EXPORTED.iter().map(|m| m.to_string()).collect();
+    let exported = exported();
     let unknown: Vec<_> = used.difference(&exported).collect();
     assert!(
         unknown.is_empty(),
@@ -1926,7 +1971,7 @@ fn the_alerts_and_the_dashboard_read_only_metrics_the_operator_exports_and_every
             .to_owned()
     };
     let shown: BTreeSet<String> = used.iter().map(|m| family(m)).collect();
-    let unshown: Vec<String> = EXPORTED
+    let unshown: Vec<String> = exported
         .iter()
         .map(|m| family(m))
         .filter(|f| !shown.contains(f))

@@ -121,9 +121,8 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
     );
 
     // /metrics: the run's counts, by severity, and when it succeeded.
-    let text = e.operator.get("/metrics").await.unwrap();
+    let text = metrics_where(e, &findings_series(&ns, "shop-ingress", "high"), Some(1.0)).await;
     let count = |severity: &str| sample(&text, &findings_series(&ns, "shop-ingress", severity));
-    assert_eq!(count("high"), Some(1.0), "{text}");
     for severity in ["critical", "medium", "low", "info", "unknown"] {
         assert_eq!(count(severity), Some(0.0), "{severity}");
     }
@@ -154,6 +153,13 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
     .await;
     assert_eq!(report_1["source"], "nuclei");
     assert_eq!(report_1["results"], pr["results"]);
+    // The PolicyReport, stale from now on, goes.
+    eventually(
+        Duration::from_secs(30),
+        "the PolicyReport deleted",
+        || async { matches!(policy_reports.get_opt("shop-ingress").await, Ok(None)).then_some(()) },
+    )
+    .await;
 
     // A rescan that finds less: only low-severity templates now (the
     // canary page matches one).
@@ -203,13 +209,23 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
             &json!("warn")
         )
     );
-    let text = e.operator.get("/metrics").await.unwrap();
-    let count = |severity: &str| sample(&text, &findings_series(&ns, "shop-ingress", severity));
+    let text = metrics_where(e, &findings_series(&ns, "shop-ingress", "low"), Some(1.0)).await;
     assert_eq!(
-        (count("high"), count("low")),
-        (Some(0.0), Some(1.0)),
+        sample(&text, &findings_series(&ns, "shop-ingress", "high")),
+        Some(0.0),
         "{text}"
     );
+    // Fewer critical and high findings: the Ingress heard of the first run
+    // only.
+    let severe = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SevereFindings"))
+        .count();
+    assert_eq!(severe, 1);
 
     // The reports go with the scan.
     ingresses
@@ -228,11 +244,21 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
         },
     )
     .await;
-    let text = e.operator.get("/metrics").await.unwrap();
-    assert_eq!(
-        sample(&text, &findings_series(&ns, "shop-ingress", "high")),
-        None
-    );
+    metrics_where(e, &findings_series(&ns, "shop-ingress", "high"), None).await;
+}
+
+/// /metrics once the operator's cache shows `series` at `value` (`None`:
+/// absent).
+async fn metrics_where(e: &Env, series: &str, value: Option<f64>) -> String {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{series} at {value:?} on /metrics"),
+        || async {
+            let text = e.operator.get("/metrics").await?;
+            (sample(&text, series) == value).then_some(text)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -265,7 +291,18 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_on_metrics() {
         },
     )
     .await;
-    let text = e.operator.get("/metrics").await.unwrap();
+    let next_run = format!(
+        "nuclei_scan_next_run_timestamp_seconds{{namespace=\"{ns}\",nucleiscan=\"blog-ingress\"}}"
+    );
+    let text = eventually(
+        Duration::from_secs(30),
+        "the next run on /metrics",
+        || async {
+            let text = e.operator.get("/metrics").await?;
+            sample(&text, &next_run).map(|_| text)
+        },
+    )
+    .await;
     let (rules, dashboard) = render_monitoring().unwrap();
     let names = monitoring_metric_names(&rules, &dashboard).unwrap();
     assert!(names.len() >= 10, "{names:?}");

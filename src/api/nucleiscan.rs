@@ -411,6 +411,18 @@ pub struct NucleiScanStatus {
     pub last_rescan_request: Option<String>,
 }
 
+impl NucleiScanStatus {
+    /// When the run `findings` and `summary` show finished: `lastSuccessTime`,
+    /// or, in a status written before that field existed, the completion
+    /// time while the scan is Completed. `None` before a first success.
+    pub fn last_success(&self) -> Option<&Time> {
+        self.last_success_time.as_ref().or(self
+            .completion_time
+            .as_ref()
+            .filter(|_| self.phase == Some(ScanPhase::Completed)))
+    }
+}
+
 /// Aggregate counts of one scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

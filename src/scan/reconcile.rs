@@ -48,9 +48,9 @@ pub struct ScanCtx {
     reported: Mutex<HashMap<String, String>>,
     /// Events on source objects (one per distinct note).
     source_events: crate::events::NotedEvents,
-    /// Critical and high findings of the completed run before the one in
-    /// progress, seen while it runs: scan key → count.
-    severe_before: Mutex<HashMap<String, i64>>,
+    /// The last completed run seen of each scan, for the source's
+    /// SevereFindings Event.
+    severe: Mutex<super::severe::SevereRuns>,
 }
 
 impl ScanCtx {
@@ -73,7 +73,7 @@ impl ScanCtx {
             metrics,
             jobs,
             reported: Mutex::new(HashMap::new()),
-            severe_before: Mutex::new(HashMap::new()),
+            severe: Mutex::default(),
         }
     }
 
@@ -306,7 +306,10 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
         // Logged by the cache; nothing can be decided without its status.
         return Ok(Action::await_change());
     }
-    ctx.note_severe_before(&scan);
+    let severe = ctx.severe.lock().expect("severe lock").observe(&scan);
+    if let Some(note) = severe {
+        ctx.event_on_source(&scan, "SevereFindings", note).await;
+    }
     let observed = observe(&ctx, &scan).await?;
     let now = Utc::now();
     let plan = decide(&scan, &observed, &ctx.policy, now);
@@ -453,14 +456,6 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
             completed_note(&summary),
         )
         .await;
-        let before = ctx
-            .severe_before
-            .lock()
-            .expect("severe_before lock")
-            .remove(&key);
-        if let Some(note) = severe_note(scan, &summary, before) {
-            ctx.event_on_source(scan, "SevereFindings", note).await;
-        }
     } else {
         let note = format!(
             "scan failed: {}",
@@ -469,48 +464,6 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
         ctx.event(scan, EventType::Warning, "ScanFailed", note)
             .await;
     }
-}
-
-/// Critical plus high findings of `summary` (true totals).
-fn severe(summary: &crate::api::ScanSummary) -> i64 {
-    ["critical", "high"]
-        .iter()
-        .map(|k| {
-            summary
-                .findings_by_severity
-                .get(*k)
-                .copied()
-                .unwrap_or(0)
-                .max(0)
-        })
-        .sum()
-}
-
-/// The note of the Warning Event on the source object when a completed run
-/// found more critical and high findings than the completed run before it
-/// (`before`, unknown when this process did not see the run in progress):
-/// users look at their Ingress, not at the NucleiScan.
-fn severe_note(
-    scan: &NucleiScan,
-    summary: &crate::api::ScanSummary,
-    before: Option<i64>,
-) -> Option<String> {
-    let now = severe(summary);
-    if now == 0 || before.is_some_and(|b| now <= b) {
-        return None;
-    }
-    let count = |k: &str| summary.findings_by_severity.get(k).copied().unwrap_or(0);
-    let more = match before {
-        Some(b) if b > 0 => format!(" ({} more than the scan before)", now - b),
-        _ => String::new(),
-    };
-    Some(format!(
-        "nuclei found {} critical and {} high findings{more}: kubectl describe nucleiscan {} -n {}",
-        count("critical"),
-        count("high"),
-        scan.name_any(),
-        scan.namespace().unwrap_or_default()
-    ))
 }
 
 /// "Scan completed: 3 findings (1 critical, 2 high)." Only the severities
@@ -533,21 +486,6 @@ fn completed_note(summary: &crate::api::ScanSummary) -> String {
 }
 
 impl ScanCtx {
-    /// While a run is in progress its scan still shows the completed run
-    /// before it: remember that run's critical and high findings.
-    fn note_severe_before(&self, scan: &NucleiScan) {
-        let Some(status) = &scan.status else { return };
-        if status.phase != Some(ScanPhase::Running) {
-            return;
-        }
-        if let Some(summary) = &status.summary {
-            self.severe_before
-                .lock()
-                .expect("severe_before lock")
-                .insert(scan_key(scan), severe(summary));
-        }
-    }
-
     /// Publishes a Warning Event on the scan's source object (Ingress,
     /// VirtualService, HTTPRoute); failures are logged, never fatal.
     async fn event_on_source(&self, scan: &NucleiScan, reason: &str, note: String) {
@@ -594,35 +532,6 @@ mod tests {
     use super::*;
 
     use serde_json::json;
-
-    #[test]
-    fn the_source_hears_of_critical_and_high_findings_only_when_there_are_more() {
-        let mut scan = NucleiScan::new("shop-ingress", Default::default());
-        scan.metadata.namespace = Some("web".into());
-        let summary = |critical: i64, high: i64, low: i64| crate::api::ScanSummary {
-            findings_by_severity: [("critical", critical), ("high", high), ("low", low)]
-                .map(|(k, n)| (k.to_string(), n))
-                .into_iter()
-                .collect(),
-            ..Default::default()
-        };
-        assert_eq!(
-            severe_note(&scan, &summary(1, 2, 0), None).as_deref(),
-            Some(
-                "nuclei found 1 critical and 2 high findings: kubectl describe nucleiscan shop-ingress -n web"
-            )
-        );
-        assert_eq!(
-            severe_note(&scan, &summary(1, 2, 0), Some(1)).as_deref(),
-            Some(
-                "nuclei found 1 critical and 2 high findings (2 more than the scan before): kubectl describe nucleiscan shop-ingress -n web"
-            )
-        );
-        // As many as before, fewer, or only low ones: nothing to tell.
-        assert_eq!(severe_note(&scan, &summary(1, 2, 0), Some(3)), None);
-        assert_eq!(severe_note(&scan, &summary(0, 1, 0), Some(3)), None);
-        assert_eq!(severe_note(&scan, &summary(0, 0, 9), None), None);
-    }
 
     #[test]
     fn the_completed_event_reads_as_a_sentence_naming_only_severities_that_occurred() {

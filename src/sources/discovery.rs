@@ -50,7 +50,7 @@ pub async fn while_served<C>(
     client: kube::Client,
     crds: &'static [&'static str],
     what: &'static str,
-    pick: fn(&Served) -> Option<C>,
+    pick: impl Fn(&Served) -> Option<C>,
     start: impl Fn(C, CancellationToken),
     removed: impl Fn(&'static str),
     shutdown: CancellationToken,
