@@ -59,14 +59,6 @@ pub enum Format {
 }
 
 impl Format {
-    /// The other API, whose reports a switch to this one deletes.
-    fn other(self) -> Format {
-        match self {
-            Format::OpenReports => Format::WgPolicy,
-            Format::WgPolicy => Format::OpenReports,
-        }
-    }
-
     fn api_resource(self) -> ApiResource {
         let (gvk, plural) = match self {
             Format::OpenReports => (
@@ -188,7 +180,11 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
             "listing existing reports: {e}; rewriting them"
         ),
     }
-    delete_other_reports(&ctx.client, format).await;
+    // `auto` moved on from PolicyReports (an explicit setting never
+    // touches the other API).
+    if ctx.setting == ReportsFormat::Auto && format == Format::OpenReports {
+        delete_reports(&ctx.client, Format::WgPolicy).await;
+    }
     let ready = ctx.scans.wait_until_ready();
     tokio::select! {
         _ = ready => {}
@@ -278,12 +274,12 @@ async fn write_one(
     Ok(())
 }
 
-/// Deletes the reports this operator wrote in the API other than `format`
-/// (written before a switch; stale from now on). Best effort: that API may
-/// not be served, or not be the operator's to touch (RBAC), and a report
-/// left behind still goes with its scan.
-async fn delete_other_reports(client: &kube::Client, format: Format) {
-    let ar = format.other().api_resource();
+/// Deletes the reports this operator wrote in the API `format` (written
+/// before a switch; stale from now on). Best effort: that API may not be
+/// served, or not be the operator's to touch (RBAC), and a report left
+/// behind still goes with its scan.
+async fn delete_reports(client: &kube::Client, format: Format) {
+    let ar = format.api_resource();
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let list = match all.list_metadata(&lp).await {
@@ -291,7 +287,7 @@ async fn delete_other_reports(client: &kube::Client, format: Format) {
         Err(e) => {
             debug!(
                 kind = ar.kind,
-                "not cleaning up reports of the other API: {e}"
+                "not cleaning up the reports of the API moved on from: {e}"
             );
             return;
         }
@@ -301,7 +297,7 @@ async fn delete_other_reports(client: &kube::Client, format: Format) {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
         match api.delete(&r.name_any(), &Default::default()).await {
             Ok(_) => {
-                info!(kind = ar.kind, report = %format!("{ns}/{}", r.name_any()), "deleted: reports are written as {:?} now", format)
+                info!(kind = ar.kind, report = %format!("{ns}/{}", r.name_any()), "deleted: reports are written to another API now")
             }
             Err(e) => debug!(kind = ar.kind, "deleting an old report: {e}"),
         }
@@ -315,12 +311,7 @@ pub fn build(format: Format, scan: &NucleiScan, budget_bytes: usize) -> Option<V
     let run = run_marker(scan)?;
     let status = scan.status.as_ref()?;
     let summary = status.summary.as_ref()?;
-    let finished = status
-        .last_success_time
-        .as_ref()
-        .or(status.completion_time.as_ref())
-        .map(chrono)
-        .unwrap_or_default();
+    let finished = status.last_success().map(chrono).unwrap_or_default();
     let (mut fail, mut warn) = (0i64, 0i64);
     for (key, n) in &summary.findings_by_severity {
         let severity = key.parse().unwrap_or(Severity::Unknown);
