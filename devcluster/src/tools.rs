@@ -17,6 +17,8 @@ pub struct Tools {
     /// Prometheus's `promtool`, which checks and unit-tests the chart's
     /// alert rules.
     pub promtool: PathBuf,
+    /// `actionlint`, which lints the GitHub Actions workflows.
+    pub actionlint: PathBuf,
     /// The Gateway API project's standard-channel CRDs (GatewayClass,
     /// Gateway, HTTPRoute), copied from its Go module: a directory.
     pub gateway_api_crds: PathBuf,
@@ -61,6 +63,7 @@ impl Tools {
             nuclei: dir("nuclei")?.join("nuclei"),
             helm: dir("helm")?.join("helm"),
             promtool: dir("prometheus")?.join("promtool"),
+            actionlint: dir("actionlint")?.join("actionlint"),
             gateway_api_crds: dir("gateway-api")?,
             report_crds: dir("reports")?,
         })

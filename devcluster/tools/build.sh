@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real components devcluster runs (kube-apiserver, kube-controller-manager,
-# etcd, nuclei, helm, promtool) from their Go modules into a per-version cache outside the repo,
+# etcd, nuclei, helm, promtool, actionlint) from their Go modules into a per-version cache outside the repo,
 # only when missing, and copies the Gateway API's and the report APIs' published CRDs out
 # of their Go modules. Prints where they are. Never writes binaries into the repo.
 #
@@ -24,8 +24,9 @@ version_of() {
     kubernetes) echo "$KUBERNETES_VERSION" ;; etcd) echo "$ETCD_VERSION" ;;
     nuclei) echo "$NUCLEI_VERSION" ;; helm) echo "$HELM_VERSION" ;;
     gateway-api) echo "$GATEWAY_API_VERSION" ;; prometheus) echo "$PROMETHEUS_VERSION" ;;
+    actionlint) echo "$ACTIONLINT_VERSION" ;;
     reports) echo "openreports-$OPENREPORTS_VERSION-kyverno-$KYVERNO_VERSION" ;;
-    *) die "unknown tool '$1' (kubernetes, etcd, nuclei, helm, prometheus, gateway-api, reports)" ;;
+    *) die "unknown tool '$1' (kubernetes, etcd, nuclei, helm, prometheus, actionlint, gateway-api, reports)" ;;
   esac
 }
 dir_of() { echo "$cache/$1-$(version_of "$1")"; }
@@ -57,6 +58,8 @@ regen() {
       printf 'module nuclei-operator/devcluster/tools/helm\n\ngo 1.26.0\n\nrequire helm.sh/helm/v3 %s\n\ntool helm.sh/helm/v3/cmd/helm\n' "$v" > "$mod" ;;
     prometheus)
       printf 'module nuclei-operator/devcluster/tools/prometheus\n\ngo 1.26.0\n\nrequire github.com/prometheus/prometheus %s\n\ntool github.com/prometheus/prometheus/cmd/promtool\n' "$v" > "$mod" ;;
+    actionlint)
+      printf 'module nuclei-operator/devcluster/tools/actionlint\n\ngo 1.26.0\n\nrequire github.com/rhysd/actionlint %s\n\ntool github.com/rhysd/actionlint/cmd/actionlint\n' "$v" > "$mod" ;;
     gateway-api|reports)
       die "$name: edit versions.env and the require lines of $mod, then run (cd $here/$name && GOFLAGS=-mod=mod go mod download <each required module> && go mod verify)" ;;
   esac
@@ -115,6 +118,7 @@ build() {
     nuclei) pkgs="github.com/projectdiscovery/nuclei/v3/cmd/nuclei" ;;
     helm) pkgs="helm.sh/helm/v3/cmd/helm" ;;
     prometheus) pkgs="github.com/prometheus/prometheus/cmd/promtool" ;;
+    actionlint) pkgs="github.com/rhysd/actionlint/cmd/actionlint" ;;
   esac
   # shellcheck disable=SC2086
   if ! (cd "$here/$name" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" $pkgs) >"$tmp/build.log" 2>&1; then
@@ -128,9 +132,9 @@ build() {
 }
 
 case ${1:-} in
-  --print-dir) for t in kubernetes etcd nuclei helm prometheus gateway-api reports; do echo "$t=$(dir_of $t)"; done; exit 0 ;;
+  --print-dir) for t in kubernetes etcd nuclei helm prometheus actionlint gateway-api reports; do echo "$t=$(dir_of $t)"; done; exit 0 ;;
   --regen) shift; for t in "$@"; do regen "$t"; done; exit 0 ;;
 esac
 command -v go >/dev/null || die "go is not on PATH (Go 1.26 builds the test tools)"
-tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=(etcd kubernetes helm nuclei prometheus gateway-api reports)
+tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=(etcd kubernetes helm nuclei prometheus actionlint gateway-api reports)
 for t in "${tools[@]}"; do build "$t"; done
