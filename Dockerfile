@@ -4,9 +4,13 @@
 # templates). Runs as the distroless nonroot user 65532, which the Helm chart's
 # restricted securityContext expects.
 #
-#   docker build -t nuclei-operator:0.1.0 .
+#   docker build -t nuclei-operator:dev .
+#
+# Releases build it from .github/workflows/release.yml, for linux/amd64 and
+# linux/arm64, passing both versions below from devcluster/tools/versions.env.
 
-# Same nuclei as devcluster/tools/versions.env, which the tests run.
+# Defaults equal to devcluster/tools/versions.env (the nuclei the tests run);
+# scripts/release-check.sh fails when they differ.
 ARG NUCLEI_VERSION=v3.10.0
 ARG NUCLEI_TEMPLATES_VERSION=v10.4.5
 

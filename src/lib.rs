@@ -5,6 +5,7 @@ pub mod annotations;
 pub mod api;
 pub mod cache;
 pub mod controller;
+pub mod crd;
 pub mod duration;
 pub mod error;
 pub mod events;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuclei_operator::api::Severity;
+use nuclei_operator::crd::{self, Applied};
 use nuclei_operator::scanner::run::{RunId, RunResult, ScannerDefaults, run};
 use nuclei_operator::settings::{LogFormat, Settings, treat_empty_env_as_unset};
 use nuclei_operator::target_policy::TargetPolicy;
@@ -37,8 +38,14 @@ enum Command {
     /// Run one scan and write its result into the NucleiScan's status (what
     /// the scanner Job's pod runs).
     Scanner(Box<ScannerArgs>),
-    /// Print the NucleiScan CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the NucleiScan CustomResourceDefinition as YAML, or apply it.
+    Crd {
+        /// Apply it over the installed CRD instead (server-side, waiting
+        /// until it is served) unless that CRD is of a newer operator
+        /// version: the chart's pre-upgrade hook.
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -159,8 +166,27 @@ async fn main() -> Result<()> {
         }
     };
     match command {
-        Command::Crd => {
+        Command::Crd { apply: false } => {
             print!("{}", nuclei_operator::api::crd_yaml());
+            Ok(())
+        }
+        Command::Crd { apply: true } => {
+            init_logging(log_format_from_env());
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the API server")?;
+            match crd::apply(client, Duration::from_secs(60)).await? {
+                Applied::Updated { from } => tracing::info!(
+                    from = from.as_deref().unwrap_or("unlabelled"),
+                    to = env!("CARGO_PKG_VERSION"),
+                    "NucleiScan CRD applied"
+                ),
+                Applied::KeptNewer { installed } => tracing::warn!(
+                    installed,
+                    ours = env!("CARGO_PKG_VERSION"),
+                    "the installed NucleiScan CRD is of a newer operator version: left alone"
+                ),
+            }
             Ok(())
         }
         Command::Controller { settings } => {

@@ -33,6 +33,12 @@ const FULLNAME: &str = "scans-nuclei-operator";
 const NAMESPACE: &str = "nuclei-system";
 /// Name of the operator container.
 const CONTAINER: &str = "operator";
+/// The image the chart runs by default: the published one at the one
+/// version (the crate's).
+const PUBLISHED_IMAGE: &str = concat!(
+    "ghcr.io/morten-olsen/nuclei-operator:",
+    env!("CARGO_PKG_VERSION")
+);
 /// User and group of the image (distroless `nonroot`).
 const NONROOT: i64 = 65532;
 /// Kinds of the scanner's admission policy and its binding.
@@ -142,22 +148,45 @@ fn render_error(extra: &[&str]) -> Result<String> {
     }
 }
 
-/// The objects of one `helm template` run.
+/// The objects of one `helm template` run: the release's, and its hooks
+/// apart (Helm runs those around an install or upgrade, not as part of it).
 #[derive(Clone, Debug)]
 struct Rendered {
     docs: Vec<Value>,
+    hooks: Vec<Value>,
 }
 
 impl Rendered {
     fn parse(yaml: &str) -> Result<Rendered> {
-        let mut docs = Vec::new();
+        let (mut docs, mut hooks) = (Vec::new(), Vec::new());
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let value = Value::deserialize(doc).context("helm printed invalid YAML")?;
-            if !value.is_null() {
+            if value.is_null() {
+                continue;
+            }
+            if value["metadata"]["annotations"]
+                .get("helm.sh/hook")
+                .is_some()
+            {
+                hooks.push(value);
+            } else {
                 docs.push(value);
             }
         }
-        Ok(Rendered { docs })
+        Ok(Rendered { docs, hooks })
+    }
+
+    /// The one hook of `kind`.
+    fn hook(&self, kind: &str) -> Result<&Value> {
+        match self
+            .hooks
+            .iter()
+            .filter(|d| d["kind"] == kind)
+            .collect::<Vec<_>>()[..]
+        {
+            [one] => Ok(one),
+            ref many => bail!("expected one {kind} hook, found {}", many.len()),
+        }
     }
 
     fn all(&self, kind: &str) -> Vec<&Value> {
@@ -326,9 +355,9 @@ fn cases() -> Vec<Case> {
             context: NO_CONTEXT,
             set: &["--set", "image.repository=registry.example/nuclei"],
             expect: |r| {
-                let image = json!("registry.example/nuclei:0.1.0");
-                field_is("image", &r.container()?["image"], image)?;
-                env_is(r, "SCANNER_IMAGE", "registry.example/nuclei:0.1.0")
+                let image = concat!("registry.example/nuclei:", env!("CARGO_PKG_VERSION"));
+                field_is("image", &r.container()?["image"], json!(image))?;
+                env_is(r, "SCANNER_IMAGE", image)
             },
         },
         Case {
@@ -410,7 +439,7 @@ fn cases() -> Vec<Case> {
             expect: |r| {
                 env_is(r, "SCANNER_IMAGE", "registry.example/scanner:2")?;
                 // The operator's own image stays.
-                let image = json!("ghcr.io/morten-olsen/nuclei-operator:0.1.0");
+                let image = json!(PUBLISHED_IMAGE);
                 field_is("image", &r.container()?["image"], image)
             },
         },
@@ -631,6 +660,15 @@ fn cases() -> Vec<Case> {
             context: NO_CONTEXT,
             set: &["--set", "operator.targetCheckTimeout=2s"],
             expect: |r| env_is(r, "TARGET_CHECK_TIMEOUT", "2s"),
+        },
+        Case {
+            value: "crds.upgrade",
+            context: NO_CONTEXT,
+            set: &["--set", "crds.upgrade=false"],
+            expect: |r| {
+                ensure!(r.hooks.is_empty(), "hooks left: {:?}", r.hooks);
+                Ok(())
+            },
         },
         Case {
             value: "reports.format",
@@ -1179,7 +1217,8 @@ fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() ->
             "{kind}"
         );
         assert_eq!(
-            meta["labels"]["app.kubernetes.io/version"], "0.1.0",
+            meta["labels"]["app.kubernetes.io/version"],
+            env!("CARGO_PKG_VERSION"),
             "{kind}"
         );
     }
@@ -1325,17 +1364,100 @@ fn the_chart_defaults_agree_with_the_operator_defaults_except_where_it_knows_bet
         "a chart default differs from the operator's default"
     );
     env_is(&r, "LOG_FORMAT", "json")?;
-    env_is(
-        &r,
-        "SCANNER_IMAGE",
-        "ghcr.io/morten-olsen/nuclei-operator:0.1.0",
-    )?;
+    // The published image at the crate's version: one version everywhere.
+    env_is(&r, "SCANNER_IMAGE", PUBLISHED_IMAGE)?;
+    field_is("image", &r.container()?["image"], json!(PUBLISHED_IMAGE))?;
     assert_eq!(full.lease_namespace(), NAMESPACE);
     assert_eq!(
         full.default_templates,
         ["http/cves/", "http/vulnerabilities/"]
     );
     Ok(())
+}
+
+/// Checks a pod spec against the Pod Security Standard "restricted" (and our
+/// user); `tmp`: each container mounts the `tmp` emptyDir at /tmp.
+fn assert_restricted(pod: &Value, tmp: bool) -> Result<usize> {
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(pod[host], json!(true), "{host}");
+    }
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], json!(true));
+    assert_eq!(psc["runAsUser"], json!(NONROOT));
+    assert_eq!(psc["runAsGroup"], json!(NONROOT));
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+
+    let volumes = pod["volumes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for volume in volumes {
+        let kinds: Vec<&String> = volume
+            .as_object()
+            .context("volume is not a map")?
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
+        assert_eq!(kinds.len(), 1, "{volume}");
+        assert!(
+            [
+                "configMap",
+                "csi",
+                "downwardAPI",
+                "emptyDir",
+                "ephemeral",
+                "persistentVolumeClaim",
+                "projected",
+                "secret"
+            ]
+            .contains(&kinds[0].as_str()),
+            "volume type {} is not allowed by the restricted standard",
+            kinds[0]
+        );
+    }
+    if tmp {
+        let tmp = volumes
+            .iter()
+            .find(|v| v["name"] == "tmp")
+            .context("no tmp volume")?;
+        assert!(
+            tmp["emptyDir"].is_object(),
+            "/tmp must be an emptyDir: {tmp}"
+        );
+    }
+
+    let containers = pod["containers"]
+        .as_array()
+        .into_iter()
+        .chain(pod["initContainers"].as_array())
+        .flatten();
+    let mut count = 0;
+    for c in containers {
+        count += 1;
+        let name = &c["name"];
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{name}");
+        assert_ne!(sc["privileged"], json!(true), "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{name}");
+        assert_eq!(sc["runAsNonRoot"], json!(true), "{name}");
+        assert_eq!(sc["runAsUser"], json!(NONROOT), "{name}");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert!(sc["capabilities"].get("add").is_none(), "{name}");
+        for port in c["ports"].as_array().into_iter().flatten() {
+            assert!(port.get("hostPort").is_none(), "{name} {port}");
+        }
+        if tmp {
+            let mounts = c["volumeMounts"].as_array().context("no volumeMounts")?;
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["name"] == "tmp" && m["mountPath"] == "/tmp"),
+                "{name} has no writable /tmp"
+            );
+        }
+    }
+    Ok(count)
 }
 
 #[test]
@@ -1345,81 +1467,96 @@ fn the_operator_pod_meets_the_restricted_pod_security_standard() -> Result<()> {
         &["--set", "scanner.mode=sync,leaderElection.enabled=false"][..],
     ] {
         let r = render(extra)?;
-        let pod = r.pod_spec()?;
-        for host in ["hostNetwork", "hostPID", "hostIPC"] {
-            assert_ne!(pod[host], json!(true), "{host}");
-        }
-        let psc = &pod["securityContext"];
-        assert_eq!(psc["runAsNonRoot"], json!(true));
-        assert_eq!(psc["runAsUser"], json!(NONROOT));
-        assert_eq!(psc["runAsGroup"], json!(NONROOT));
-        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
-
-        let volumes = pod["volumes"].as_array().context("no volumes")?;
-        for volume in volumes {
-            let kinds: Vec<&String> = volume
-                .as_object()
-                .context("volume is not a map")?
-                .keys()
-                .filter(|k| *k != "name")
-                .collect();
-            assert_eq!(kinds.len(), 1, "{volume}");
-            assert!(
-                [
-                    "configMap",
-                    "csi",
-                    "downwardAPI",
-                    "emptyDir",
-                    "ephemeral",
-                    "persistentVolumeClaim",
-                    "projected",
-                    "secret"
-                ]
-                .contains(&kinds[0].as_str()),
-                "volume type {} is not allowed by the restricted standard",
-                kinds[0]
-            );
-        }
-        let tmp = volumes
-            .iter()
-            .find(|v| v["name"] == "tmp")
-            .context("no tmp volume")?;
-        assert!(
-            tmp["emptyDir"].is_object(),
-            "/tmp must be an emptyDir: {tmp}"
-        );
-
-        let containers = pod["containers"]
-            .as_array()
-            .into_iter()
-            .chain(pod["initContainers"].as_array())
-            .flatten();
-        let mut count = 0;
-        for c in containers {
-            count += 1;
-            let name = &c["name"];
-            let sc = &c["securityContext"];
-            assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{name}");
-            assert_ne!(sc["privileged"], json!(true), "{name}");
-            assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{name}");
-            assert_eq!(sc["runAsNonRoot"], json!(true), "{name}");
-            assert_eq!(sc["runAsUser"], json!(NONROOT), "{name}");
-            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
-            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
-            assert!(sc["capabilities"].get("add").is_none(), "{name}");
-            for port in c["ports"].as_array().into_iter().flatten() {
-                assert!(port.get("hostPort").is_none(), "{name} {port}");
-            }
-            let mounts = c["volumeMounts"].as_array().context("no volumeMounts")?;
-            assert!(
-                mounts
-                    .iter()
-                    .any(|m| m["name"] == "tmp" && m["mountPath"] == "/tmp"),
-                "{name} has no writable /tmp"
-            );
-        }
+        let count = assert_restricted(r.pod_spec()?, true)?;
         assert_eq!(count, 1, "only the operator container");
     }
+    Ok(())
+}
+
+#[test]
+fn the_crd_upgrade_hook_may_only_apply_the_nucleiscan_crd_before_an_upgrade() -> Result<()> {
+    let r = render(&[])?;
+    let name = format!("{FULLNAME}-crd-upgrade");
+    let crd = format!(
+        "{}.{}",
+        crd_group_and_plural()?.1,
+        crd_group_and_plural()?.0
+    );
+    let kinds: BTreeSet<&str> = r.hooks.iter().filter_map(|h| h["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"])
+    );
+    let weight = |h: &Value| -> i64 {
+        h["metadata"]["annotations"]["helm.sh/hook-weight"]
+            .as_str()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0)
+    };
+    for hook in &r.hooks {
+        let meta = &hook["metadata"];
+        assert_eq!(meta["name"], name.as_str(), "{hook}");
+        // Only on upgrade: an install gets crds/ from Helm itself.
+        assert_eq!(meta["annotations"]["helm.sh/hook"], "pre-upgrade");
+        assert_eq!(
+            meta["annotations"]["helm.sh/hook-delete-policy"],
+            "before-hook-creation,hook-succeeded"
+        );
+        // Its rights exist before the Job starts.
+        if hook["kind"] != "Job" {
+            assert!(weight(hook) < weight(r.hook("Job")?), "{hook}");
+        }
+    }
+    let role = r.hook("ClusterRole")?;
+    assert_eq!(
+        role["rules"],
+        json!([{
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": [crd],
+            "verbs": ["get", "patch"],
+        }])
+    );
+    let binding = r.hook("ClusterRoleBinding")?;
+    assert_eq!(binding["roleRef"]["name"], name.as_str());
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}])
+    );
+    let job = r.hook("Job")?;
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], name.as_str());
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(assert_restricted(pod, false)?, 1);
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"],
+        r.container()?["image"],
+        "the new image's CRD"
+    );
+    assert_eq!(container["args"], json!(["crd", "--apply"]));
+    assert!(container.get("command").is_none());
+
+    // It is scheduled and pulled like the operator pod.
+    let r = render(&[
+        "--set-json",
+        r#"nodeSelector={"kubernetes.io/os":"linux"}"#,
+        "--set-json",
+        r#"tolerations=[{"operator":"Exists"}]"#,
+        "--set-json",
+        r#"imagePullSecrets=[{"name":"regcred"}]"#,
+        "--set",
+        "image.pullPolicy=Always,operator.logFormat=text",
+    ])?;
+    let pod = &r.hook("Job")?["spec"]["template"]["spec"];
+    for field in ["nodeSelector", "tolerations", "imagePullSecrets"] {
+        assert_eq!(pod[field], r.pod_spec()?[field], "{field}");
+    }
+    assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
+    assert_eq!(
+        pod["containers"][0]["env"],
+        json!([{"name": "LOG_FORMAT", "value": "text"}])
+    );
     Ok(())
 }
 
@@ -2223,15 +2360,16 @@ fn the_dockerfile_builds_the_image_the_chart_and_the_settings_expect() -> Result
         "{mounts}"
     );
 
-    // Pinned tools: the nuclei the tests run, a v10 templates release.
+    // Pinned tools: the nuclei the tests run and the templates release of
+    // versions.env (what the release workflow passes as build arguments).
     assert_eq!(
         global_args.get("NUCLEI_VERSION"),
         Some(&versions_env("NUCLEI_VERSION")?)
     );
-    let templates_version = global_args
-        .get("NUCLEI_TEMPLATES_VERSION")
-        .context("NUCLEI_TEMPLATES_VERSION is not pinned")?;
-    assert!(templates_version.starts_with("v10."), "{templates_version}");
+    assert_eq!(
+        global_args.get("NUCLEI_TEMPLATES_VERSION"),
+        Some(&versions_env("NUCLEI_TEMPLATES_VERSION")?)
+    );
     let runs: Vec<&str> = stages
         .iter()
         .flatten()

@@ -24,9 +24,25 @@ pub use virtual_service::{
 /// repository root.
 pub const CRD_PATH: &str = "deploy/crds/nucleiscans.nuclei.homelab.mortenolsen.pro.yaml";
 
-/// The `NucleiScan` CustomResourceDefinition, generated from the Rust types.
+/// Label of the CRD naming the operator version that defined it: the chart's
+/// pre-upgrade hook reads it so that it never replaces a newer CRD with an
+/// older one (see [`crate::crd`]).
+pub const CRD_VERSION_LABEL: &str = "app.kubernetes.io/version";
+
+/// The `NucleiScan` CustomResourceDefinition, generated from the Rust types,
+/// labelled with this operator's version.
 pub fn crd() -> CustomResourceDefinition {
-    NucleiScan::crd()
+    let mut crd = NucleiScan::crd();
+    crd.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name", "nuclei-operator"),
+            (CRD_VERSION_LABEL, env!("CARGO_PKG_VERSION")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    crd
 }
 
 /// [`crd`] as YAML, exactly as checked in at [`CRD_PATH`]

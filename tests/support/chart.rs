@@ -111,22 +111,32 @@ impl Chart {
         stdout
     }
 
-    /// `helm install --wait` with the chart's defaults, except what a
-    /// devcluster needs (the image, free ports) and `values` (more `--set`
-    /// / `--set-json` arguments).
+    /// `helm install --wait` of this repository's chart with its defaults,
+    /// except what a devcluster needs (the image, free ports) and `values`
+    /// (more `--set` / `--set-json` arguments).
     pub async fn install(&self, values: &[&str]) {
-        let chart = repo().join("deploy/helm/nuclei-operator");
+        self.release(
+            "install",
+            &repo().join("deploy/helm/nuclei-operator"),
+            values,
+        )
+        .await;
+    }
+
+    /// `helm install` (`verb`) or `helm upgrade` of `chart` (a directory or
+    /// a packaged `.tgz`), `--wait`, with the same devcluster values as
+    /// [`install`](Self::install).
+    pub async fn release(&self, verb: &str, chart: &std::path::Path, values: &[&str]) {
         let port = self.port.to_string();
         let http_port = format!("http.port={port}");
         let service_port = format!("service.port={port}");
         let health_port = format!("health.port={}", self.health_port);
         let mut args = vec![
-            "install",
+            verb,
             RELEASE,
             chart.to_str().unwrap(),
             "--namespace",
             RELEASE_NS,
-            "--create-namespace",
             "--wait",
             "--timeout",
             "3m",
@@ -145,9 +155,12 @@ impl Chart {
             "--set",
             &health_port,
         ];
+        if verb == "install" {
+            args.push("--create-namespace");
+        }
         args.extend_from_slice(values);
         self.helm(&args).await;
-        self.step("helm install --wait returned");
+        self.step(&format!("helm {verb} --wait returned"));
     }
 
     /// The one pod of the release's Deployment.
