@@ -2,7 +2,7 @@
 //! and the HTTP server, with one shutdown signal shared by every task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use dispatcher::{Config as DispatchConfig, Dispatcher, RateLimit};
@@ -19,7 +19,7 @@ use crate::http::auth::{DataAuth, KubeReviewer};
 use crate::http::{HttpState, data_router, health_router};
 use crate::metrics::Metrics;
 use crate::scan::launch::JobLauncher;
-use crate::scan::reconcile::{self, ScanCtx, mark_process_start};
+use crate::scan::reconcile::{self, ScanCtx};
 use crate::scan::slots;
 use crate::settings::{HttpAuth, ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
@@ -33,7 +33,6 @@ const ISTIO_CRD: &str = "virtualservices.networking.istio.io";
 /// Runs the operator until SIGTERM/SIGINT, or until this replica loses its
 /// leadership (then it exits so it restarts as a follower).
 pub async fn run(settings: Settings) -> Result<()> {
-    mark_process_start();
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -146,7 +145,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         client: client.clone(),
         scans: scans.clone(),
         events: crate::events::NotedEvents::new(client.clone(), reporter.clone()),
-        writes: AtomicU64::new(0),
+        metrics: metrics.clone(),
         triggers,
         images: settings.image_policy(),
         targets: settings.target_policy(),

@@ -31,6 +31,16 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label of the reconcile counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: String,
+}
+
+/// The `controller` label values: the scan controller's and each source
+/// controller's (its kind in lower case).
+pub const CONTROLLERS: [&str; 4] = ["nucleiscan", "ingress", "virtualservice", "httproute"];
+
 /// Label of the reconcile-error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -48,6 +58,7 @@ pub struct Metrics {
     pub queue_scheduled: Gauge,
     pub queue_wait: Histogram,
     pub outcomes: Family<OutcomeLabel, Counter>,
+    pub reconciles: Family<ControllerLabel, Counter>,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     scans: ScanCache,
 }
@@ -62,6 +73,7 @@ impl Default for Metrics {
         let queue_scheduled = Gauge::default();
         let queue_wait = Histogram::new(exponential_buckets(0.01, 4.0, 12));
         let outcomes = Family::<OutcomeLabel, Counter>::default();
+        let reconciles = Family::<ControllerLabel, Counter>::default();
         let reconcile_errors = Family::<ErrorLabel, Counter>::default();
         let scans = ScanCache::default();
         registry.register(
@@ -100,6 +112,11 @@ impl Default for Metrics {
             outcomes.clone(),
         );
         registry.register(
+            "nuclei_reconciles",
+            "Reconciles run, by controller (nucleiscan, or the source kind in lower case)",
+            reconciles.clone(),
+        );
+        registry.register(
             "nuclei_reconcile_errors",
             "Failed reconciles by controller and error kind",
             reconcile_errors.clone(),
@@ -117,6 +134,13 @@ impl Default for Metrics {
             outcomes
                 .get_or_create(&OutcomeLabel {
                     outcome: outcome.into(),
+                })
+                .inc_by(0);
+        }
+        for controller in CONTROLLERS {
+            reconciles
+                .get_or_create(&ControllerLabel {
+                    controller: controller.into(),
                 })
                 .inc_by(0);
         }
@@ -138,6 +162,7 @@ impl Default for Metrics {
             queue_scheduled,
             queue_wait,
             outcomes,
+            reconciles,
             reconcile_errors,
             scans,
         }
@@ -145,6 +170,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one reconcile of `controller` (one of [`CONTROLLERS`]).
+    pub fn reconciled(&self, controller: &str) {
+        self.reconciles
+            .get_or_create(&ControllerLabel {
+                controller: controller.into(),
+            })
+            .inc();
+    }
+
     /// Text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -10,6 +10,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use nuclei_operator::api::NucleiScan;
 use serde_json::json;
+use support::reports::sample;
 use support::{Operator, cluster, eventually, ingress, namespace};
 
 /// Writes to NucleiScan objects (not their status) counted by the API server.
@@ -28,10 +29,33 @@ async fn scan_writes(client: &kube::Client) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// [`scan_writes`] once it has not moved for three reads a second apart.
+async fn quiet_writes(client: &kube::Client) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut last, mut steady) = (scan_writes(client).await, 0);
+    while steady < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "NucleiScan writes still moving after 30 s (at {last})"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = scan_writes(client).await;
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// `nuclei_reconciles_total` of the Ingress controller.
+async fn ingress_reconciles(op: &Operator) -> f64 {
+    let metrics = op.get("/metrics").await.expect("/metrics answers");
+    sample(&metrics, "nuclei_reconciles_total{controller=\"ingress\"}").expect("the counter")
+}
+
 #[tokio::test]
 async fn a_reconcile_without_changes_makes_no_write_and_a_change_makes_exactly_one() {
     let cluster = cluster(&[]).await;
-    let _operator = Operator::start(
+    let operator = Operator::start(
         &cluster,
         &[("MAX_CONCURRENT_SCANS", "1"), ("JOB_RATE_LIMIT", "1")],
     )
@@ -59,13 +83,14 @@ async fn a_reconcile_without_changes_makes_no_write_and_a_change_makes_exactly_o
         })
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = scan_writes(&client).await;
+    let before = quiet_writes(&client).await;
     assert!(
         before >= 3,
         "the counter saw {before} writes for 3 created scans"
     );
-    // Unrelated metadata changes trigger reconciles that must change nothing.
+    // Unrelated metadata changes trigger reconciles that must change nothing:
+    // each round waits until the operator has reconciled all three again.
+    let mut reconciled = ingress_reconciles(&operator).await;
     for round in 0..3 {
         for i in 0..3 {
             let touch =
@@ -75,10 +100,19 @@ async fn a_reconcile_without_changes_makes_no_write_and_a_change_makes_exactly_o
                 .await
                 .unwrap();
         }
+        let want = reconciled + 3.0;
+        reconciled = eventually(
+            Duration::from_secs(20),
+            "the touched Ingresses reconciled",
+            || async {
+                let now = ingress_reconciles(&operator).await;
+                (now >= want).then_some(now)
+            },
+        )
+        .await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        scan_writes(&client).await,
+        quiet_writes(&client).await,
         before,
         "a no-op reconcile wrote to the API"
     );
@@ -98,6 +132,5 @@ async fn a_reconcile_without_changes_makes_no_write_and_a_change_makes_exactly_o
             .filter(|s| s.spec.tags == ["cve"])
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(scan_writes(&client).await, before + 1);
+    assert_eq!(quiet_writes(&client).await, before + 1);
 }

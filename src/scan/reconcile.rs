@@ -44,7 +44,8 @@ pub struct ScanCtx {
     /// The operator's scan Jobs (without their pod template), filled by the
     /// scan controller's watch.
     pub jobs: Store<Job>,
-    /// Finished runs already reported (events, metrics): scan key → run marker.
+    /// Finished runs already reported (events, metrics): scan key → run
+    /// marker, empty for a scan seen unfinished and not reported since.
     reported: Mutex<HashMap<String, String>>,
     /// Events on source objects (one per distinct note).
     source_events: crate::events::NotedEvents,
@@ -302,6 +303,7 @@ async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
 
 #[instrument(skip_all, fields(scan = %scan_key(&scan)))]
 async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
+    ctx.metrics.reconciled("nucleiscan");
     if cache::unreadable(scan.as_ref()).is_some() {
         // Logged by the cache; nothing can be decided without its status.
         return Ok(Action::await_change());
@@ -309,6 +311,13 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
     let severe = ctx.severe.lock().expect("severe lock").observe(&scan);
     if let Some(note) = severe {
         ctx.event_on_source(&scan, "SevereFindings", note).await;
+    }
+    let finished = matches!(
+        scan.status.as_ref().and_then(|s| s.phase),
+        Some(ScanPhase::Completed | ScanPhase::Failed)
+    );
+    if !finished {
+        ctx.seen_unfinished(&scan);
     }
     let observed = observe(&ctx, &scan).await?;
     let now = Utc::now();
@@ -419,14 +428,18 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
     let key = scan_key(scan);
     {
         let mut reported = ctx.reported.lock().expect("reported lock");
-        if reported.get(&key) == Some(&marker) {
-            return;
-        }
-        let first = !reported.contains_key(&key);
-        reported.insert(key.clone(), marker);
-        // After a restart the last run was reported by the previous process.
-        if first && ctx.finished_before_start(&status) {
-            return;
+        let previous = reported.insert(key, marker.clone());
+        match previous.as_deref() {
+            // This run is reported already.
+            Some(m) if m == marker => return,
+            // First sight, and finished: the run ended before this process
+            // (or this leadership) watched it, and the previous leader
+            // reported it. (Not judged by completionTime, which the API
+            // keeps to the second: a run that ended in the second this
+            // process started went uncounted.)
+            None => return,
+            // Seen unfinished (or an earlier run): this run ended here.
+            Some(_) => {}
         }
     }
     let outcome = if phase == ScanPhase::Completed {
@@ -510,21 +523,12 @@ impl ScanCtx {
         }
     }
 
-    /// Whether the run in `status` finished before this process started (its
-    /// events were then published by the previous leader).
-    fn finished_before_start(&self, status: &crate::api::NucleiScanStatus) -> bool {
-        status
-            .completion_time
-            .as_ref()
-            .is_some_and(|t| chrono(t) < *PROCESS_START)
+    /// Notes that `scan` is seen unfinished (new, pending or running), so
+    /// that its finish is reported by this process.
+    fn seen_unfinished(&self, scan: &NucleiScan) {
+        let mut reported = self.reported.lock().expect("reported lock");
+        reported.entry(scan_key(scan)).or_default();
     }
-}
-
-static PROCESS_START: std::sync::LazyLock<DateTime<Utc>> = std::sync::LazyLock::new(Utc::now);
-
-/// Records when this process started (call once at start-up).
-pub fn mark_process_start() {
-    std::sync::LazyLock::force(&PROCESS_START);
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -46,8 +45,8 @@ pub struct SourceCtx {
     /// Events on source objects (why a source has no scan, which annotations
     /// or targets were refused).
     pub events: crate::events::NotedEvents,
-    /// Writes (apply, delete) made to NucleiScans, for tests and metrics.
-    pub writes: AtomicU64,
+    /// Counts reconciles (`nuclei_reconciles_total`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Reconcile requests from the scan watch (a scan changed or vanished).
     pub triggers: Triggers,
     /// Which scanner images an annotation may ask for.
@@ -180,6 +179,8 @@ fn error_policy<K: SourceObject>(_obj: Arc<K>, err: &Error, _ctx: Arc<Runner<K>>
 #[instrument(skip_all, fields(kind = %K::KIND, namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
 async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Result<Action> {
     let ctx = &runner.ctx;
+    ctx.metrics
+        .reconciled(&K::KIND.as_str().to_ascii_lowercase());
     let namespace = obj
         .namespace()
         .ok_or_else(|| Error::Invalid("source object without namespace".into()))?;
@@ -213,7 +214,6 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
         if ours {
             match api.delete(&scan, &DeleteParams::background()).await {
                 Ok(_) => {
-                    ctx.writes.fetch_add(1, Ordering::Relaxed);
                     info!(
                         scan,
                         "deleted scan: {}",
@@ -271,7 +271,6 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
         &Patch::Apply(&body),
     )
     .await?;
-    ctx.writes.fetch_add(1, Ordering::Relaxed);
     info!(scan, "applied scan");
     report_refused(ctx, obj.as_ref(), &refused).await;
     if !parsed.errors.is_empty() {
@@ -312,9 +311,7 @@ pub async fn delete_orphans(ctx: Arc<SourceCtx>, kind: SourceKind) {
             .delete(&scan.name_any(), &DeleteParams::background())
             .await
         {
-            Ok(_) => {
-                ctx.writes.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => warn!(
                 scan = scan.name_any(),
