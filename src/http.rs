@@ -404,4 +404,96 @@ mod tests {
         let doc: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(doc["pending"].as_array().unwrap().len(), DEFAULT_PAGE);
     }
+
+    /// The README's `/queue` example, with each `"…"` it elides.
+    fn readme_queue_example() -> Value {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("```json\n{\n  \"takenAt\"")
+            .expect("the README shows a /queue document");
+        let body = &readme[start + "```json\n".len()..];
+        let end = body.find("```").expect("the example ends");
+        serde_json::from_str(&body[..end]).expect("the README's example is JSON")
+    }
+
+    /// Sets every value of `got` that `want` shows as `"…"` to `"…"`.
+    fn elide(want: &Value, got: &mut Value) {
+        match (want, got) {
+            (Value::String(s), got) if s == "…" => *got = json!("…"),
+            (Value::Object(w), Value::Object(g)) => {
+                for (k, w) in w {
+                    if let Some(g) = g.get_mut(k) {
+                        elide(w, g);
+                    }
+                }
+            }
+            (Value::Array(w), Value::Array(g)) => {
+                for (w, g) in w.iter().zip(g) {
+                    elide(w, g);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_queue_document_is_the_one_the_readme_shows() {
+        let at = |s: &str| SystemTime::from(chrono::DateTime::parse_from_rfc3339(s).unwrap());
+        let hosts = |h: &str| [h.to_owned()].into();
+        let snap = Snapshot {
+            taken_at: at("2026-11-27T11:24:47.652Z"),
+            limits: dispatcher::Limits {
+                max_concurrent: 2,
+                rate_limit: Some(dispatcher::RateLimit::per_minute(
+                    std::num::NonZeroU32::new(60).unwrap(),
+                )),
+            },
+            slots_used: 2,
+            pending_total: 6,
+            pending: vec![PendingItem {
+                position: 1,
+                key: "default/web2-ingress".into(),
+                reason: Reason::NewScan,
+                priority: Reason::NewScan.priority(),
+                hosts: hosts("h2.test"),
+                payload: String::new(),
+                enqueued_at: at("2026-11-27T11:24:46.132Z"),
+                waited: Duration::from_millis(1520),
+                blocked: false,
+            }],
+            scheduled_total: 1,
+            scheduled: vec![ScheduledItem {
+                key: "default/canary-ingress".into(),
+                reason: Reason::Scheduled,
+                hosts: hosts("canary.test"),
+                payload: String::new(),
+                due_at: at("2026-12-04T11:24:30.023Z"),
+                due_in: Duration::from_millis(604_782_400),
+            }],
+            running: vec![RunningItem {
+                key: "default/web0-ingress".into(),
+                reason: Some(Reason::NewScan),
+                hosts: hosts("h0.test"),
+                payload: String::new(),
+                started_at: at("2026-11-27T11:24:44.552Z"),
+                running_for: Duration::from_millis(3100),
+                launching: false,
+            }],
+        };
+        let want = readme_queue_example();
+        let mut got = queue_json(&snap, true);
+        // The README elides the absolute times of a pending and a running
+        // scan; the rest, field by field, is what the operator serves.
+        assert_eq!(got["pending"][0]["enqueuedAt"], "2026-11-27T11:24:46.132Z");
+        assert_eq!(got["running"][0]["startedAt"], "2026-11-27T11:24:44.552Z");
+        elide(&want, &mut got);
+        assert_eq!(got, want);
+        // An adopted scan has no reason, and a follower says so.
+        let adopted = RunningItem {
+            reason: None,
+            ..snap.running[0].clone()
+        };
+        assert_eq!(running_json(&adopted)["reason"], Value::Null);
+        assert_eq!(queue_json(&snap, false)["leader"], false);
+    }
 }

@@ -1675,6 +1675,32 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_default_templates_and_severity_reach_the_scanner() {
+        let settings = Settings {
+            default_templates: vec!["http/cves/".into(), "canary.yaml".into()],
+            default_severity: vec![Severity::High, Severity::Critical],
+            ..Settings::default()
+        };
+        let p = effective_params(&scan(), &settings).unwrap();
+        let c = scanner(&build_job(&scan(), &p)).clone();
+        assert_eq!(
+            env_val(&c, DEFAULT_TEMPLATES_ENV),
+            Some("http/cves/,canary.yaml")
+        );
+        assert_eq!(env_val(&c, DEFAULT_SEVERITY_ENV), Some("high,critical"));
+        // None set: the scanner gets neither (and runs what the scan says).
+        let none = Settings {
+            default_templates: vec![],
+            default_severity: vec![],
+            ..Settings::default()
+        };
+        let p = effective_params(&scan(), &none).unwrap();
+        let c = scanner(&build_job(&scan(), &p)).clone();
+        assert_eq!(env_val(&c, DEFAULT_TEMPLATES_ENV), None);
+        assert_eq!(env_val(&c, DEFAULT_SEVERITY_ENV), None);
+    }
+
+    #[test]
     fn a_scanner_image_outside_the_policy_is_refused_naming_the_setting() {
         let mut s = scan();
         s.spec.scanner_config = Some(crate::api::ScannerConfig {

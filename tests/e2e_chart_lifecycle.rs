@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
 use support::gateway;
 use support::reports::{findings_series, open_reports, report, sample};
-use support::{canary_annotations, event, eventually, ingress, slow_target, target_ip};
+use support::{
+    canary_annotations, canary_target, event, eventually, ingress, slow_target, target_ip,
+};
 use tokio::sync::OnceCell;
 
 const P: &str = "nuclei.homelab.mortenolsen.pro/";
@@ -61,6 +63,7 @@ async fn chart() -> &'static Chart {
         slow_target(ip, SLOW);
         let mut hosts: Vec<String> = HOSTS.iter().map(|h| format!("{h}={ip}")).collect();
         hosts.push(format!("dead.test={}", target_ip(2)));
+        hosts.push(format!("late.test={}", late_ip()));
         let chart = Chart::start("e2e_chart_lifecycle", hosts).await;
         let start_timeout = format!("scanner.startTimeout={}s", START_TIMEOUT.as_secs());
         chart
@@ -81,6 +84,12 @@ async fn chart() -> &'static Chart {
         chart
     })
     .await
+}
+
+/// Where `late.test` goes: nothing listens there until its test starts the
+/// canary target.
+fn late_ip() -> std::net::Ipv4Addr {
+    target_ip(3)
 }
 
 /// The shared cluster and a client of this test's own runtime (a client
@@ -514,6 +523,67 @@ async fn an_unreachable_target_waits_with_bounded_writes_while_a_cron_canary_kee
         writes.len() <= 8,
         "{} writes in {elapsed:?} ({per_minute:.1}/min)",
         writes.len()
+    );
+}
+
+#[tokio::test]
+async fn a_target_that_starts_answering_is_scanned_at_its_next_check() {
+    let _serial = SERIAL.lock().await;
+    let (env, client) = env().await;
+    let ns = "late";
+    restricted_namespace(&client, ns).await;
+    let api = scans(&client, ns);
+    create_ingress(&client, ns, "late", "late.test", canary_annotations()).await;
+    // The chart's target check finds nothing listening: no Job, it waits.
+    eventually(
+        Duration::from_secs(60),
+        "WaitingForTargets=True",
+        || async {
+            let s = api.get_opt("late-ingress").await.ok()??;
+            let st = s.status?;
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "WaitingForTargets" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    env.step("late.test: waiting for its target");
+    // The app comes up; the next check (BACKOFF_INITIAL, 10 s) finds it.
+    canary_target(late_ip()).await;
+    let done = phase(
+        &api,
+        "late-ingress",
+        ScanPhase::Completed,
+        Duration::from_secs(60),
+    )
+    .await;
+    let st = done.status.unwrap();
+    assert!(
+        !st.conditions.iter().any(|c| c.type_ == "WaitingForTargets"),
+        "{:?}",
+        st.conditions
+    );
+    let found: Vec<(&str, &str)> = st
+        .findings
+        .iter()
+        .map(|f| (f.template_id.as_str(), f.matched_at.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("nuclei-operator-canary", "http://late.test/canary")]
+    );
+    assert_eq!(
+        jobs.list(&ListParams::default()).await.unwrap().items.len(),
+        1
     );
 }
 

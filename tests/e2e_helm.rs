@@ -25,16 +25,18 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Resource, ResourceExt};
-use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
+use nuclei_operator::api::{NucleiScan, ScanPhase};
 use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use serde_json::json;
 use support::chart::{
     Chart, DATA_READER, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,
 };
-use support::{canary_target, eventually, ingress, namespace, target_ip, token_client};
+use support::{
+    assert_only_the_canary_finding, canary_annotations, canary_target, completed, eventually,
+    ingress, namespace, target_ip, token_client,
+};
 use tokio::sync::Mutex;
 
-const P: &str = "nuclei.homelab.mortenolsen.pro/";
 /// The chart's default leader-election Lease name, `<fullname>-leader`.
 const LEASE: &str = "nuclei-operator-leader";
 /// Namespace of the annotated Ingress, its scan and the scanner Job.
@@ -86,51 +88,18 @@ impl Env {
     /// Creates the annotated Ingress in [`APP_NS`] (which must exist) and
     /// waits for its scan to complete.
     async fn scan_canary(&self) -> NucleiScan {
-        let ns = APP_NS;
-        let ann = json!({
-            format!("{P}tags"): "canary",
-            format!("{P}severity"): "high",
-            format!("{P}exclude-templates"): "excluded.yaml",
-        });
-        Api::<Ingress>::namespaced(self.client.clone(), ns)
-            .create(&PostParams::default(), &ingress("canary", HOST, ann))
+        Api::<Ingress>::namespaced(self.client.clone(), APP_NS)
+            .create(
+                &PostParams::default(),
+                &ingress("canary", HOST, canary_annotations()),
+            )
             .await
             .unwrap();
-        let scans: Api<NucleiScan> = Api::namespaced(self.client.clone(), ns);
-        let scan = eventually(
-            Duration::from_secs(180),
-            "the Ingress's scan Completed",
-            || async {
-                let s = scans.get_opt(SCAN).await.ok()??;
-                let status = s.status.as_ref()?;
-                assert_ne!(
-                    status.phase,
-                    Some(ScanPhase::Failed),
-                    "scan failed: {:?}",
-                    status.last_error
-                );
-                (status.phase == Some(ScanPhase::Completed)).then_some(s)
-            },
-        )
-        .await;
+        let scans: Api<NucleiScan> = Api::namespaced(self.client.clone(), APP_NS);
+        let scan = completed(&scans, SCAN, Duration::from_secs(180)).await;
         self.step("scan Completed");
         scan
     }
-}
-
-/// The scan has exactly the canary finding: the tag, severity and exclusion
-/// filters keep out the other test templates, which match the page too.
-fn assert_only_the_canary_finding(scan: &NucleiScan) {
-    let st = scan.status.as_ref().unwrap();
-    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
-    assert_eq!(ids, ["nuclei-operator-canary"]);
-    let f = &st.findings[0];
-    assert_eq!(f.severity, Some(Severity::High));
-    assert_eq!(f.matched_at, format!("http://{HOST}/canary"));
-    assert_eq!(f.extracted_results, ["abc123"]);
-    let summary = st.summary.as_ref().unwrap();
-    assert_eq!(summary.total_findings, 1);
-    assert_eq!(summary.findings_by_severity.get("high"), Some(&1));
 }
 
 /// Every object the API lists (Events aside), as `Kind namespace/name` or
@@ -358,7 +327,7 @@ async fn helm_install_runs_the_operator_as_the_charts_service_account_and_it_sca
     // It scans an annotated Ingress, checking the target first, to exactly
     // the expected finding.
     let scan = env.scan_canary().await;
-    assert_only_the_canary_finding(&scan);
+    assert_only_the_canary_finding(scan.status.as_ref().unwrap());
     let job_ref = scan.status.as_ref().unwrap().job_ref.clone().unwrap();
     let job = Api::<Job>::namespaced(client.clone(), APP_NS)
         .get(&job_ref.name)
@@ -534,7 +503,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         .get(SCAN)
         .await
         .unwrap();
-    assert_only_the_canary_finding(&scan);
+    assert_only_the_canary_finding(scan.status.as_ref().unwrap());
     let owner = &scan.owner_references()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str()),

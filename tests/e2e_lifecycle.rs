@@ -91,6 +91,7 @@ async fn killing_the_operator_mid_run_again_and_again_rebuilds_the_queue_and_sta
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let mut killed_in: Vec<String> = Vec::new();
+    let mut adoptions = 0;
     for kill in 0..KILLS {
         // Mid-run: a scan Running (its Job alive) that was not running at
         // the last kill, the others waiting or done.
@@ -112,26 +113,40 @@ async fn killing_the_operator_mid_run_again_and_again_rebuilds_the_queue_and_sta
         let restarted = Instant::now();
         operator = Operator::start(&e.cluster, &env_vars).await;
         // The queue is rebuilt from the NucleiScans alone.
-        let rebuilt = eventually(Duration::from_secs(30), "queue rebuilt", || async {
+        let key = format!("{ns}/{running}");
+        let (rebuilt, adopted) = eventually(Duration::from_secs(30), "queue rebuilt", || async {
             let q: serde_json::Value = serde_json::from_str(&operator.get("/queue").await?).ok()?;
-            let done = scans
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
+            let list = scans.list(&ListParams::default()).await.ok()?.items;
+            let done = list
                 .iter()
                 .filter(|s| phase(s) == Some(ScanPhase::Completed))
                 .count() as u64;
+            let holds = q["running"].as_array()?.iter().any(|r| r["scan"] == key);
+            // The killed run, if still Running, holds a slot in the new
+            // process: its Job was adopted, not launched again.
+            let still_running = list
+                .iter()
+                .any(|s| s.name_any() == running && phase(s) == Some(ScanPhase::Running));
+            if still_running && !holds {
+                return None;
+            }
             let known = q["pendingTotal"].as_u64()? + q["running"].as_array()?.len() as u64;
-            (known + done >= KILL_SCANS as u64).then_some(restarted.elapsed())
+            (known + done >= KILL_SCANS as u64).then_some((restarted.elapsed(), holds))
         })
         .await;
+        adoptions += usize::from(adopted);
         eprintln!(
-            "kill {}: {running} was running; queue rebuilt {:.2}s after restart",
+            "kill {}: {running} was running; queue rebuilt {:.2}s after restart; adopted: {adopted}",
             kill + 1,
             rebuilt.as_secs_f64()
         );
     }
+    // At least one killed run outlived its operator, so adoption was shown,
+    // not only the absence of a second Job.
+    assert!(
+        adoptions >= 1,
+        "no restart found its killed run still running"
+    );
     for i in 0..KILL_SCANS {
         completed(&scans, &format!("s{i}-ingress"), Duration::from_secs(120)).await;
     }
@@ -232,6 +247,65 @@ async fn an_every_minute_schedule_produces_a_second_run_and_a_rescan_request_a_t
     .await;
     assert_eq!(s.status.unwrap().last_rescan_request.as_deref(), Some("1"));
     assert_ne!(third, second);
+
+    // Once per value: without the schedule (whose runs would pass for
+    // rescans), a request runs once, and the scan's later reconciles with the
+    // same value run nothing more.
+    ingresses
+        .patch(
+            "cron",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {format!("{P}schedule"): null}}})),
+        )
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let settled = || async {
+        let s = scans.get_opt("cron-ingress").await.ok()??;
+        let idle = jobs
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .all(|j| nuclei_operator::jobs::job_finished(j).is_some());
+        (s.spec.schedule.is_none() && phase(&s) == Some(ScanPhase::Completed) && idle)
+            .then(|| s.status?.job_ref.map(|j| j.name))
+            .flatten()
+    };
+    let unscheduled = eventually(Duration::from_secs(60), "the schedule gone, idle", settled).await;
+    scans
+        .patch(
+            "cron-ingress",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {format!("{P}rescan"): "2"}}})),
+        )
+        .await
+        .unwrap();
+    let (rescan, _) = eventually(Duration::from_secs(40), "the rescan's run", || {
+        completed_run(Some(unscheduled.clone()))
+    })
+    .await;
+    let count = jobs_by_scan(&jobs).await["cron-ingress"].len();
+    // Each label change is a reconcile of the scan with rescan=2 still set.
+    for touch in 0..5 {
+        let patch = json!({"metadata": {"labels": {"e2e-touch": touch.to_string()}}});
+        scans
+            .patch(
+                "cron-ingress",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(jobs_by_scan(&jobs).await["cron-ingress"].len(), count);
+    let s = scans.get("cron-ingress").await.unwrap();
+    let st = s.status.unwrap();
+    assert_eq!(st.job_ref.map(|j| j.name), Some(rescan));
+    assert_eq!(st.last_rescan_request.as_deref(), Some("2"));
     cleanup(&client, &ns, "cron").await;
 }
 
@@ -288,6 +362,37 @@ async fn with_two_replicas_only_the_leader_dispatches_and_a_new_leader_takes_ove
     .await;
     let a_leads = leader_of(&a).await.unwrap();
     let (mut leader, follower) = if a_leads { (a, b) } else { (b, a) };
+    // While both run, a new scan gets one Job, and the follower queues
+    // nothing: it neither dispatches nor keeps a queue of its own.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({format!("{P}templates"): "canary.yaml"});
+    ingresses
+        .create(
+            &PostParams::default(),
+            &ingress("both", "cron.test", ann.clone()),
+        )
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    completed(&scans, "both-ingress", Duration::from_secs(90)).await;
+    let q: serde_json::Value =
+        serde_json::from_str(&follower.get("/queue").await.unwrap()).unwrap();
+    assert_eq!(q["leader"], false, "{q}");
+    assert_eq!(q["pendingTotal"], 0, "{q}");
+    assert_eq!(q["scheduledTotal"], 0, "{q}");
+    assert_eq!(q["running"], json!([]), "{q}");
+    let q: serde_json::Value = serde_json::from_str(&leader.get("/queue").await.unwrap()).unwrap();
+    let key = format!("{ns}/both-ingress");
+    assert!(
+        q["scheduled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["scan"] == key.as_str()),
+        "the leader holds the scan's rescan: {q}"
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(jobs_by_scan(&jobs).await["both-ingress"].len(), 1);
     leader.kill().await;
     let killed = Instant::now();
     eventually(
@@ -298,13 +403,10 @@ async fn with_two_replicas_only_the_leader_dispatches_and_a_new_leader_takes_ove
     .await;
     eprintln!("new leader after {:.1}s", killed.elapsed().as_secs_f64());
     // And it dispatches.
-    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-    let ann = json!({format!("{P}templates"): "canary.yaml"});
     ingresses
         .create(&PostParams::default(), &ingress("led", "manual.test", ann))
         .await
         .unwrap();
-    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
     eventually(
         Duration::from_secs(90),
         "scan Completed under the new leader",

@@ -17,7 +17,7 @@ use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::json;
 use support::{
     Operator, assert_only_the_canary_finding, canary_annotations, canary_target, cluster,
-    completed, eventually, ingress, namespace, target_ip,
+    completed, event, eventually, ingress, namespace, target_ip,
 };
 use tokio::sync::OnceCell;
 
@@ -69,11 +69,21 @@ async fn an_annotated_ingress_is_scanned_to_exactly_the_expected_finding() {
         )
         .await
         .unwrap();
-    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
     let s = completed(&scans, "canary-ingress", Duration::from_secs(90)).await;
     let st = s.status.unwrap();
     assert_only_the_canary_finding(&st);
-    assert!(st.job_ref.unwrap().pod_name.is_some());
+    let job = st.job_ref.unwrap();
+    assert!(job.pod_name.is_some());
+    // The scan's story in Events, by reason: its Job, then its result.
+    let scan = "canary-ingress";
+    let created = format!("created Job {}", job.name);
+    event(&client, &ns, scan, "Normal", "ScanJobCreated", &created).await;
+    let done = "Scan completed: 1 finding (1 high).";
+    assert_eq!(
+        event(&client, &ns, scan, "Normal", "ScanCompleted", "").await,
+        done
+    );
 }
 
 #[tokio::test]
@@ -98,6 +108,9 @@ async fn a_scan_without_usable_templates_fails_with_nucleis_reason() {
     .await;
     let err = s.status.unwrap().last_error.unwrap_or_default();
     assert!(err.contains("no templates"), "{err}");
+    let client = e.cluster.client().await.unwrap();
+    let note = event(&client, &ns, "empty-ingress", "Warning", "ScanFailed", "").await;
+    assert_eq!(note, format!("scan failed: {err}"));
 }
 
 #[tokio::test]
@@ -152,29 +165,71 @@ async fn eight_ingresses_are_all_scanned_and_never_more_than_two_jobs_run_at_onc
         || async {
             let q: serde_json::Value =
                 serde_json::from_str(&e.operator.get("/queue").await?).ok()?;
-            (q["pendingTotal"].as_u64()? >= 2).then_some(q)
+            let ours = q["pending"]
+                .as_array()?
+                .iter()
+                .filter(|p| {
+                    p["scan"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with(&format!("{ns}/")))
+                })
+                .count();
+            (ours >= 2).then_some(q)
         },
     )
     .await;
     assert_eq!(queue["limits"]["maxConcurrent"], 2);
-    let positions: Vec<u64> = queue["pending"]
+    // Admission order: higher priority first, then first come, first
+    // served (the other tests of this file share the queue).
+    let pending: Vec<(String, u64, String)> = queue["pending"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["position"].as_u64().unwrap())
+        .map(|p| {
+            (
+                p["scan"].as_str().unwrap().to_owned(),
+                p["priority"].as_u64().unwrap(),
+                p["enqueuedAt"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
-
+    for pair in pending.windows(2) {
+        let ((_, p0, t0), (_, p1, t1)) = (&pair[0], &pair[1]);
+        assert!(p0 > p1 || (p0 == p1 && t0 <= t1), "out of order: {pair:?}");
+    }
+    // This test's: new, each once.
+    let ours: Vec<&serde_json::Value> = queue["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["scan"].as_str().unwrap().starts_with(&format!("{ns}/")))
+        .collect();
+    assert!(ours.len() >= 2, "{queue}");
+    let mut names = BTreeSet::new();
+    for p in &ours {
+        assert_eq!(p["reason"], "new_scan", "{p}");
+        assert!(names.insert(p["scan"].as_str().unwrap()), "twice: {p}");
+    }
     let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
     for i in 0..8 {
         let s = completed(&scans, &format!("web{i}-ingress"), Duration::from_secs(180)).await;
         assert_eq!(s.status.unwrap().summary.unwrap().total_findings, 1);
     }
     watcher_task.abort();
+    // One Job per scan: a new scan runs once.
+    let jobs: Api<Job> = Api::namespaced(e.cluster.client().await.unwrap(), &ns);
+    let mut per_scan: std::collections::BTreeMap<String, usize> = Default::default();
+    for job in jobs.list(&Default::default()).await.unwrap().items {
+        let scan = job.metadata.labels.unwrap_or_default()[&format!("{P}scan")].clone();
+        *per_scan.entry(scan).or_default() += 1;
+    }
+    assert_eq!(per_scan.len(), 8, "{per_scan:?}");
+    assert!(per_scan.values().all(|n| *n == 1), "{per_scan:?}");
     let max = max_seen.load(Ordering::SeqCst);
-    assert!(
-        max <= 2,
-        "saw {max} unfinished scan Jobs at once with MAX_CONCURRENT_SCANS=2"
+    // The limit is reached, not only respected: eight scans waiting and no
+    // rate limit leave no reason to run fewer than two at once.
+    assert_eq!(
+        max, 2,
+        "saw at most {max} unfinished scan Jobs at once with MAX_CONCURRENT_SCANS=2"
     );
-    assert!(max >= 1, "the watcher saw no Jobs");
 }

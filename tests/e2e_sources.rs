@@ -26,7 +26,8 @@ static ENV: OnceCell<Env> = OnceCell::const_new();
 async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
         let cluster = cluster(&[]).await;
-        // Scans stay Pending: no scanner Jobs are admitted in these tests.
+        // One scan at a time and one Job a minute: these tests read the
+        // scans the sources write, not their runs.
         let operator = Operator::start(
             &cluster,
             &[("MAX_CONCURRENT_SCANS", "1"), ("JOB_RATE_LIMIT", "1")],

@@ -293,20 +293,9 @@ async fn start_operator(
     };
     let log = dir.join("operator.log");
     let out = std::fs::File::create(&log).unwrap();
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
-        .env("HTTP_AUTH", "none")
-        .env("SCANNER_IMAGE", support::IMAGE)
-        .env("LEADER_ELECTION", "false")
-        .env("TARGET_CHECK_TIMEOUT", "0")
-        // The test targets listen on loopback.
-        .env("TARGET_ALLOW_CIDRS", "127.0.0.0/8")
-        .env("RUST_LOG", "info,kube_runtime=warn")
-        .env("JOB_TTL_AFTER_FINISHED", "600")
+    support::operator_env(&mut cmd, cluster, port, health_port);
+    // nuclei (sync mode) writes its config and cache below HOME.
+    cmd.env("HOME", &home)
         .stdout(out.try_clone().unwrap())
         .stderr(out);
     for (k, v) in env {

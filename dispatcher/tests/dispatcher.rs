@@ -259,7 +259,7 @@ async fn settle() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn manual_rescan_jumps_ahead_of_older_scheduled_intents() {
+async fn a_manual_rescan_is_launched_before_older_scheduled_and_retry_intents() {
     let (dispatcher, handle) = Dispatcher::new(max(1));
     let (fake, mut launches) = Fake::holding(&handle);
     handle.adopt_running("busy", ["busy.example"], 0);

@@ -390,3 +390,34 @@ pub async fn fail_attempt(
     .await
     .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("refused", "Reason").with_code(code).boxed())
+    }
+
+    #[test]
+    fn only_requests_the_server_refused_are_permanent_failures() {
+        for code in [400, 403, 404, 413, 422] {
+            assert!(is_permanent(&api(code)), "{code}");
+        }
+        // Conflicts, throttling and an unavailable server pass: retried
+        // without a status write.
+        for code in [409, 429, 500, 503, 504] {
+            assert!(!is_permanent(&api(code)), "{code}");
+        }
+        let transport = kube::Error::Service("connection refused".into());
+        assert!(!is_permanent(&transport));
+        assert_eq!(api_message(&api(422)), "refused (Reason)");
+    }
+
+    #[test]
+    fn a_key_splits_into_namespace_and_name() {
+        assert_eq!(split_key("team-a/web-ingress"), ("team-a", "web-ingress"));
+        assert_eq!(split_key("bare"), ("default", "bare"));
+    }
+}

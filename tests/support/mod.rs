@@ -170,6 +170,34 @@ pub fn two_free_ports() -> (u16, u16) {
     )
 }
 
+/// Clears `cmd`'s environment and sets what every host-process operator of
+/// the tests runs with: the cluster, `port` (/metrics, /queue) and
+/// `health_port` on 127.0.0.1, and the defaults below.
+pub fn operator_env(
+    cmd: &mut std::process::Command,
+    cluster: &DevCluster,
+    port: u16,
+    health_port: u16,
+) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+        // These tests read /queue to follow scans, not to test who may
+        // read it (tests/e2e_security.rs does, with the chart's defaults).
+        .env("HTTP_AUTH", "none")
+        .env("SCANNER_IMAGE", IMAGE)
+        .env("LEADER_ELECTION", "false")
+        // The operator runs on the host here, where the test host names do
+        // not resolve; scanner pods resolve them through devcluster.
+        .env("TARGET_CHECK_TIMEOUT", "0")
+        // The test targets listen on loopback.
+        .env("TARGET_ALLOW_CIDRS", "127.0.0.0/8")
+        .env("RUST_LOG", "info,kube_runtime=warn")
+        .env("JOB_TTL_AFTER_FINISHED", "600");
+}
+
 impl Operator {
     pub async fn start(cluster: &DevCluster, env: &[(&str, &str)]) -> Operator {
         let (port, health_port) = two_free_ports();
@@ -177,24 +205,8 @@ impl Operator {
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new("setpriv");
         cmd.args(["--pdeathsig", "KILL", "--"])
-            .arg(operator_binary())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
-            // These tests read /queue to follow scans, not to test who may
-            // read it (tests/e2e_security.rs does, with the chart's defaults).
-            .env("HTTP_AUTH", "none")
-            .env("SCANNER_IMAGE", IMAGE)
-            .env("LEADER_ELECTION", "false")
-            // The operator runs on the host here, where the test host names do
-            // not resolve; scanner pods resolve them through devcluster.
-            .env("TARGET_CHECK_TIMEOUT", "0")
-            // The test targets listen on loopback.
-            .env("TARGET_ALLOW_CIDRS", "127.0.0.0/8")
-            .env("RUST_LOG", "info,kube_runtime=warn")
-            .env("JOB_TTL_AFTER_FINISHED", "600");
+            .arg(operator_binary());
+        operator_env(&mut cmd, cluster, port, health_port);
         for (k, v) in env {
             cmd.env(k, v);
         }
