@@ -216,5 +216,19 @@ async fn helm_upgrade_from_the_previous_chart_keeps_every_scan_and_upgrades_the_
     .await;
     assert_eq!(rescanned.uid().as_deref(), Some(uid.as_str()));
     assert_canary(&rescanned, INGRESSES[0].1);
+    // Compared with the 0.4.0 run, whose findings had no fingerprints: the
+    // same finding, unchanged, first seen when 0.4.0 found it.
+    let st = rescanned.status.as_ref().unwrap();
+    let sum = st.summary.as_ref().unwrap();
+    assert_eq!(
+        (
+            sum.new_findings,
+            sum.unchanged_findings,
+            sum.resolved_findings
+        ),
+        (Some(0), Some(1), Some(0))
+    );
+    let first_seen = st.findings[0].first_seen.as_ref().expect("firstSeen").0;
+    assert!(first_seen < st.scan_start_time.as_ref().unwrap().0);
     chart.step("rescanned after the upgrade");
 }

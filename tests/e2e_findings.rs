@@ -6,17 +6,20 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use nuclei_operator::api::NucleiScan;
+use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::json;
 use support::monitoring::{monitoring_metric_names, render_monitoring};
 use support::reports::{findings_series, open_reports, policy_reports, report, sample};
 use support::{
     Operator, canary_annotations, canary_target, cluster, completed, event, eventually, ingress,
-    install_crd, namespace, target_ip,
+    install_crd, namespace, switchable_target, target_ip,
 };
 use tokio::sync::OnceCell;
 
@@ -29,12 +32,21 @@ struct Env {
 
 static ENV: OnceCell<Env> = OnceCell::const_new();
 
+/// Where `flip.test` goes: a target whose canary page a test switches off
+/// and on.
+fn flip_ip() -> std::net::Ipv4Addr {
+    target_ip(4)
+}
+
+static FLIP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
 /// One operator, started before any report CRD exists.
 async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
+        FLIP.get_or_init(|| switchable_target(flip_ip()));
         let ip = target_ip(1);
         canary_target(ip).await;
-        let cluster = cluster(&[("canary.test", ip)]).await;
+        let cluster = cluster(&[("canary.test", ip), ("flip.test", flip_ip())]).await;
         let operator = Operator::start(
             &cluster,
             &[
@@ -320,4 +332,78 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_on_metrics() {
         missing.is_empty(),
         "read by the chart's rules or dashboard but not on /metrics: {missing:?}\n{text}"
     );
+}
+
+/// After the next run (the first, or the one `rescan` asks for): its Job,
+/// the summary's (new, unchanged, resolved) and the stored findings'
+/// (fingerprint, firstSeen).
+async fn run(
+    scans: &Api<NucleiScan>,
+    rescan: Option<&str>,
+    before: Option<&str>,
+) -> (String, (i64, i64, i64), Vec<(String, Time)>) {
+    if let Some(value) = rescan {
+        let ann = json!({"metadata": {"annotations": {format!("{P}rescan"): value}}});
+        scans
+            .patch("flip-ingress", &PatchParams::default(), &Patch::Merge(&ann))
+            .await
+            .unwrap();
+    }
+    let (job, s) = eventually(Duration::from_secs(90), "the run completed", || async {
+        let s = scans.get_opt("flip-ingress").await.ok()??;
+        let st = s.status.as_ref()?;
+        let job = st.job_ref.as_ref()?.name.clone();
+        let done = st.phase? == ScanPhase::Completed && Some(job.as_str()) != before;
+        done.then_some((job, s))
+    })
+    .await;
+    let st = s.status.unwrap();
+    let sum = st.summary.unwrap();
+    let counts = (
+        sum.new_findings.expect("newFindings"),
+        sum.unchanged_findings.expect("unchangedFindings"),
+        sum.resolved_findings.expect("resolvedFindings"),
+    );
+    let found = st
+        .findings
+        .into_iter()
+        .map(|f| (f.fingerprint, f.first_seen.expect("firstSeen")))
+        .collect();
+    (job, counts, found)
+}
+
+#[tokio::test]
+async fn each_run_says_which_findings_are_new_unchanged_or_resolved() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "changes").await;
+    let on = FLIP.get().unwrap();
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({format!("{P}templates"): "canary.yaml"});
+    ingresses
+        .create(&PostParams::default(), &ingress("flip", "flip.test", ann))
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client, &ns);
+    // First run: the canary finding is new.
+    let (job, counts, first) = run(&scans, None, None).await;
+    assert_eq!(counts, (1, 0, 0));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0.len(), 16, "{first:?}");
+    // Again: the same finding, same fingerprint, first seen back then.
+    let (job, counts, second) = run(&scans, Some("1"), Some(&job)).await;
+    assert_eq!(counts, (0, 1, 0));
+    assert_eq!(second, first);
+    // The target stops exposing it: resolved.
+    on.store(false, Ordering::SeqCst);
+    let (job, counts, third) = run(&scans, Some("2"), Some(&job)).await;
+    assert_eq!(counts, (0, 0, 1));
+    assert!(third.is_empty());
+    // It comes back: new again, with the same fingerprint and a later
+    // firstSeen.
+    on.store(true, Ordering::SeqCst);
+    let (_, counts, fourth) = run(&scans, Some("3"), Some(&job)).await;
+    assert_eq!(counts, (1, 0, 0));
+    assert_eq!(fourth[0].0, first[0].0);
+    assert!(fourth[0].1.0 > first[0].1.0, "{fourth:?} after {first:?}");
 }

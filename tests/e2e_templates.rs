@@ -629,6 +629,13 @@ async fn thousands_of_findings_leave_a_status_under_budget_with_true_totals() {
     assert!(summary.findings_truncated);
     assert_eq!(summary.stored_findings, Some(stored as i64));
     assert!(stored < MANY, "stored {stored} of {total}");
+    // Every finding's fingerprint is kept, stored or not, for the next
+    // run's new/resolved counts; all are new on the first run.
+    assert_eq!(summary.new_findings, Some(total));
+    assert_eq!(
+        st.fingerprints.as_ref().map(String::len),
+        Some(total as usize * 16)
+    );
     assert!(
         status_bytes < 512 * 1024,
         "status is {status_bytes} bytes, over the 512 KiB budget"

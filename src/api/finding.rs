@@ -116,4 +116,13 @@ pub struct Finding {
     /// When nuclei reported the finding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Time>,
+    /// Identifies the finding across runs: a hash of template id, matcher
+    /// name, host and matched-at (16 hex digits).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 16))]
+    pub fingerprint: String,
+    /// When a run of this scan first found it (kept while every run since
+    /// found it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<Time>,
 }

@@ -355,6 +355,14 @@ pub struct NucleiScanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<ScanSummary>,
 
+    /// Fingerprints of every finding of the last completed scan, stored or
+    /// not (16 hex digits each, sorted, run together): what the next run's
+    /// new and resolved counts compare with. Absent after a run with more
+    /// than 6,000 distinct findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 96000))]
+    pub fingerprints: Option<String>,
+
     /// The Job running, or that last ran, this scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_ref: Option<JobRef>,
@@ -458,6 +466,24 @@ pub struct ScanSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub stored_findings: Option<i64>,
+
+    /// Distinct findings the previous completed scan did not have (all of
+    /// them on a first scan). Absent when the previous scan's findings are
+    /// not known (see `status.fingerprints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub new_findings: Option<i64>,
+
+    /// Distinct findings the previous completed scan had too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub unchanged_findings: Option<i64>,
+
+    /// Findings of the previous completed scan that this one did not find.
+    /// A failed scan resolves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub resolved_findings: Option<i64>,
 
     /// Targets the target policy refused when the scan ran (their host
     /// resolved to a denied address), each with the reason; the first

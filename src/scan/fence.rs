@@ -175,6 +175,7 @@ mod tests {
             &Transition::Completed {
                 findings: Value::Array(vec![]),
                 summary: serde_json::json!({}),
+                fingerprints: None,
                 at: chrono::Utc::now(),
             },
         );
@@ -284,7 +285,7 @@ mod properties {
                     }
                     Step::Complete | Step::Fail if phase == Some(ScanPhase::Running) => {
                         let t = if matches!(step, Step::Complete) {
-                            Transition::Completed { findings: serde_json::json!([]), summary: serde_json::json!({}), at: chrono::Utc::now() }
+                            Transition::Completed { findings: serde_json::json!([]), summary: serde_json::json!({}), fingerprints: None, at: chrono::Utc::now() }
                         } else {
                             Transition::Failed { message: "x".into(), retry_count: 1, at: chrono::Utc::now(), attempt: None }
                         };

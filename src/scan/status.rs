@@ -83,6 +83,8 @@ pub enum Transition {
         findings: Value,
         /// `status.summary`.
         summary: Value,
+        /// `status.fingerprints` (`None` removes them: too many to keep).
+        fingerprints: Option<String>,
         /// When it finished.
         at: DateTime<Utc>,
     },
@@ -157,10 +159,12 @@ impl Transition {
             Transition::Completed {
                 findings,
                 summary,
+                fingerprints,
                 at,
             } => {
                 p.insert("findings".into(), findings.clone());
                 p.insert("summary".into(), summary.clone());
+                p.insert("fingerprints".into(), json!(fingerprints));
                 p.insert("completionTime".into(), json!(time(*at)));
                 p.insert("lastSuccessTime".into(), json!(time(*at)));
                 p.insert("lastError".into(), Value::Null);

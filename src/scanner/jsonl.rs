@@ -298,7 +298,7 @@ impl RawResult<'_> {
         let info = self.info.unwrap_or_default();
         let classification = info.classification.unwrap_or_default();
         let severity = info.severity.0.parse().unwrap_or(Severity::Unknown);
-        Ok(Some(Finding {
+        let mut finding = Finding {
             template_id,
             template_name: info.name.into_string(),
             severity: Some(severity),
@@ -314,7 +314,11 @@ impl RawResult<'_> {
             cwe_ids: upper(classification.cwe_id.split_commas()),
             cvss_score: classification.cvss_score.and_then(|s| s.0),
             timestamp: self.timestamp.0.trim().parse::<Timestamp>().ok().map(Time),
-        }))
+            fingerprint: String::new(),
+            first_seen: None,
+        };
+        finding.fingerprint = super::history::fingerprint(&finding);
+        Ok(Some(finding))
     }
 }
 

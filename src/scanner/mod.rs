@@ -1,8 +1,10 @@
 //! The scanner side of a scan run, as pure parts: the nuclei command line and
 //! exit classification ([`command`]), the streaming JSONL parser ([`jsonl`]),
-//! and the budgeted findings report for the NucleiScan status ([`report`]).
+//! the budgeted findings report for the NucleiScan status ([`report`]) and
+//! what changed since the previous run ([`history`]).
 
 pub mod command;
+pub mod history;
 pub mod jsonl;
 pub mod report;
 

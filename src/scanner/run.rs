@@ -16,6 +16,7 @@ use tokio::process::Command;
 use tracing::{info, warn};
 
 use super::command::{Outcome, ScanOptions, classify_exit, nuclei_args, nuclei_env};
+use super::history::{self, Changes, Previous};
 use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
 use crate::api::{NucleiScan, Severity};
@@ -151,15 +152,18 @@ pub const STATUS_BUDGET_BYTES: usize = 512 * 1024;
 pub const STATUS_HEADROOM_BYTES: usize = 16 * 1024;
 
 /// Byte budget of `status.findings` for a run of `scan`: the status budget
-/// minus everything else the status already holds and the headroom, so the
-/// status as a whole stays under [`STATUS_BUDGET_BYTES`].
+/// minus everything else the status already holds, the most the run's
+/// fingerprints take and the headroom, so the status as a whole stays under
+/// [`STATUS_BUDGET_BYTES`].
 pub fn findings_budget(scan: &NucleiScan) -> usize {
     let others = scan.status.as_ref().map_or(0, |status| {
         let mut status = status.clone();
         status.findings.clear();
+        status.fingerprints = None;
         serde_json::to_vec(&status).map_or(0, |v| v.len())
     });
-    STATUS_BUDGET_BYTES.saturating_sub(others.saturating_add(STATUS_HEADROOM_BYTES))
+    let reserved = STATUS_HEADROOM_BYTES + history::MAX_FINGERPRINT_BYTES;
+    STATUS_BUDGET_BYTES.saturating_sub(others.saturating_add(reserved))
 }
 
 /// Runs the scan `namespace/name` for run `id` and records the result.
@@ -229,15 +233,18 @@ pub async fn run(
             refused.len(),
             listed_refusals(&refused).join("; ")
         ))),
-        Ok(opts) => execute(&opts, d, findings_budget(&scan)).await,
+        Ok(opts) => {
+            let changes = Changes::new(Previous::of(scan.status.as_ref()));
+            execute(&opts, d, findings_budget(&scan), changes).await
+        }
     };
     let duration = clock.elapsed().as_secs() as i64;
     let now = Utc::now();
     let retries = retries(&scan);
     let (transition, outcome) = match result {
-        Ok((report, stats_note)) => {
+        Ok((report, changes, stats_note)) => {
             let total = report.total();
-            let summary = json!({
+            let mut summary = json!({
                 "totalFindings": total,
                 "findingsBySeverity": report.by_severity(),
                 "targetsScanned": allowed.len(),
@@ -249,10 +256,20 @@ pub async fn run(
             if let Some(note) = stats_note {
                 warn!("{note}");
             }
+            let mut findings = report.into_findings();
+            let status = scan.status.as_ref();
+            history::first_seen(&mut findings, status, changes.previous(), time(started));
+            let (counts, fingerprints) = changes.finish();
+            if let Some(c) = counts {
+                summary["newFindings"] = json!(c.new);
+                summary["unchangedFindings"] = json!(c.unchanged);
+                summary["resolvedFindings"] = json!(c.resolved);
+            }
             (
                 Transition::Completed {
-                    findings: json!(report.into_findings()),
+                    findings: json!(findings),
                     summary,
+                    fingerprints,
                     at: now,
                 },
                 RunResult::Completed { findings: total },
@@ -421,7 +438,8 @@ async fn execute(
     opts: &ScanOptions,
     d: &ScannerDefaults,
     budget_bytes: usize,
-) -> Result<(Report, Option<String>), String> {
+    mut changes: Changes,
+) -> Result<(Report, Changes, Option<String>), String> {
     let mut child = Command::new(&d.nuclei)
         .args(nuclei_args(opts))
         .envs(nuclei_env(opts))
@@ -445,7 +463,11 @@ async fn execute(
     });
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(30 * 60));
     let run = async {
-        let stats = read_findings(stdout, |f| report.push(f)).await;
+        let stats = read_findings(stdout, |f| {
+            changes.see(&f.fingerprint);
+            report.push(f);
+        })
+        .await;
         if stats.io_error.is_some() {
             // Its output is lost from here on: stop nuclei rather than wait
             // for a scan whose result could not be complete.
@@ -469,7 +491,7 @@ async fn execute(
         .map_err(|e| format!("waiting for nuclei: {e}"))?
         .code();
     let note = judge(code, &stderr_tail, &stats)?;
-    Ok((report, note))
+    Ok((report, changes, note))
 }
 
 /// Whether a finished nuclei run is a complete scan: `Ok` with an optional
@@ -683,14 +705,13 @@ mod tests {
     #[test]
     fn the_findings_budget_leaves_room_for_the_rest_of_the_status() {
         let mut scan = NucleiScan::new("s", Default::default());
-        assert_eq!(
-            findings_budget(&scan),
-            STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES
-        );
-        // Existing findings are replaced, so they do not count; a large
-        // condition message does.
+        let free = STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES - history::MAX_FINGERPRINT_BYTES;
+        assert_eq!(findings_budget(&scan), free);
+        // Existing findings and fingerprints are replaced, so they do not
+        // count; a large condition message does.
         let status = NucleiScanStatus {
             findings: vec![Default::default(); 1000],
+            fingerprints: Some("0".repeat(history::MAX_FINGERPRINT_BYTES - 2)),
             conditions: vec![Condition {
                 type_: "AnnotationsValid".into(),
                 status: "False".into(),
@@ -703,7 +724,7 @@ mod tests {
         };
         scan.status = Some(status);
         let budget = findings_budget(&scan);
-        assert!(budget < STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES - 100_000);
-        assert!(budget > STATUS_BUDGET_BYTES - STATUS_HEADROOM_BYTES - 101_000);
+        assert!(budget < free - 100_000);
+        assert!(budget > free - 101_000);
     }
 }

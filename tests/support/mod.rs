@@ -11,6 +11,8 @@ pub mod reports;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use devcluster::eventually;
@@ -267,17 +269,26 @@ impl Operator {
 /// It runs on its own thread and runtime, so it outlives the test that
 /// started it (tests share one target).
 pub async fn canary_target(ip: Ipv4Addr) {
-    serve(ip, None);
+    serve(ip, None, Arc::new(AtomicBool::new(true)));
+}
+
+/// Like [`canary_target`], with `/canary` exposed only while the returned
+/// switch is on (off: it answers like any other page), so a test can make
+/// the finding go away and come back between runs.
+pub fn switchable_target(ip: Ipv4Addr) -> Arc<AtomicBool> {
+    let on = Arc::new(AtomicBool::new(true));
+    serve(ip, None, on.clone());
+    on
 }
 
 /// Like [`canary_target`], and `/slow` answers `SLOW-OK` (what
 /// testdata/templates/slow.yaml matches) after `delay`, so a scan with that
 /// template stays Running for a while.
 pub fn slow_target(ip: Ipv4Addr, delay: Duration) {
-    serve(ip, Some(delay));
+    serve(ip, Some(delay), Arc::new(AtomicBool::new(true)));
 }
 
-fn serve(ip: Ipv4Addr, slow: Option<Duration>) {
+fn serve(ip: Ipv4Addr, slow: Option<Duration>, canary: Arc<AtomicBool>) {
     let listener = std::net::TcpListener::bind((ip, 80)).expect("port 80 on the test address");
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -289,6 +300,7 @@ fn serve(ip: Ipv4Addr, slow: Option<Duration>) {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let Ok((mut s, _)) = listener.accept().await else { return };
+                let canary = canary.load(Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = [0u8; 8192];
                     let n = s.read(&mut buf).await.unwrap_or(0);
@@ -298,7 +310,9 @@ fn serve(ip: Ipv4Addr, slow: Option<Duration>) {
                             tokio::time::sleep(delay).await;
                             "SLOW-OK\n"
                         }
-                        _ if req.starts_with("GET /canary") => "CANARY-OK token=abc123\n",
+                        _ if canary && req.starts_with("GET /canary") => {
+                            "CANARY-OK token=abc123\n"
+                        }
                         _ => "hello\n",
                     };
                     let resp = format!(
