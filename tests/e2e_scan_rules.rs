@@ -1,7 +1,8 @@
 //! End-to-end: the rules that decide when a scan runs again, through real
 //! scanner Jobs. A failed scan is retried with backoff up to MAX_RETRIES and
 //! then left alone; a spec change rescans at once; a schedule cron cannot
-//! read is a condition; a suspended scan does not run until resumed. The
+//! read is a condition, and the scan is rescanned at RESCAN_AGE instead; a
+//! suspended scan does not run until resumed. The
 //! pure phase machine (`src/scan/phase.rs`) has the fine print; these show
 //! the operator acts on it.
 
@@ -41,6 +42,7 @@ async fn env() -> &'static Env {
                 ("JOB_RATE_LIMIT", "0"),
                 ("DEFAULT_TEMPLATES", ""),
                 ("MAX_RETRIES", "1"),
+                ("RESCAN_AGE", "2h"),
             ],
         )
         .await;
@@ -168,6 +170,22 @@ async fn a_spec_change_rescans_a_bad_schedule_is_a_condition_and_suspend_holds_a
         ("False", "InvalidSchedule")
     );
     assert!(cond.message.contains("5 fields"), "{}", cond.message);
+    // Without a schedule it can read, the scan is rescanned at RESCAN_AGE
+    // after its last run, and waits in the queue's scheduled list.
+    let st = eventually(Duration::from_secs(10), "rescan by age", || async {
+        let st = scans.get("app-ingress").await.ok()?.status?;
+        st.next_scheduled_time.is_some().then_some(st)
+    })
+    .await;
+    let last = st.last_scan_time.unwrap().0.as_second();
+    assert_eq!(st.next_scheduled_time.unwrap().0.as_second() - last, 7200);
+    let path = format!("/queue/{ns}/app-ingress");
+    let queued = eventually(Duration::from_secs(10), "scheduled in /queue", || async {
+        let q: serde_json::Value = serde_json::from_str(&e.operator.get(&path).await?).ok()?;
+        (q["state"] == "scheduled").then_some(q)
+    })
+    .await;
+    assert_eq!(queued["reason"], "scheduled", "{queued}");
     assert_eq!(
         job_names(&client, &ns).await,
         [first.as_str(), second.as_str()]
@@ -181,7 +199,6 @@ async fn a_spec_change_rescans_a_bad_schedule_is_a_condition_and_suspend_holds_a
         json!({"schedule": "@every 1h", "suspend": true}),
     )
     .await;
-    let path = format!("/queue/{ns}/app-ingress");
     eventually(
         Duration::from_secs(20),
         "suspended scan settled",
