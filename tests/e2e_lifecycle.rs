@@ -381,16 +381,22 @@ async fn with_two_replicas_only_the_leader_dispatches_and_a_new_leader_takes_ove
     assert_eq!(q["pendingTotal"], 0, "{q}");
     assert_eq!(q["scheduledTotal"], 0, "{q}");
     assert_eq!(q["running"], json!([]), "{q}");
-    let q: serde_json::Value = serde_json::from_str(&leader.get("/queue").await.unwrap()).unwrap();
+    // The leader holds the scan's rescan once it has seen the run end (the
+    // Completed write can land before the leader's watch delivers it).
     let key = format!("{ns}/both-ingress");
-    assert!(
-        q["scheduled"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["scan"] == key.as_str()),
-        "the leader holds the scan's rescan: {q}"
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the leader holds the scan's rescan",
+        || async {
+            let q: serde_json::Value = serde_json::from_str(&leader.get("/queue").await?).ok()?;
+            q["scheduled"]
+                .as_array()?
+                .iter()
+                .any(|i| i["scan"] == key.as_str())
+                .then_some(())
+        },
+    )
+    .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     assert_eq!(jobs_by_scan(&jobs).await["both-ingress"].len(), 1);
     leader.kill().await;
