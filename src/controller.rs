@@ -152,6 +152,25 @@ pub async fn run(settings: Settings) -> Result<()> {
         ingress_classes: settings.ingress_classes.clone(),
         namespaces,
     });
+    let notifier_watch = crate::notify::watch(
+        &client,
+        &settings,
+        crate::events::NotedEvents::new(client.clone(), reporter.clone()),
+        shutdown.clone(),
+    );
+    let (notifier_secrets, notifier_task) = match notifier_watch {
+        Some((store, task)) => (Some(store), Some(task)),
+        None => (None, None),
+    };
+    let notify = Arc::new(crate::notify::Notifications::new(
+        client.clone(),
+        &settings,
+        notifier_secrets,
+        crate::notify::deliver::Poster::new(Default::default())
+            .context("loading the system's CA certificates for notifications")?,
+        metrics.clone(),
+        kube::runtime::events::Recorder::new(client.clone(), reporter.clone()),
+    ));
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),
         settings.clone(),
@@ -159,6 +178,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics.clone(),
         reporter,
         job_store,
+        notify,
     ));
     let stop = || {
         let s = shutdown.clone();
@@ -166,6 +186,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reconcile::run(scan_controller, scan_ctx.clone(), stop()));
+    if let Some(task) = notifier_task {
+        tasks.spawn(task);
+    }
     tasks.spawn(sources::run::<Ingress>(
         source_ctx.clone(),
         (),

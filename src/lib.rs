@@ -13,6 +13,7 @@ pub mod hash;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod notify;
 pub mod reports;
 pub mod scan;
 pub mod scanner;

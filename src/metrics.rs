@@ -48,6 +48,17 @@ pub struct ErrorLabel {
     pub error: String,
 }
 
+/// Labels of the notification counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabel {
+    /// The notifier type: slack, teams, webhook.
+    pub r#type: String,
+    pub result: String,
+}
+
+/// The `result` label values of the notification counter.
+pub const NOTIFY_RESULTS: [&str; 4] = ["delivered", "failed", "retried", "dropped"];
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -60,6 +71,7 @@ pub struct Metrics {
     pub outcomes: Family<OutcomeLabel, Counter>,
     pub reconciles: Family<ControllerLabel, Counter>,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
+    pub notifications: Family<NotifyLabel, Counter>,
     scans: ScanCache,
 }
 
@@ -75,6 +87,7 @@ impl Default for Metrics {
         let outcomes = Family::<OutcomeLabel, Counter>::default();
         let reconciles = Family::<ControllerLabel, Counter>::default();
         let reconcile_errors = Family::<ErrorLabel, Counter>::default();
+        let notifications = Family::<NotifyLabel, Counter>::default();
         let scans = ScanCache::default();
         registry.register(
             "nuclei_scan_jobs_created",
@@ -121,6 +134,11 @@ impl Default for Metrics {
             "Failed reconciles by controller and error kind",
             reconcile_errors.clone(),
         );
+        registry.register(
+            "nuclei_notifications",
+            "Notification messages by notifier type and result (delivered, failed after its retries, retried, dropped)",
+            notifications.clone(),
+        );
         // Every known label value at 0 from the start, so `rate()`, sums
         // and the dashboard see them before the first event.
         for reason in dispatcher::Reason::ALL {
@@ -152,6 +170,16 @@ impl Default for Metrics {
                 })
                 .inc_by(0);
         }
+        for kind in crate::notify::notifier::Kind::ALL {
+            for result in NOTIFY_RESULTS {
+                notifications
+                    .get_or_create(&NotifyLabel {
+                        r#type: kind.as_str().into(),
+                        result: result.into(),
+                    })
+                    .inc_by(0);
+            }
+        }
         registry.register_collector(Box::new(scans.clone()));
         Metrics {
             registry,
@@ -164,12 +192,24 @@ impl Default for Metrics {
             outcomes,
             reconciles,
             reconcile_errors,
+            notifications,
             scans,
         }
     }
 }
 
 impl Metrics {
+    /// Counts one notification message of notifier type `kind` with
+    /// `result` (one of [`NOTIFY_RESULTS`]).
+    pub fn notified(&self, kind: &str, result: &str) {
+        self.notifications
+            .get_or_create(&NotifyLabel {
+                r#type: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
     /// Counts one reconcile of `controller` (one of [`CONTROLLERS`]).
     pub fn reconciled(&self, controller: &str) {
         self.reconciles

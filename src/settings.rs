@@ -51,6 +51,19 @@ pub enum ReportsFormat {
     None,
 }
 
+/// Where the operator looks for notifier Secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifierScope {
+    /// Only in the operator's namespace (notifiers for every scan).
+    Operator,
+    /// In every namespace (a notifier outside the operator's namespace
+    /// hears of its own namespace's scans); needs cluster-wide read access
+    /// to Secrets.
+    All,
+    /// No notifications.
+    Off,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -327,6 +340,25 @@ pub struct Settings {
     /// empty means all.
     #[arg(long, env = "DEFAULT_SEVERITY", value_name = "DEFAULT_SEVERITY", value_delimiter = ',', value_parser = parse_severity)]
     pub default_severity: Vec<Severity>,
+
+    /// The least severe new finding that raises a `NewFindings` Event on
+    /// the scan and its source (info, low, medium, high, critical).
+    #[arg(long, env = "NEW_FINDINGS_SEVERITY", value_name = "NEW_FINDINGS_SEVERITY", default_value = "high", value_parser = parse_severity)]
+    pub new_findings_severity: Severity,
+
+    /// Where notifier Secrets (labelled `nuclei.homelab.mortenolsen.pro/notifier`)
+    /// are read from: `operator` (the operator's namespace; they hear of
+    /// every scan), `all` (also each namespace's own, for its scans; needs
+    /// read access to Secrets cluster-wide) or `off`.
+    #[arg(
+        long,
+        env = "NOTIFIERS",
+        value_name = "NOTIFIERS",
+        value_enum,
+        ignore_case = true,
+        default_value = "operator"
+    )]
+    pub notifiers: NotifierScope,
 }
 
 /// A setting that is wrong in relation to another one, found by
@@ -857,6 +889,8 @@ mod tests {
     fn defaults_match_the_documented_values() {
         let s = Settings::default();
         assert_eq!(s.scanner_mode, ScannerMode::Pod);
+        assert_eq!(s.new_findings_severity, Severity::High);
+        assert_eq!(s.notifiers, NotifierScope::Operator);
         assert_eq!(s.scanner_image, "nuclei-operator:latest");
         assert_eq!(s.scanner_timeout, Duration::from_secs(30 * 60));
         assert_eq!(s.max_concurrent_scans, 5);
@@ -1207,13 +1241,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 41);
+        assert_eq!(count, 43);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 41);
+        assert_eq!(table.len(), 43);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");
@@ -1228,6 +1262,20 @@ mod tests {
         let markdown = env_table_markdown();
         assert!(markdown.contains("| `JOB_TTL_AFTER_FINISHED` | `3600` | Seconds a finished"));
         assert!(markdown.contains("| `POD_NAME` | — |"));
+    }
+
+    #[test]
+    fn every_setting_has_a_row_in_the_readme_with_its_default() {
+        let readme = include_str!("../README.md");
+        for row in env_table() {
+            let default = if row.default.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("`{}`", row.default)
+            };
+            let start = format!("| `{}` | {default} |", row.env);
+            assert!(readme.contains(&start), "README: no row starting {start}");
+        }
     }
 
     #[test]

@@ -201,6 +201,19 @@ impl Rendered {
         }
     }
 
+    /// The one object of `kind` named `name`.
+    fn named(&self, kind: &str, name: &str) -> Result<&Value> {
+        match self
+            .all(kind)
+            .into_iter()
+            .filter(|d| d["metadata"]["name"] == name)
+            .collect::<Vec<_>>()[..]
+        {
+            [one] => Ok(one),
+            ref many => bail!("expected one {kind} {name}, found {}", many.len()),
+        }
+    }
+
     fn deployment(&self) -> Result<&Value> {
         self.one("Deployment")
     }
@@ -404,10 +417,13 @@ fn cases() -> Vec<Case> {
             set: &["--set", "leaderElection.enabled=false"],
             expect: |r| {
                 env_is(r, "LEADER_ELECTION", "false")?;
-                ensure!(r.all("Role").is_empty(), "the lease Role is still rendered");
                 ensure!(
-                    r.all("RoleBinding").is_empty(),
-                    "the RoleBinding is still rendered"
+                    r.named("Role", LEASE_ROLE).is_err(),
+                    "the lease Role is still rendered"
+                );
+                ensure!(
+                    r.named("RoleBinding", LEASE_ROLE).is_err(),
+                    "the lease RoleBinding is still rendered"
                 );
                 field_is(
                     "strategy",
@@ -422,7 +438,7 @@ fn cases() -> Vec<Case> {
             set: &["--set", "leaderElection.leaseName=my-lease"],
             expect: |r| {
                 env_is(r, "LEASE_NAME", "my-lease")?;
-                let names = &r.one("Role")?["rules"][1]["resourceNames"];
+                let names = &r.named("Role", LEASE_ROLE)?["rules"][1]["resourceNames"];
                 field_is("the lease Role's resourceNames", names, json!(["my-lease"]))
             },
         },
@@ -710,6 +726,87 @@ fn cases() -> Vec<Case> {
                     "none should grant no reports: {rules}"
                 );
                 env_is(&none, "REPORTS_FORMAT", "none")
+            },
+        },
+        Case {
+            value: "notifications.eventMinSeverity",
+            context: NO_CONTEXT,
+            set: &["--set", "notifications.eventMinSeverity=medium"],
+            expect: |r| env_is(r, "NEW_FINDINGS_SEVERITY", "medium"),
+        },
+        Case {
+            value: "notifications.scope",
+            context: NO_CONTEXT,
+            set: &["--set", "notifications.scope=all"],
+            expect: |r| {
+                env_is(r, "NOTIFIERS", "all")?;
+                let operator = r
+                    .all("ClusterRole")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == FULLNAME)
+                    .context("no operator ClusterRole")?;
+                let secrets = operator["rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["resources"] == json!(["secrets"]))
+                    .map(|r| r["verbs"].clone());
+                field_is(
+                    "Secret verbs",
+                    &secrets.unwrap_or_default(),
+                    json!(["get", "list", "watch"]),
+                )?;
+                // Off: no Secret read anywhere.
+                let off = render(&["--set", "notifications.scope=off"])?;
+                ensure!(
+                    !serde_json::to_string(&off.all("Role"))?.contains("secrets"),
+                    "scope=off should grant no Secrets"
+                );
+                env_is(&off, "NOTIFIERS", "off")
+            },
+        },
+        Case {
+            value: "notifications.targets",
+            context: NO_CONTEXT,
+            set: &[
+                "--set",
+                "notifications.targets[0].name=security",
+                "--set",
+                "notifications.targets[0].type=teams",
+                "--set",
+                "notifications.targets[0].url=https://hooks.test/x",
+                "--set",
+                "notifications.targets[0].minSeverity=medium",
+                "--set",
+                "notifications.targets[0].resolved=true",
+            ],
+            expect: |r| {
+                let secret = r
+                    .all("Secret")
+                    .into_iter()
+                    .find(|s| s["metadata"]["name"] == format!("{FULLNAME}-notifier-security"))
+                    .context("no notifier Secret")?;
+                let m = &secret["metadata"];
+                field_is(
+                    "notifier label",
+                    &m["labels"]["nuclei.homelab.mortenolsen.pro/notifier"],
+                    json!("teams"),
+                )?;
+                field_is(
+                    "min severity",
+                    &m["annotations"]["nuclei.homelab.mortenolsen.pro/min-severity"],
+                    json!("medium"),
+                )?;
+                field_is(
+                    "resolved",
+                    &m["annotations"]["nuclei.homelab.mortenolsen.pro/notify-resolved"],
+                    json!("true"),
+                )?;
+                field_is(
+                    "url",
+                    &secret["stringData"]["url"],
+                    json!("https://hooks.test/x"),
+                )
             },
         },
         Case {
@@ -1200,9 +1297,11 @@ fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() ->
     .chain(cluster_scoped)
     .collect();
     assert_eq!(kinds, expected);
-    // One of each, but three ClusterRoles: the operator's, the scanners' and
-    // the data readers'.
-    assert_eq!(r.docs.len(), expected.len() + 2);
+    // One of each, but three ClusterRoles (the operator's, the scanners'
+    // and the data readers') and two Roles and RoleBindings (the lease's, and
+    // the notifier Secrets').
+    assert_eq!(r.docs.len(), expected.len() + 4);
+    assert_eq!(r.all("Role").len(), 2);
     assert_eq!(r.all("ClusterRole").len(), 3);
     for doc in &r.docs {
         let kind = doc["kind"].as_str().unwrap_or_default();
@@ -1625,6 +1724,11 @@ fn values_outside_the_schema_are_rejected_before_anything_is_rendered() -> Resul
         ("operator.rescanAge=7d", "at '/operator/rescanAge'"),
         ("operator.logFormat=xml", "at '/operator/logFormat'"),
         ("reports.format=yaml", "at '/reports/format'"),
+        ("notifications.scope=cluster", "at '/notifications/scope'"),
+        (
+            "notifications.targets[0].name=x,notifications.targets[0].type=discord,notifications.targets[0].url=https://h.test",
+            "at '/notifications/targets/0/type'",
+        ),
         ("templates.severity={severe}", "at '/templates/severity/0'"),
         ("templates.defaults={a\\,b}", "at '/templates/defaults/0'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
@@ -1925,10 +2029,31 @@ fn the_data_reader_cluster_role_grants_get_on_the_data_paths_and_nothing_else() 
     Ok(())
 }
 
+/// The leader-election Role (and RoleBinding).
+const LEASE_ROLE: &str = "scans-nuclei-operator-leader-election";
+
+#[test]
+fn the_notifier_role_reads_only_secrets_in_the_release_namespace() -> Result<()> {
+    let r = render(&[])?;
+    let role = r.named("Role", &format!("{FULLNAME}-notifiers"))?;
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}])
+    );
+    let binding = r.named("RoleBinding", &format!("{FULLNAME}-notifiers"))?;
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}])
+    );
+    assert_eq!(r.env_value("NOTIFIERS")?.as_deref(), Some("operator"));
+    Ok(())
+}
+
 #[test]
 fn the_lease_role_covers_only_the_operators_lease_in_the_release_namespace() -> Result<()> {
     let r = render(&[])?;
-    let role = r.one("Role")?;
+    let role = r.named("Role", LEASE_ROLE)?;
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     let lease = r.env_value("LEASE_NAME")?.context("no LEASE_NAME")?;
     assert_eq!(lease, format!("{FULLNAME}-leader"));
@@ -1947,7 +2072,7 @@ fn the_lease_role_covers_only_the_operators_lease_in_the_release_namespace() -> 
     }
     assert_eq!(granted, expected);
     assert_eq!(settings_of(&r)?.lease_namespace(), NAMESPACE);
-    let binding = r.one("RoleBinding")?;
+    let binding = r.named("RoleBinding", LEASE_ROLE)?;
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(binding["roleRef"]["kind"], "Role");
     assert_eq!(

@@ -25,6 +25,7 @@ use nuclei_operator::api::{NucleiScan, ScanPhase};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
 use support::gateway;
+use support::notify::Receiver;
 use support::reports::{findings_series, open_reports, report, sample};
 use support::{
     canary_annotations, canary_target, event, eventually, ingress, slow_target, target_ip,
@@ -55,6 +56,8 @@ const HOSTS: [&str; 11] = [
 ];
 
 static ENV: OnceCell<Chart> = OnceCell::const_new();
+/// The webhook the release's notifier (notifications.targets) posts to.
+static HOOK: std::sync::OnceLock<Receiver> = std::sync::OnceLock::new();
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn chart() -> &'static Chart {
@@ -65,6 +68,9 @@ async fn chart() -> &'static Chart {
         hosts.push(format!("dead.test={}", target_ip(2)));
         hosts.push(format!("late.test={}", late_ip()));
         let chart = Chart::start("e2e_chart_lifecycle", hosts).await;
+        let hook = HOOK.get_or_init(|| Receiver::start(&[]));
+        let notifier = json!([{"name": "all", "type": "webhook", "url": hook.url("chart")}]);
+        let notifier = format!("notifications.targets={notifier}");
         let start_timeout = format!("scanner.startTimeout={}s", START_TIMEOUT.as_secs());
         chart
             .install(&[
@@ -79,6 +85,8 @@ async fn chart() -> &'static Chart {
                 // The image the pod-that-never-starts test asks for.
                 "--set-json",
                 r#"scanner.allowedImages=["registry.invalid/*"]"#,
+                "--set-json",
+                &notifier,
             ])
             .await;
         chart
@@ -261,7 +269,8 @@ async fn an_httproute_installed_while_the_operator_runs_is_scanned_with_the_char
 /// Issue #13 through the chart: the OpenReports CRD installed while the
 /// operator pod runs (its ClusterRole must let it write Reports), and a
 /// scan with the chart's defaults shows up in a Report, on /metrics (read
-/// as the chart's data reader) and as an Event on its Ingress.
+/// as the chart's data reader), as an Event on its Ingress, and to the
+/// notifier the release's values made.
 #[tokio::test]
 async fn findings_of_the_charts_defaults_reach_a_report_metrics_and_the_ingress() {
     let _serial = SERIAL.lock().await;
@@ -309,7 +318,45 @@ async fn findings_of_the_charts_defaults_reach_a_report_metrics_and_the_ingress(
         BTreeSet::from(["nuclei-operator-canary", "nuclei-operator-other-tag"])
     );
     assert_eq!(r["scope"]["name"], "shop");
-    event(&client, ns, "shop", "Warning", "SevereFindings", "2 high").await;
+    event(
+        &client,
+        ns,
+        "shop",
+        "Warning",
+        "NewFindings",
+        "2 new findings (2 high)",
+    )
+    .await;
+    // The release's notifier (notifications.targets, in the release
+    // namespace: every scan) got one message for this run.
+    let hook = HOOK.get().unwrap();
+    let mine = || {
+        hook.got("chart")
+            .into_iter()
+            .filter(|m| {
+                m["scan"]
+                    == json!({"namespace": ns, "name": "shop-ingress", "uid": scan.metadata.uid})
+            })
+            .collect::<Vec<_>>()
+    };
+    let told = eventually(Duration::from_secs(60), "the notifier told", || async {
+        Some(mine()).filter(|m| !m.is_empty())
+    })
+    .await;
+    assert_eq!(
+        (&told[0]["newFindings"], &told[0]["newAtMinSeverity"]),
+        (&json!(2), &json!(2))
+    );
+    let ids: BTreeSet<&str> = told[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["templateId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["nuclei-operator-canary", "nuclei-operator-other-tag"])
+    );
     let metrics = env
         .get("/metrics")
         .await
@@ -319,6 +366,7 @@ async fn findings_of_the_charts_defaults_reach_a_report_metrics_and_the_ingress(
         Some(2.0),
         "{metrics}"
     );
+    assert_eq!(mine().len(), 1, "told once");
 }
 
 #[tokio::test]

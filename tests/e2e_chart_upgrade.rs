@@ -128,11 +128,23 @@ async fn helm_upgrade_from_the_previous_chart_keeps_every_scan_and_upgrades_the_
         assert_canary(&scan, host);
     }
     chart.step("both scans Completed under the previous chart");
-    let before = scans_state(&scans).await;
     let queued_before = eventually(Duration::from_secs(30), "both scans scheduled", || async {
         let s = scheduled(&chart.queue().await);
         (s.len() == INGRESSES.len()).then_some(s)
     })
+    .await;
+    // Each scan's next run is written after its Completed: wait for both.
+    let before = eventually(
+        Duration::from_secs(30),
+        "both next runs written",
+        || async {
+            let state = scans_state(&scans).await;
+            state
+                .values()
+                .all(|(.., next)| !next.is_null())
+                .then_some(state)
+        },
+    )
     .await;
 
     chart

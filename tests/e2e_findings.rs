@@ -1,7 +1,7 @@
 //! End-to-end, issue #13: findings where people already look. Real scans
 //! of the canary target, then: the per-scan series on /metrics, the policy
 //! reports (the projects' own CRDs, installed while the operator runs), and
-//! a Warning Event on the Ingress; each follows the next run and goes with
+//! a Warning Event on the Ingress and the scan; each follows the next run and goes with
 //! the scan.
 
 mod support;
@@ -13,13 +13,13 @@ use std::time::Duration;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use nuclei_operator::api::{NucleiScan, ScanPhase};
+use nuclei_operator::api::NucleiScan;
 use serde_json::json;
 use support::monitoring::{monitoring_metric_names, render_monitoring};
 use support::reports::{findings_series, open_reports, policy_reports, report, sample};
 use support::{
     Operator, canary_annotations, canary_target, cluster, completed, event, eventually, ingress,
-    install_crd, namespace, switchable_target, target_ip,
+    install_crd, namespace, next_run, switchable_target, target_ip,
 };
 use tokio::sync::OnceCell;
 
@@ -126,7 +126,15 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
     assert!(result_id.as_str().is_some_and(|s| s.len() == 16), "{r}");
 
     // The Ingress hears of its high finding.
-    let note = event(&client, &ns, "shop", "Warning", "SevereFindings", "1 high").await;
+    let note = event(
+        &client,
+        &ns,
+        "shop",
+        "Warning",
+        "NewFindings",
+        "1 new finding (1 high)",
+    )
+    .await;
     assert!(
         note.contains("kubectl describe nucleiscan shop-ingress -n findings"),
         "{note}"
@@ -227,17 +235,23 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
         Some(0.0),
         "{text}"
     );
-    // Fewer critical and high findings: the Ingress heard of the first run
-    // only.
-    let severe = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("SevereFindings"))
-        .count();
-    assert_eq!(severe, 1);
+    // Only a new low finding (below NEW_FINDINGS_SEVERITY's high): the
+    // Ingress and the scan heard of the first run only.
+    let told: Vec<String> =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("NewFindings"))
+            .map(|e| e.message.unwrap_or_default())
+            .collect();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(
+        told.iter().all(|m| m.starts_with("1 new finding (1 high)")),
+        "{told:?}"
+    );
 
     // The reports go with the scan.
     ingresses
@@ -342,21 +356,7 @@ async fn run(
     rescan: Option<&str>,
     before: Option<&str>,
 ) -> (String, (i64, i64, i64), Vec<(String, Time)>) {
-    if let Some(value) = rescan {
-        let ann = json!({"metadata": {"annotations": {format!("{P}rescan"): value}}});
-        scans
-            .patch("flip-ingress", &PatchParams::default(), &Patch::Merge(&ann))
-            .await
-            .unwrap();
-    }
-    let (job, s) = eventually(Duration::from_secs(90), "the run completed", || async {
-        let s = scans.get_opt("flip-ingress").await.ok()??;
-        let st = s.status.as_ref()?;
-        let job = st.job_ref.as_ref()?.name.clone();
-        let done = st.phase? == ScanPhase::Completed && Some(job.as_str()) != before;
-        done.then_some((job, s))
-    })
-    .await;
+    let (job, s) = next_run(scans, "flip-ingress", rescan, before).await;
     let st = s.status.unwrap();
     let sum = st.summary.unwrap();
     let counts = (

@@ -417,6 +417,12 @@ pub struct NucleiScanStatus {
     /// value requests another scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rescan_request: Option<String>,
+
+    /// `lastSuccessTime` of the last run whose new findings were announced
+    /// (the `NewFindings` Event, notifiers), so that no run is announced
+    /// twice, also across operator restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_run: Option<Time>,
 }
 
 impl NucleiScanStatus {

@@ -13,7 +13,6 @@ pub mod phase;
 pub mod probe;
 pub mod reconcile;
 pub mod schedule;
-pub mod severe;
 pub mod slots;
 pub mod status;
 #[cfg(test)]

@@ -49,9 +49,8 @@ pub struct ScanCtx {
     reported: Mutex<HashMap<String, String>>,
     /// Events on source objects (one per distinct note).
     source_events: crate::events::NotedEvents,
-    /// The last completed run seen of each scan, for the source's
-    /// SevereFindings Event.
-    severe: Mutex<super::severe::SevereRuns>,
+    /// Announces what runs found new (Events, notifiers).
+    pub notify: Arc<crate::notify::Notifications>,
 }
 
 impl ScanCtx {
@@ -63,6 +62,7 @@ impl ScanCtx {
         metrics: Arc<Metrics>,
         reporter: Reporter,
         jobs: Store<Job>,
+        notify: Arc<crate::notify::Notifications>,
     ) -> Self {
         ScanCtx {
             recorder: Recorder::new(client.clone(), reporter.clone()),
@@ -74,7 +74,7 @@ impl ScanCtx {
             metrics,
             jobs,
             reported: Mutex::new(HashMap::new()),
-            severe: Mutex::default(),
+            notify,
         }
     }
 
@@ -308,10 +308,6 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
         // Logged by the cache; nothing can be decided without its status.
         return Ok(Action::await_change());
     }
-    let severe = ctx.severe.lock().expect("severe lock").observe(&scan);
-    if let Some(note) = severe {
-        ctx.event_on_source(&scan, "SevereFindings", note).await;
-    }
     let finished = matches!(
         scan.status.as_ref().and_then(|s| s.phase),
         Some(ScanPhase::Completed | ScanPhase::Failed)
@@ -322,7 +318,26 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
     let observed = observe(&ctx, &scan).await?;
     let now = Utc::now();
     let plan = decide(&scan, &observed, &ctx.policy, now);
-    apply(&ctx, &scan, plan, now).await
+    let action = apply(&ctx, &scan, plan, now).await?;
+    // After the scan's own writes, so that telling of a run never delays
+    // scheduling the next.
+    announce(&ctx, &scan).await;
+    Ok(action)
+}
+
+/// Tells of the last run's new findings, once: the `NewFindings` Event on
+/// the scan and its source, and the notifiers (see [`crate::notify`]).
+async fn announce(ctx: &ScanCtx, scan: &NucleiScan) {
+    let Some(news) = ctx.notify.due(scan).await else {
+        return;
+    };
+    let note = news.event_note(scan, ctx.settings.new_findings_severity);
+    if let Some(note) = &note {
+        ctx.event(scan, EventType::Warning, "NewFindings", note.clone())
+            .await;
+        ctx.event_on_source(scan, "NewFindings", note.clone()).await;
+    }
+    ctx.notify.send(scan, news, note.is_some());
 }
 
 /// Carries out a [`Plan`]: the status first (written against the version

@@ -6,6 +6,7 @@
 pub mod chart;
 pub mod gateway;
 pub mod monitoring;
+pub mod notify;
 pub mod reports;
 
 use std::net::Ipv4Addr;
@@ -424,6 +425,35 @@ pub async fn completed(api: &Api<NucleiScan>, name: &str, timeout: Duration) -> 
             s.status.as_ref().unwrap().last_error
         );
         (phase == ScanPhase::Completed).then_some(s)
+    })
+    .await
+}
+
+/// Waits for the next completed run of `name` (another Job than `before`),
+/// after a rescan request when `rescan` is given; returns its Job and scan.
+pub async fn next_run(
+    scans: &Api<NucleiScan>,
+    name: &str,
+    rescan: Option<&str>,
+    before: Option<&str>,
+) -> (String, NucleiScan) {
+    if let Some(value) = rescan {
+        let ann = serde_json::json!({"metadata": {"annotations": {"nuclei.homelab.mortenolsen.pro/rescan": value}}});
+        scans
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&ann),
+            )
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(90), "the run completed", || async {
+        let s = scans.get_opt(name).await.ok()??;
+        let st = s.status.as_ref()?;
+        let job = st.job_ref.as_ref()?.name.clone();
+        let done = st.phase? == ScanPhase::Completed && Some(job.as_str()) != before;
+        done.then_some((job, s))
     })
     .await
 }

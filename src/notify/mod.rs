@@ -1,0 +1,317 @@
+//! What a completed run found new, told once: the `NewFindings` Event on
+//! the scan and its source, and messages to webhook notifiers (Slack,
+//! Teams, or a generic JSON endpoint).
+//!
+//! The scan reconciler hands each scan it sees to [`Notifications::due`];
+//! a run not yet announced ([`news::News`] newer than `status.announcedRun`
+//! and than what this process already took up) is announced: the Event at
+//! once, the messages in a background task that retries
+//! ([`deliver::Poster`]) and then records `status.announcedRun`, so that a
+//! restarted operator does not announce it again (and does announce a run
+//! that finished while none ran). Scanning never waits for a message.
+//!
+//! Notifiers are Secrets labelled [`notifier::LABEL`], watched by
+//! [`watch`]: one in the operator's namespace hears of every scan, one
+//! elsewhere (with `NOTIFIERS=all`) of its own namespace's scans.
+
+pub mod deliver;
+pub mod news;
+pub mod notifier;
+pub mod payload;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::NucleiScan;
+use crate::metrics::Metrics;
+use crate::scan::status::{chrono, patch_status, time};
+use crate::settings::{NotifierScope, Settings};
+use deliver::Poster;
+use news::News;
+use notifier::Notifier;
+
+/// Most scans remembered as announced; past it the memory starts again
+/// (`status.announcedRun` still holds).
+const MAX_REMEMBERED: usize = 100_000;
+/// Most announcements waiting or being sent; more are dropped (counted).
+const MAX_IN_FLIGHT: usize = 1_000;
+/// Messages sent at once.
+const SENDING: usize = 4;
+
+/// The runs this process took up to announce: scan uid → the last run's
+/// `lastSuccessTime` (ms).
+#[derive(Debug, Default)]
+struct Taken(HashMap<String, i64>);
+
+impl Taken {
+    /// Takes up `run` of scan `uid` unless it is not newer than the run
+    /// recorded as announced (`status.announcedRun`) or one taken before.
+    fn take(&mut self, uid: &str, run: i64, recorded: i64) -> bool {
+        if run <= recorded || self.0.get(uid).is_some_and(|t| run <= *t) {
+            return false;
+        }
+        if self.0.len() >= MAX_REMEMBERED && !self.0.contains_key(uid) {
+            self.0.clear();
+        }
+        self.0.insert(uid.to_string(), run);
+        true
+    }
+
+    /// Gives `run` of `uid` back, when it could not be announced.
+    fn forget(&mut self, uid: &str, run: i64) {
+        if self.0.get(uid) == Some(&run) {
+            self.0.remove(uid);
+        }
+    }
+}
+
+/// Announces runs' news.
+pub struct Notifications {
+    client: kube::Client,
+    /// Notifier Secrets; `None` with `NOTIFIERS=off`.
+    secrets: Option<Store<Secret>>,
+    operator_namespace: String,
+    poster: Poster,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    taken: Mutex<Taken>,
+    in_flight: Arc<AtomicUsize>,
+    sending: Arc<Semaphore>,
+}
+
+impl Notifications {
+    pub fn new(
+        client: kube::Client,
+        settings: &Settings,
+        secrets: Option<Store<Secret>>,
+        poster: Poster,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+    ) -> Self {
+        Notifications {
+            client,
+            secrets,
+            operator_namespace: settings.lease_namespace().to_string(),
+            poster,
+            metrics,
+            recorder,
+            taken: Mutex::default(),
+            in_flight: Arc::default(),
+            sending: Arc::new(Semaphore::new(SENDING)),
+        }
+    }
+
+    /// The news of `scan`'s last run if it was not announced yet, read
+    /// from the API server (the cache holds scans without their findings);
+    /// from here on the run counts as taken up by this process. A scan
+    /// whose counts show nothing new or resolved is not fetched.
+    pub async fn due(&self, scan: &NucleiScan) -> Option<News> {
+        let run = News::worth_reading(scan)?.timestamp_millis();
+        let uid = scan.uid()?;
+        let recorded = scan
+            .status
+            .as_ref()
+            .and_then(|s| s.announced_run.as_ref())
+            .map_or(i64::MIN, |t| chrono(t).timestamp_millis());
+        if !self
+            .taken
+            .lock()
+            .expect("taken lock")
+            .take(&uid, run, recorded)
+        {
+            return None;
+        }
+        let api: Api<NucleiScan> =
+            Api::namespaced(self.client.clone(), &scan.namespace().unwrap_or_default());
+        match api.get(&scan.name_any()).await {
+            // The same run, unless another finished meanwhile (then its own
+            // reconcile announces it).
+            Ok(whole) => News::of(&whole).filter(|n| n.run.timestamp_millis() == run),
+            Err(e) => {
+                // Not taken after all: the next reconcile tries again.
+                self.taken.lock().expect("taken lock").forget(&uid, run);
+                debug!(scan = %crate::scan::reconcile::scan_key(scan), "reading the scan's findings: {e}");
+                None
+            }
+        }
+    }
+
+    /// The valid notifiers that hear of `scan` and want `news`.
+    fn notifiers_for(&self, scan: &NucleiScan, news: &News) -> Vec<Notifier> {
+        let Some(secrets) = &self.secrets else {
+            return Vec::new();
+        };
+        let namespace = scan.namespace().unwrap_or_default();
+        let mut found: Vec<Notifier> = secrets
+            .state()
+            .iter()
+            .filter_map(|s| Notifier::from_secret(s).ok())
+            .filter(|n| n.covers(&namespace, &self.operator_namespace) && n.wants(news))
+            .collect();
+        found.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        found
+    }
+
+    /// Sends `news` of `scan` to its notifiers in the background, then
+    /// records the run as announced: also when only the Event told of it
+    /// (`told`), so that it is not told again after a restart. Nothing is
+    /// written when nobody was told.
+    pub fn send(self: &Arc<Self>, scan: &NucleiScan, news: News, told: bool) {
+        let notifiers = self.notifiers_for(scan, &news);
+        if notifiers.is_empty() && !told {
+            return;
+        }
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            for n in &notifiers {
+                self.metrics.notified(n.kind.as_str(), "dropped");
+            }
+            warn!(scan = %crate::scan::reconcile::scan_key(scan), "too many notifications waiting; this run's are dropped");
+            return;
+        }
+        let (this, scan) = (self.clone(), scan.clone());
+        tokio::spawn(async move {
+            let sent =
+                futures::future::join_all(notifiers.iter().map(|n| this.deliver(n, &scan, &news)));
+            sent.await;
+            this.record(&scan, &news).await;
+            this.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Sends one message; a failure is counted, logged and told in a
+    /// `NotificationFailed` Event on the scan.
+    async fn deliver(&self, n: &Notifier, scan: &NucleiScan, news: &News) {
+        let body = payload::body(n, scan, news).to_string();
+        let kind = n.kind.as_str();
+        let result = {
+            let _permit = self.sending.acquire().await;
+            self.poster
+                .post(&n.url, body.into(), || {
+                    self.metrics.notified(kind, "retried")
+                })
+                .await
+        };
+        let key = crate::scan::reconcile::scan_key(scan);
+        match result {
+            Ok(()) => {
+                self.metrics.notified(kind, "delivered");
+                info!(scan = %key, notifier = %format!("{}/{}", n.namespace, n.name), "notified");
+            }
+            Err(e) => {
+                self.metrics.notified(kind, "failed");
+                let note = format!(
+                    "notifier Secret {}/{} ({kind}) was not told of this run: {e}",
+                    n.namespace, n.name
+                );
+                warn!(scan = %key, "{note}");
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: "NotificationFailed".into(),
+                    note: Some(crate::events::note(&note)),
+                    action: "Notify".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&ev, &scan.object_ref(&())).await {
+                    debug!("event NotificationFailed not recorded: {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes `status.announcedRun`.
+    async fn record(&self, scan: &NucleiScan, news: &News) {
+        let api: Api<NucleiScan> =
+            Api::namespaced(self.client.clone(), &scan.namespace().unwrap_or_default());
+        let status = json!({ "announcedRun": time(news.run) });
+        if let Err(e) = patch_status(&api, &scan.name_any(), None, status).await {
+            debug!(scan = %crate::scan::reconcile::scan_key(scan), "announcedRun not recorded: {e}");
+        }
+    }
+}
+
+/// Watches notifier Secrets as `settings.notifiers` says; an invalid one
+/// gets an `InvalidNotifier` Event saying what to fix. `None` with
+/// `NOTIFIERS=off`.
+pub fn watch(
+    client: &kube::Client,
+    settings: &Settings,
+    events: crate::events::NotedEvents,
+    shutdown: CancellationToken,
+) -> Option<(Store<Secret>, impl Future<Output = ()> + Send + 'static)> {
+    let api: Api<Secret> = match settings.notifiers {
+        NotifierScope::Off => return None,
+        NotifierScope::Operator => Api::namespaced(client.clone(), settings.lease_namespace()),
+        NotifierScope::All => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().labels(notifier::LABEL))
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = async move {
+        let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
+        while let Some(item) = stream.next().await {
+            let secret = match item {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("watching notifier Secrets: {e}");
+                    continue;
+                }
+            };
+            if let Err(problem) = Notifier::from_secret(&secret) {
+                warn!(secret = %format!("{}/{}", secret.namespace().unwrap_or_default(), secret.name_any()), "invalid notifier: {problem}");
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: "InvalidNotifier".into(),
+                    note: Some(crate::events::note(&problem)),
+                    action: "ReadNotifier".into(),
+                    secondary: None,
+                };
+                if let Err(e) = events.publish(&ev, &secret.object_ref(&())).await {
+                    debug!("event InvalidNotifier not recorded: {e}");
+                }
+            }
+        }
+    };
+    Some((reader, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_taken_up_once_and_never_when_recorded_or_older() {
+        let mut t = Taken::default();
+        assert!(t.take("a", 10, i64::MIN));
+        // Reconciles repeat, and a stale cache shows the run again.
+        assert!(!t.take("a", 10, i64::MIN));
+        assert!(!t.take("a", 9, i64::MIN));
+        // Another scan; a recorded run (after a restart).
+        assert!(t.take("b", 10, i64::MIN));
+        let mut restarted = Taken::default();
+        assert!(!restarted.take("a", 10, 10));
+        assert!(restarted.take("a", 11, 10));
+        // Given back when it could not be read: taken again later.
+        t.forget("a", 10);
+        assert!(t.take("a", 10, i64::MIN));
+        // A later run replaced it: forgetting the old one keeps it.
+        assert!(t.take("a", 20, i64::MIN));
+        t.forget("a", 10);
+        assert!(!t.take("a", 20, i64::MIN));
+    }
+}
