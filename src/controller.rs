@@ -152,25 +152,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         ingress_classes: settings.ingress_classes.clone(),
         namespaces,
     });
-    let notifier_watch = crate::notify::watch(
-        &client,
-        &settings,
-        crate::events::NotedEvents::new(client.clone(), reporter.clone()),
-        shutdown.clone(),
-    );
-    let (notifier_secrets, notifier_task) = match notifier_watch {
-        Some((store, task)) => (Some(store), Some(task)),
-        None => (None, None),
-    };
-    let notify = Arc::new(crate::notify::Notifications::new(
-        client.clone(),
-        &settings,
-        notifier_secrets,
-        crate::notify::deliver::Poster::new(Default::default())
-            .context("loading the system's CA certificates for notifications")?,
-        metrics.clone(),
-        kube::runtime::events::Recorder::new(client.clone(), reporter.clone()),
-    ));
+    let (notify, notifier_task) =
+        crate::notify::start(&client, &settings, &metrics, &reporter, &shutdown)?;
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),
         settings.clone(),

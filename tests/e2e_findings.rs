@@ -139,6 +139,13 @@ async fn findings_reach_metrics_reports_and_the_ingress_and_follow_each_run() {
         note.contains("kubectl describe nucleiscan shop-ingress -n findings"),
         "{note}"
     );
+    // No notifier here: the Event alone told of the run, and it is recorded
+    // so that a restart does not tell it again.
+    eventually(Duration::from_secs(30), "announcedRun", || async {
+        let s = scans.get("shop-ingress").await.ok()?.status?;
+        (s.announced_run.as_ref() == Some(&first_success)).then_some(())
+    })
+    .await;
 
     // /metrics: the run's counts, by severity, and when it succeeded.
     let text = metrics_where(e, &findings_series(&ns, "shop-ingress", "high"), Some(1.0)).await;

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -166,12 +166,17 @@ impl Notifications {
     }
 
     /// Sends `news` of `scan` to its notifiers in the background, then
-    /// records the run as announced: also when only the Event told of it
-    /// (`told`), so that it is not told again after a restart. Nothing is
-    /// written when nobody was told.
-    pub fn send(self: &Arc<Self>, scan: &NucleiScan, news: News, told: bool) {
+    /// records the run as announced; when only the Event told of it
+    /// (`told`), records it at once, so that it is not told again after a
+    /// restart. Nothing is written when nobody was told. Past
+    /// [`MAX_IN_FLIGHT`] the messages are dropped (counted) and the run is
+    /// not recorded: the next operator process tells it again.
+    pub async fn send(self: &Arc<Self>, scan: &NucleiScan, news: News, told: bool) {
         let notifiers = self.notifiers_for(scan, &news);
-        if notifiers.is_empty() && !told {
+        if notifiers.is_empty() {
+            if told {
+                self.record(scan, &news).await;
+            }
             return;
         }
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
@@ -243,10 +248,41 @@ impl Notifications {
     }
 }
 
+/// The announcer the scan reconciler uses, and the watch of notifier
+/// Secrets to run next to it (none with `NOTIFIERS=off`).
+pub fn start(
+    client: &kube::Client,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    reporter: &Reporter,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(
+    Arc<Notifications>,
+    Option<impl Future<Output = ()> + Send + 'static>,
+)> {
+    let events = crate::events::NotedEvents::new(client.clone(), reporter.clone());
+    let (secrets, task) = match watch(client, settings, events, shutdown.clone()) {
+        Some((store, task)) => (Some(store), Some(task)),
+        None => (None, None),
+    };
+    let poster = Poster::new(deliver::Retry::default()).map_err(|e| {
+        anyhow::anyhow!("loading the system's CA certificates for notifications: {e}")
+    })?;
+    let notify = Notifications::new(
+        client.clone(),
+        settings,
+        secrets,
+        poster,
+        metrics.clone(),
+        Recorder::new(client.clone(), reporter.clone()),
+    );
+    Ok((Arc::new(notify), task))
+}
+
 /// Watches notifier Secrets as `settings.notifiers` says; an invalid one
 /// gets an `InvalidNotifier` Event saying what to fix. `None` with
 /// `NOTIFIERS=off`.
-pub fn watch(
+fn watch(
     client: &kube::Client,
     settings: &Settings,
     events: crate::events::NotedEvents,

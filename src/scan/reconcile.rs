@@ -337,7 +337,7 @@ async fn announce(ctx: &ScanCtx, scan: &NucleiScan) {
             .await;
         ctx.event_on_source(scan, "NewFindings", note.clone()).await;
     }
-    ctx.notify.send(scan, news, note.is_some());
+    ctx.notify.send(scan, news, note.is_some()).await;
 }
 
 /// Carries out a [`Plan`]: the status first (written against the version
