@@ -80,6 +80,8 @@ pub const DEFAULT_SEVERITY_ENV: &str = "DEFAULT_SEVERITY";
 pub const MAX_RATE_LIMIT_ENV: &str = "MAX_RATE_LIMIT";
 /// Environment variable of the scanner: the interactsh server, if any.
 pub const INTERACTSH_URL_ENV: &str = "INTERACTSH_URL";
+/// Environment variable of the scanner: `json` or `text`, as the operator.
+pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
 /// The target policy, as JSON ([`TargetPolicy`]).
 pub const TARGET_POLICY_ENV: &str = "TARGET_POLICY";
 /// Where the `templateURLs` repositories are cloned, one numbered directory each.
@@ -243,6 +245,8 @@ pub struct JobParams {
     pub interactsh_url: Option<String>,
     /// TARGET_DENY_CIDRS and the other target-policy settings.
     pub target_policy: TargetPolicy,
+    /// LOG_FORMAT: the scanner logs as the operator does.
+    pub log_format: crate::settings::LogFormat,
 }
 
 impl JobParams {
@@ -386,6 +390,7 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         max_rate_limit: settings.max_rate_limit,
         interactsh_url: settings.interactsh_url.clone(),
         target_policy: settings.target_policy(),
+        log_format: settings.log_format,
     })
 }
 
@@ -513,6 +518,7 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
         env_value("NUCLEI_TEMPLATES_PATH", &params.templates_path),
         env_value("SCANNER_TIMEOUT", &format_duration(params.timeout)),
         env_value("HOME", TMP_DIR),
+        env_value(LOG_FORMAT_ENV, params.log_format.as_str()),
     ];
     let extra = params.extra_template_dirs();
     if !extra.is_empty() {
@@ -1698,6 +1704,22 @@ mod tests {
         let c = scanner(&build_job(&scan(), &p)).clone();
         assert_eq!(env_val(&c, DEFAULT_TEMPLATES_ENV), None);
         assert_eq!(env_val(&c, DEFAULT_SEVERITY_ENV), None);
+    }
+
+    #[test]
+    fn the_scanner_logs_in_the_operators_format() {
+        for format in [
+            crate::settings::LogFormat::Json,
+            crate::settings::LogFormat::Text,
+        ] {
+            let settings = Settings {
+                log_format: format,
+                ..Settings::default()
+            };
+            let p = effective_params(&scan(), &settings).unwrap();
+            let c = scanner(&build_job(&scan(), &p)).clone();
+            assert_eq!(env_val(&c, LOG_FORMAT_ENV), Some(format.as_str()));
+        }
     }
 
     #[test]

@@ -73,6 +73,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The value LOG_FORMAT takes for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Who may read the data endpoints (`/metrics`, `/queue`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HttpAuth {
@@ -244,7 +254,8 @@ pub struct Settings {
     #[arg(long, env = "GIT_IMAGE", value_name = "GIT_IMAGE", default_value = "alpine/git:latest", value_parser = parse_image)]
     pub git_image: String,
 
-    /// Log format: `text` or `json` (the Helm chart sets `json`). The level
+    /// Log format of the operator and its scanner pods: `text` (coloured
+    /// only on a terminal) or `json` (the Helm chart sets `json`). The level
     /// comes from RUST_LOG.
     #[arg(
         long,

@@ -206,6 +206,8 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
         Some("canary.yaml,low-severity.yaml,other-tag.yaml")
     );
     assert_eq!(value("DEFAULT_SEVERITY").as_deref(), Some("high"));
+    // The chart's JSON logs, in the scanner pod too.
+    assert_eq!(value("LOG_FORMAT").as_deref(), Some("json"));
     // The chart's rate cap, and interactsh off (no INTERACTSH_URL: `-ni`).
     assert_eq!(value("MAX_RATE_LIMIT").as_deref(), Some("150"));
     assert_eq!(value("INTERACTSH_URL"), None);
