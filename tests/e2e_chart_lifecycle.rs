@@ -165,7 +165,7 @@ fn slow_annotations() -> Value {
 #[tokio::test]
 async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none() {
     let _serial = SERIAL.lock().await;
-    let (_env, client) = env().await;
+    let (env, client) = env().await;
     restricted_namespace(&client, "defaults").await;
     create_ingress(&client, "defaults", "plain", "plain.test", json!({})).await;
     let api = scans(&client, "defaults");
@@ -206,8 +206,21 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
         Some("canary.yaml,low-severity.yaml,other-tag.yaml")
     );
     assert_eq!(value("DEFAULT_SEVERITY").as_deref(), Some("high"));
-    // The chart's JSON logs, in the scanner pod too.
+    // The chart's JSON logs, in the scanner pod too: every line an object,
+    // no colour codes.
     assert_eq!(value("LOG_FORMAT").as_deref(), Some("json"));
+    let pod = st.job_ref.as_ref().unwrap().pod_name.clone().unwrap();
+    let log =
+        std::fs::read_to_string(env.cluster.container_log("defaults", &pod, "scanner")).unwrap();
+    assert!(log.contains("scan finished"), "{log}");
+    for line in log.lines() {
+        let entry: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && !line.contains('\x1b'),
+            "{line}"
+        );
+    }
     // The chart's rate cap, and interactsh off (no INTERACTSH_URL: `-ni`).
     assert_eq!(value("MAX_RATE_LIMIT").as_deref(), Some("150"));
     assert_eq!(value("INTERACTSH_URL"), None);
