@@ -330,6 +330,98 @@ fn watch(
 mod tests {
     use super::*;
 
+    /// One step of the world around [`Taken`]: a scan finishes a run,
+    /// a reconcile sees the scan (perhaps from a stale cache), a sent run
+    /// is recorded in the status, a read fails and the run is given back,
+    /// or the operator restarts.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Finish(usize),
+        Reconcile { scan: usize, stale: bool },
+        Record(usize),
+        ReadFails(usize),
+        Restart,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..3usize).prop_map(Step::Finish),
+            (0..3usize, any::<bool>()).prop_map(|(scan, stale)| Step::Reconcile { scan, stale }),
+            (0..3usize).prop_map(Step::Record),
+            (0..3usize).prop_map(Step::ReadFails),
+            Just(Step::Restart),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Invariants: a process takes up each run at most once; a run
+        /// recorded as announced is never taken up again, by any process;
+        /// the latest run, once a reconcile sees it, is taken up unless it
+        /// was taken up or recorded before (nothing is lost). A reconcile
+        /// may see an older version of the scan than the latest, but never
+        /// one older than its process saw before (a watch cache does not go
+        /// back; a new process starts from a fresh list).
+        #[test]
+        fn every_run_is_taken_up_once_per_process_and_never_after_its_record(
+            steps in proptest::collection::vec(step(), 1..80)
+        ) {
+            let uid = |i: usize| format!("scan-{i}");
+            // Per scan: its versions, (lastSuccess run, announcedRun), and
+            // the one this process saw last.
+            let mut versions: [Vec<(i64, i64)>; 3] = std::array::from_fn(|_| vec![(0, i64::MIN)]);
+            let mut seen = [0usize; 3];
+            let mut taken = Taken::default();
+            let mut mine: Vec<(usize, i64)> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Finish(i) => {
+                        let (run, rec) = *versions[i].last().unwrap();
+                        versions[i].push((run + 1, rec));
+                    }
+                    Step::Reconcile { scan: i, stale } => {
+                        let at = if stale { seen[i] } else { versions[i].len() - 1 };
+                        seen[i] = at;
+                        let (run, rec) = versions[i][at];
+                        if run < 1 {
+                            continue;
+                        }
+                        let recorded = versions[i].last().unwrap().1;
+                        if taken.take(&uid(i), run, rec) {
+                            proptest::prop_assert!(!mine.contains(&(i, run)), "{i} run {run} taken twice");
+                            proptest::prop_assert!(run > recorded, "{i} run {run} taken after its record");
+                            mine.push((i, run));
+                        } else if !stale {
+                            let newer_taken = mine.iter().any(|(j, r)| *j == i && *r >= run);
+                            proptest::prop_assert!(newer_taken || run <= recorded, "{i} run {run} lost");
+                        }
+                    }
+                    Step::Record(i) => {
+                        // The announcer records the latest run it took up.
+                        let (run, rec) = *versions[i].last().unwrap();
+                        if let Some(r) = mine.iter().filter(|(j, _)| *j == i).map(|(_, r)| *r).max().filter(|r| *r > rec) {
+                            versions[i].push((run, r));
+                        }
+                    }
+                    Step::ReadFails(i) => {
+                        let rec = versions[i].last().unwrap().1;
+                        if let Some(pos) = mine.iter().rposition(|(j, r)| *j == i && *r > rec) {
+                            let (_, r) = mine.remove(pos);
+                            taken.forget(&uid(i), r);
+                        }
+                    }
+                    Step::Restart => {
+                        taken = Taken::default();
+                        mine.clear();
+                        for i in 0..3 {
+                            seen[i] = versions[i].len() - 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_run_is_taken_up_once_and_never_when_recorded_or_older() {
         let mut t = Taken::default();
