@@ -454,7 +454,7 @@ fn check_git_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// The scanner Job of one run, as DESIGN §5 describes it.
+/// The scanner Job of one run.
 ///
 /// In the scan's namespace, named [`JobParams::job_name`], controlled by the
 /// NucleiScan (garbage-collected with it); labelled with the scan and run;

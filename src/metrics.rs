@@ -1,5 +1,5 @@
-//! Prometheus metrics (DESIGN §7): counters and histograms the controllers
-//! update as things happen, and the per-scan series ([`ScanSeries`]), which
+//! Prometheus metrics (the README lists them): counters and histograms the
+//! controllers update as things happen, and the per-scan series ([`ScanSeries`]), which
 //! are read from the scan cache at each scrape, so they are never stale and
 //! cost nothing between scrapes. No series has a per-finding label: the
 //! per-scan ones are bounded by the number of scans times six severities.

@@ -1,4 +1,4 @@
-//! The target availability check before admission (seed §6.1): concurrent TCP
+//! The target availability check before admission: concurrent TCP
 //! connects with a short timeout. A TCP handshake is enough to know something
 //! answers; TLS is not verified (nor even started), since self-signed targets
 //! are common and nuclei itself decides what to do with them.
