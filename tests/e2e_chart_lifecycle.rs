@@ -212,7 +212,7 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
     let pod = st.job_ref.as_ref().unwrap().pod_name.clone().unwrap();
     let log =
         std::fs::read_to_string(env.cluster.container_log("defaults", &pod, "scanner")).unwrap();
-    assert!(log.contains("scan finished"), "{log}");
+    let mut completed = Vec::new();
     for line in log.lines() {
         let entry: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
@@ -220,7 +220,19 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
             entry["level"].is_string() && !line.contains('\x1b'),
             "{line}"
         );
+        if entry["message"] == "scan completed" {
+            completed.push(entry);
+        }
     }
+    // The scan named in fields of their own, as the operator's lines do.
+    assert_eq!(completed.len(), 1, "{log}");
+    let c = &completed[0];
+    assert_eq!(
+        (&c["namespace"], &c["name"]),
+        (&json!("defaults"), &json!("plain-ingress"))
+    );
+    assert_eq!(c["findings"], 2);
+    assert!(c["duration_seconds"].is_number(), "{c}");
     // The chart's rate cap, and interactsh off (no INTERACTSH_URL: `-ni`).
     assert_eq!(value("MAX_RATE_LIMIT").as_deref(), Some("150"));
     assert_eq!(value("INTERACTSH_URL"), None);

@@ -10,8 +10,8 @@
 //! restarted operator does not announce it again (and does announce a run
 //! that finished while none ran). Scanning never waits for a message.
 //!
-//! Notifiers are Secrets labelled [`notifier::LABEL`], watched by
-//! [`watch`]: one in the operator's namespace hears of every scan, one
+//! Notifiers are Secrets labelled [`notifier::LABEL`], watched next to the
+//! announcer ([`start`]): one in the operator's namespace hears of every scan, one
 //! elsewhere (with `NOTIFIERS=all`) of its own namespace's scans.
 
 pub mod deliver;

@@ -290,7 +290,21 @@ pub async fn run(
         Ok(()) => {}
         Err(why) => return Ok(moved_on(namespace, name, why)),
     }
-    info!(scan = %format!("{namespace}/{name}"), ?outcome, duration, "scan finished");
+    match &outcome {
+        RunResult::Completed { findings } => {
+            info!(
+                namespace,
+                name,
+                findings,
+                duration_seconds = duration,
+                "scan completed"
+            );
+        }
+        RunResult::Failed { message } => {
+            warn!(namespace, name, error = %message, duration_seconds = duration, "scan failed");
+        }
+        RunResult::MovedOn { .. } => {}
+    }
     Ok(outcome)
 }
 
