@@ -41,7 +41,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Host names the pods resolve to the test target; `dead.test` goes to an
 /// address where nothing listens.
-const HOSTS: [&str; 11] = [
+const HOSTS: [&str; 12] = [
     "plain.test",
     "report.test",
     "route.test",
@@ -53,6 +53,7 @@ const HOSTS: [&str; 11] = [
     "cron.test",
     "pull.test",
     "refused.test",
+    "migrate.test",
 ];
 
 static ENV: OnceCell<Chart> = OnceCell::const_new();
@@ -236,6 +237,54 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
     // The chart's rate cap, and interactsh off (no INTERACTSH_URL: `-ni`).
     assert_eq!(value("MAX_RATE_LIMIT").as_deref(), Some("150"));
     assert_eq!(value("INTERACTSH_URL"), None);
+}
+
+/// Issue #16 part 3 through the chart (its ClusterRole, the target check):
+/// a scan the Go operator made for an Ingress already scanned here is
+/// adopted (its hand-set schedule carried over) and deleted.
+#[tokio::test]
+async fn a_go_operators_scan_of_a_scanned_ingress_is_adopted_and_deleted() {
+    let _serial = SERIAL.lock().await;
+    let (_env, client) = env().await;
+    restricted_namespace(&client, "migrate").await;
+    create_ingress(&client, "migrate", "web", "migrate.test", json!({})).await;
+    let api = scans(&client, "migrate");
+    let ran = phase(
+        &api,
+        "web-ingress",
+        ScanPhase::Completed,
+        Duration::from_secs(120),
+    )
+    .await;
+    let web = Api::<Ingress>::namespaced(client.clone(), "migrate")
+        .get("web")
+        .await
+        .unwrap();
+    let uid = web.uid().unwrap();
+    let go: NucleiScan = serde_json::from_value(json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiScan",
+        "metadata": {"name": "web-scan", "ownerReferences": [{"apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress", "name": "web", "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "name": "web", "namespace": "migrate", "uid": uid},
+            "targets": ["http://migrate.test/"], "schedule": "0 3 * * *"},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &go).await.unwrap();
+    let note = event(&client, "migrate", "web", "Normal", "Migrated", "web-scan").await;
+    assert_eq!(
+        note,
+        "Adopted the Go operator's scan web-scan: carried its spec fields schedule over to \
+         web-ingress, and deleted web-scan."
+    );
+    eventually(Duration::from_secs(30), "web-scan deleted", || async {
+        api.get_opt("web-scan").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let scan = api.get("web-ingress").await.unwrap();
+    assert_eq!(scan.spec.schedule.as_deref(), Some("0 3 * * *"));
+    assert_eq!(scan.uid(), ran.uid());
 }
 
 /// Issue #15 through the chart: the Gateway API installed while the

@@ -21,6 +21,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
 use super::httproute::{NOT_ACCEPTED, httproute_targets};
+use super::migrate;
 use super::scope::NamespaceScope;
 use super::targets::{
     Derived, Skipped, apply_policy, ingress_class, ingress_targets, scan_name,
@@ -196,6 +197,8 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
             .map(|o| o.uid.clone())
     });
     let ours = owner_uid.as_deref() == Some(uid.as_str());
+    // The scan the Go operator left for this source, if any.
+    let legacy = migrate::find(&ctx.scans, K::KIND, &namespace, &name, &uid);
 
     if obj.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the scan.
@@ -230,6 +233,13 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(old) = &legacy {
+            migrate::retire(&api, old).await?;
+            info!(
+                scan = old.name_any(),
+                "deleted the Go operator's scan: this source is not scanned"
+            );
+        }
         // A route waits for its Gateway's acceptance, which the Gateway
         // controller reports on the route: no Event for every new route.
         let awaiting =
@@ -262,28 +272,39 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
     let current = existing
         .as_ref()
         .and_then(|s| s.annotations().get(APPLIED_HASH).cloned());
-    if current.as_deref() == body_hash(&body) {
-        return Ok(Action::await_change());
-    }
-    api.patch(
-        &scan,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    info!(scan, "applied scan");
-    report_refused(ctx, obj.as_ref(), &refused).await;
-    if !parsed.errors.is_empty() {
-        let note = describe_errors(&parsed.errors);
-        warn!(scan, "invalid annotations: {note}");
-        event_on_source(
-            ctx,
-            obj.as_ref(),
-            EventType::Warning,
-            "InvalidAnnotation",
-            &note,
+    if current.as_deref() != body_hash(&body) {
+        api.patch(
+            &scan,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
         )
-        .await;
+        .await?;
+        info!(scan, "applied scan");
+        report_refused(ctx, obj.as_ref(), &refused).await;
+        if !parsed.errors.is_empty() {
+            let note = describe_errors(&parsed.errors);
+            warn!(scan, "invalid annotations: {note}");
+            event_on_source(
+                ctx,
+                obj.as_ref(),
+                EventType::Warning,
+                "InvalidAnnotation",
+                &note,
+            )
+            .await;
+        }
+    }
+    if let Some(old) = legacy
+        && let Some(adopted) = migrate::adopt(&api, &old, &scan).await?
+    {
+        let note = format!(
+            "Adopted the Go operator's scan {}: carried {} over to {scan}, and deleted {}.",
+            old.name_any(),
+            adopted.describe(),
+            old.name_any()
+        );
+        info!(scan, "{note}");
+        event_on_source(ctx, obj.as_ref(), EventType::Normal, "Migrated", &note).await;
     }
     Ok(Action::await_change())
 }
