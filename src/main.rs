@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuclei_operator::api::Severity;
 use nuclei_operator::crd::{self, Applied};
-use nuclei_operator::scanner::run::{RunId, RunResult, ScannerDefaults, run};
+use nuclei_operator::scanner::run::{
+    RunId, RunResult, ScannerDefaults, children_peak_rss_bytes, run,
+};
 use nuclei_operator::settings::{LogFormat, Settings, treat_empty_env_as_unset};
 use nuclei_operator::target_policy::TargetPolicy;
 
@@ -228,7 +230,17 @@ async fn main() -> Result<()> {
                 uid: args.scan_uid,
                 token: args.run,
             };
-            match run(client, namespace, name, &defaults, &id).await {
+            let result = run(client, namespace, name, &defaults, &id).await;
+            if let Some(bytes) = children_peak_rss_bytes().filter(|b| *b > 0) {
+                // What to size the scanner's memory request and limit by.
+                tracing::info!(
+                    namespace,
+                    name,
+                    nuclei_peak_rss_bytes = bytes,
+                    "nuclei exited"
+                );
+            }
+            match result {
                 Ok(RunResult::Completed { .. } | RunResult::MovedOn { .. }) => Ok(()),
                 Ok(RunResult::Failed { message }) => {
                     eprintln!("scan failed: {message}");

@@ -214,6 +214,7 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
     let log =
         std::fs::read_to_string(env.cluster.container_log("defaults", &pod, "scanner")).unwrap();
     let mut completed = Vec::new();
+    let mut rss = Vec::new();
     for line in log.lines() {
         let entry: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
@@ -223,8 +224,12 @@ async fn the_charts_default_templates_and_severity_reach_a_scan_that_names_none(
         );
         if entry["message"] == "scan completed" {
             completed.push(entry);
+        } else if entry["message"] == "nuclei exited" {
+            rss.push(entry["nuclei_peak_rss_bytes"].as_u64());
         }
     }
+    // nuclei's peak memory, to size the scanner by.
+    assert!(matches!(rss[..], [Some(b)] if b > 1 << 20), "{log}");
     // The scan named in fields of their own, as the operator's lines do.
     assert_eq!(completed.len(), 1, "{log}");
     let c = &completed[0];

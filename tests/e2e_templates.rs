@@ -22,7 +22,7 @@ use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use serde_json::json;
 use support::{
     assert_only_the_canary_finding, canary_annotations, canary_target, cluster, completed,
-    eventually, ingress, namespace, target_ip,
+    eventually, ingress, namespace, target_ip, template_set,
 };
 use tokio::sync::OnceCell;
 
@@ -65,7 +65,12 @@ async fn env() -> &'static Env {
             "git-canary.yaml",
             &canary_template("nuclei-operator-git-canary", "medium", "git-e2e"),
         );
-        let cluster = cluster(&[("canary.test", ip), ("many.test", ip)]).await;
+        let cluster = cluster(&[
+            ("canary.test", ip),
+            ("many.test", ip),
+            ("realistic.test", ip),
+        ])
+        .await;
         cluster.add_image(ImageMapping {
             image: GIT_IMAGE.split(':').next().unwrap().into(),
             entrypoint: vec!["git".into()],
@@ -657,6 +662,101 @@ async fn thousands_of_findings_leave_a_status_under_budget_with_true_totals() {
         st.findings.iter().map(|f| f.matched_at.as_str()).collect();
     assert_eq!(paths.len(), stored);
     assert!(paths.contains("http://many.test/many/high-00000"));
+}
+
+/// Issue #16 part 2: a template set of realistic size and shape (275
+/// templates of 11 kinds, see `support::template_set`), most finding
+/// nothing, from a ConfigMap: the scan reports exactly the findings the set
+/// defines (one per named matcher that fires), with their severities,
+/// extracted values and classification, and true totals. Its wall time and
+/// nuclei's peak memory are printed, not asserted.
+#[tokio::test]
+async fn a_realistic_template_set_reports_exactly_the_findings_it_defines() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "tpl-realistic").await;
+    let set = template_set::generate();
+    let data: Vec<(&str, String)> = set
+        .files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    config_map(&client, &ns, "realistic-templates", &data).await;
+    create_scan(
+        &client,
+        &ns,
+        "realistic",
+        "http://realistic.test",
+        json!({
+            "tags": [template_set::TAG],
+            "rateLimit": 5000,
+            "scannerConfig": {"templateConfigMaps": ["realistic-templates"]},
+        }),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let st = completed(&scans, "realistic", Duration::from_secs(300))
+        .await
+        .status
+        .unwrap();
+    let mut got: Vec<template_set::Expected> = st
+        .findings
+        .iter()
+        .map(|f| template_set::Expected {
+            template_id: f.template_id.clone(),
+            matcher_name: f.matcher_name.clone(),
+            severity: f
+                .severity
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            path: f
+                .matched_at
+                .trim_start_matches("http://realistic.test")
+                .to_owned(),
+            extracted: f.extracted_results.clone(),
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, set.expected);
+    for f in &st.findings {
+        let i: usize = f.template_id.rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(f.cve_ids, [format!("CVE-2099-{:04}", 1000 + i)], "{f:?}");
+        assert_eq!(f.cwe_ids, ["CWE-200"], "{f:?}");
+        assert_eq!(f.cvss_score, Some(5.3), "{f:?}");
+    }
+    let summary = st.summary.unwrap();
+    let total = set.expected.len() as i64;
+    assert_eq!(summary.total_findings, total);
+    assert!(!summary.findings_truncated);
+    let mut by_severity = BTreeMap::new();
+    for x in &set.expected {
+        *by_severity.entry(x.severity.clone()).or_insert(0i64) += 1;
+    }
+    for (severity, n) in &by_severity {
+        assert_eq!(
+            summary.findings_by_severity.get(severity),
+            Some(n),
+            "{severity}"
+        );
+    }
+    // Each named matcher is a finding of its own, with a fingerprint of its own.
+    assert_eq!(summary.new_findings, Some(total));
+
+    let pod_name = st.job_ref.unwrap().pod_name.unwrap();
+    let log = std::fs::read_to_string(e.cluster.container_log(&ns, &pod_name, "scanner")).unwrap();
+    let rss = log
+        .split("nuclei_peak_rss_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no nuclei_peak_rss_bytes in the scanner's log:\n{log}"));
+    eprintln!(
+        "realistic template set: {} templates, {total} findings, scan took {} s \
+         (durationSeconds), nuclei peak RSS {:.1} MiB",
+        set.files.len(),
+        summary.duration_seconds,
+        rss as f64 / (1024.0 * 1024.0)
+    );
 }
 
 #[tokio::test]

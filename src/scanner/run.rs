@@ -166,6 +166,15 @@ pub fn findings_budget(scan: &NucleiScan) -> usize {
     STATUS_BUDGET_BYTES.saturating_sub(others.saturating_add(reserved))
 }
 
+/// The most memory (resident set, bytes) any finished child of this process
+/// used: in a scanner pod, whose only child is nuclei, nuclei's peak.
+pub fn children_peak_rss_bytes() -> Option<u64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok()?;
+    // Linux reports kibibytes.
+    u64::try_from(usage.max_rss()).ok().map(|kib| kib * 1024)
+}
+
 /// Runs the scan `namespace/name` for run `id` and records the result.
 ///
 /// Waits for the scan to name the run as Running (the launcher writes that

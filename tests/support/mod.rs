@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod monitoring;
 pub mod notify;
 pub mod reports;
+pub mod template_set;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -306,18 +307,19 @@ fn serve(ip: Ipv4Addr, slow: Option<Duration>, canary: Arc<AtomicBool>) {
                     let mut buf = [0u8; 8192];
                     let n = s.read(&mut buf).await.unwrap_or(0);
                     let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let body = match slow {
-                        Some(delay) if req.starts_with("GET /slow") => {
+                    let path = req.split(' ').nth(1).unwrap_or("/");
+                    let (status, headers, body) = match slow {
+                        Some(delay) if path == "/slow" => {
                             tokio::time::sleep(delay).await;
-                            "SLOW-OK\n"
+                            ("200 OK", "Content-Type: text/plain", "SLOW-OK\n")
                         }
-                        _ if canary && req.starts_with("GET /canary") => {
-                            "CANARY-OK token=abc123\n"
+                        _ if canary && path.starts_with("/canary") => {
+                            ("200 OK", "Content-Type: text/plain", "CANARY-OK token=abc123\n")
                         }
-                        _ => "hello\n",
+                        _ => page(path),
                     };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\n{headers}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = s.write_all(resp.as_bytes()).await;
@@ -325,6 +327,32 @@ fn serve(ip: Ipv4Addr, slow: Option<Duration>, canary: Arc<AtomicBool>) {
             }
         });
     });
+}
+
+/// What the test target answers at `path` besides `/canary` and `/slow`:
+/// a few pages of the kinds real templates look for (see
+/// [`template_set`]), and `hello` everywhere else.
+fn page(path: &str) -> (&'static str, &'static str, &'static str) {
+    match path {
+        "/login" => (
+            "200 OK",
+            "Content-Type: text/html\r\nX-Powered-By: PHP/7.4.3",
+            "<html><head><title>Admin Login</title></head><body>\
+             <form action=\"/login\"><input name=\"user\"></form></body></html>\n",
+        ),
+        "/api/version" => (
+            "200 OK",
+            "Content-Type: application/json",
+            "{\"name\":\"demo-app\",\"version\":\"2.4.1\",\"debug\":true}\n",
+        ),
+        "/.git/config" => (
+            "200 OK",
+            "Content-Type: text/plain",
+            "[core]\n\trepositoryformatversion = 0\n\tbare = false\n",
+        ),
+        "/admin" => ("403 Forbidden", "Content-Type: text/plain", "forbidden\n"),
+        _ => ("200 OK", "Content-Type: text/plain", "hello\n"),
+    }
 }
 
 /// The message of the first Event of `type_` (`Normal`, `Warning`) with
