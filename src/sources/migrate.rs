@@ -183,7 +183,12 @@ impl Adopted {
 /// field is not carried again, and a run is carried only while `new` has
 /// none of its own.
 pub async fn adopt(api: &Api<NucleiScan>, old: &NucleiScan, new: &str) -> Result<Option<Adopted>> {
-    let Some(old) = api.get_opt(&old.name_any()).await? else {
+    // The object the cache showed, not one made since under its name.
+    let Some(old) = api
+        .get_opt(&old.name_any())
+        .await?
+        .filter(|o| o.uid() == old.uid())
+    else {
         return Ok(None);
     };
     // Just applied: the API server has it.
