@@ -67,6 +67,18 @@ pub const ISTIO_INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
 
 /// Name of the scanner container.
 pub const SCANNER_CONTAINER: &str = "scanner";
+/// Environment variable of the scanner: the scan's uid (nothing is written
+/// to a scan of another uid).
+pub const SCAN_UID_ENV: &str = "SCAN_UID";
+/// Environment variable of the scanner: the run's token (nothing is written
+/// once the scan has moved on from it).
+pub const SCAN_RUN_ENV: &str = "SCAN_RUN";
+/// Environment variable of the scanner: its pod's name (downward API).
+pub const POD_NAME_ENV: &str = "POD_NAME";
+/// Environment variable of the scanner: the built-in templates directory.
+pub const TEMPLATES_PATH_ENV: &str = "NUCLEI_TEMPLATES_PATH";
+/// Environment variable of the scanner: the timeout of a scan that sets none.
+pub const SCANNER_TIMEOUT_ENV: &str = "SCANNER_TIMEOUT";
 /// Environment variable with the extra template directories of a run,
 /// colon-separated: `/templates/git/<i>` per `templateURLs` entry, then
 /// `/templates/configmaps/<name>` per template ConfigMap. Absent when there
@@ -511,12 +523,11 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
 
     let mut env = vec![
         // The run the scanner writes for (`--scan` names the scan).
-        env_value("SCAN_UID", &params.scan_uid),
-        env_value("SCAN_RUN", &params.run_token),
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env_value("NUCLEI_TEMPLATES_PATH", &params.templates_path),
-        env_value("SCANNER_TIMEOUT", &format_duration(params.timeout)),
+        env_value(SCAN_UID_ENV, &params.scan_uid),
+        env_value(SCAN_RUN_ENV, &params.run_token),
+        env_field(POD_NAME_ENV, "metadata.name"),
+        env_value(TEMPLATES_PATH_ENV, &params.templates_path),
+        env_value(SCANNER_TIMEOUT_ENV, &format_duration(params.timeout)),
         env_value("HOME", TMP_DIR),
         env_value(LOG_FORMAT_ENV, params.log_format.as_str()),
     ];
@@ -1646,7 +1657,7 @@ mod tests {
         assert_eq!(env_val(c, "SCAN_UID"), Some(p.scan_uid.as_str()));
         assert_eq!(env_val(c, "SCAN_RUN"), Some(p.run_token.as_str()));
         // Nothing the scanner does not read.
-        for unread in ["SCAN_NAMESPACE", "SCAN_NAME", "JOB_NAME"] {
+        for unread in ["SCAN_NAMESPACE", "SCAN_NAME", "JOB_NAME", "POD_NAMESPACE"] {
             assert_eq!(env_val(c, unread), None, "{unread}");
         }
         assert_eq!(
@@ -1660,20 +1671,16 @@ mod tests {
             serde_json::from_str(env_val(c, TARGET_POLICY_ENV).unwrap()).unwrap();
         assert_eq!(policy, TargetPolicy::default());
         let vars = env(c);
-        for (name, path) in [
-            ("POD_NAME", "metadata.name"),
-            ("POD_NAMESPACE", "metadata.namespace"),
-        ] {
-            let field = vars[name]
-                .value_from
-                .as_ref()
-                .unwrap()
-                .field_ref
-                .as_ref()
-                .unwrap();
-            assert_eq!(field.field_path, path);
-            assert_eq!(vars[name].value, None);
-        }
+        let pod_name = vars["POD_NAME"];
+        let field = pod_name
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(field.field_path, "metadata.name");
+        assert_eq!(pod_name.value, None);
         let mut names: Vec<_> = c.env.iter().flatten().map(|e| &e.name).collect();
         let n = names.len();
         names.dedup();

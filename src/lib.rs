@@ -4,6 +4,7 @@
 pub mod annotations;
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod duration;

@@ -1,7 +1,9 @@
 //! The scanner side of a scan run, as pure parts: the nuclei command line and
 //! exit classification ([`command`]), the streaming JSONL parser ([`jsonl`]),
 //! the budgeted findings report for the NucleiScan status ([`report`]) and
-//! what changed since the previous run ([`history`]).
+//! what changed since the previous run ([`history`]); then the run itself
+//! ([`run`]), in a scanner pod ([`entry`], the `scanner` subcommand) or in
+//! the operator's process ([`sync`]).
 
 pub mod command;
 pub mod history;
@@ -14,5 +16,6 @@ pub use command::{
 pub use jsonl::{LineError, ParseStats, ReadLimits, parse_line, read_findings, read_findings_with};
 pub use report::{Report, ReportLimits, clamp_finding};
 
+pub mod entry;
 pub mod run;
 pub mod sync;
