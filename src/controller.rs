@@ -1,20 +1,17 @@
 //! Controller mode: wires the reconcilers, the dispatcher, leader election
-//! and the HTTP server, with one shutdown signal shared by every task.
+//! ([`crate::leader`]) and the HTTP server, with one shutdown signal shared
+//! by every task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use dispatcher::{Config as DispatchConfig, Dispatcher, RateLimit};
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{ObjectRef, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{SourceKind, VirtualService};
 use crate::http::auth::{DataAuth, KubeReviewer};
 use crate::http::{HttpState, data_router, health_router};
 use crate::metrics::Metrics;
@@ -23,12 +20,9 @@ use crate::scan::reconcile::{self, ScanCtx};
 use crate::scan::slots;
 use crate::settings::{HttpAuth, ScannerMode, Settings};
 use crate::sources::controller::{self as sources, SourceCtx};
-use crate::sources::discovery::{Served, while_served};
-use crate::sources::gateway_api;
 use crate::sources::scope::NamespaceScope;
 use crate::sources::triggers::Triggers;
-
-const ISTIO_CRD: &str = "virtualservices.networking.istio.io";
+use crate::sources::{gateway_api, istio};
 
 /// Runs the operator until SIGTERM/SIGINT, or until this replica loses its
 /// leadership (then it exits so it restarts as a follower).
@@ -67,59 +61,21 @@ pub async fn run(settings: Settings) -> Result<()> {
     )
     .await?;
 
-    let identity = settings
-        .pod_name
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("nuclei-operator-{}", std::process::id()));
-    let mut lease_rx = None;
-    if settings.leader_election {
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
-                .with_namespace(settings.lease_namespace())
-                .with_identity(&identity)
-                .with_duration(15)
-                .with_grace(5)
-                .build()
-                .await
-                .context("setting up the leader-election lease")?;
-        let (mut rx, _task) = manager.watch().await;
-        // A follower is ready: it serves /queue (empty) and waits.
-        ready.store(true, Ordering::Relaxed);
-        info!(
-            identity,
-            lease = settings.lease_name,
-            "waiting for leadership"
-        );
-        loop {
-            if *rx.borrow_and_update() {
-                break;
-            }
-            tokio::select! {
-                r = rx.changed() => r.context("leader election stopped")?,
-                _ = shutdown.cancelled() => return Ok(()),
-            }
+    let identity = crate::leader::identity(&settings);
+    let lease = if settings.leader_election {
+        match crate::leader::acquire(&client, &settings, &identity, &ready, &shutdown).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()),
         }
-        lease_rx = Some(rx);
-    }
+    } else {
+        None
+    };
     leader.store(true, Ordering::Relaxed);
     info!(identity, "leading: starting controllers and the dispatcher");
-    let lost = Arc::new(AtomicBool::new(false));
-    if let Some(mut rx) = lease_rx {
-        let (shutdown, lost) = (shutdown.clone(), lost.clone());
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if !*rx.borrow() {
-                    break;
-                }
-            }
-            if !shutdown.is_cancelled() {
-                error!("lost leadership; stopping");
-                lost.store(true, Ordering::Relaxed);
-                shutdown.cancel();
-            }
-        });
-    }
+    let lost = match lease {
+        Some(lease) => lease.stop_on_loss(shutdown.clone()),
+        None => Arc::new(AtomicBool::new(false)),
+    };
 
     let reporter = Reporter {
         controller: "nuclei-operator".into(),
@@ -175,11 +131,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     tasks.spawn(sources::run::<Ingress>(
         source_ctx.clone(),
         (),
-        no_more,
+        sources::no_more,
         concurrency,
         stop(),
     ));
-    tasks.spawn(watch_istio(
+    tasks.spawn(istio::run(
         source_ctx.clone(),
         concurrency,
         shutdown.clone(),
@@ -293,50 +249,4 @@ async fn serve_http(
         serve(health, health_router(ready.clone())),
         serve(data, data_app),
     ])
-}
-
-/// The Istio version we read: VirtualServices at `networking.istio.io/v1`.
-fn istio_v1(served: &Served) -> Option<()> {
-    served
-        .get(ISTIO_CRD)
-        .is_some_and(|v| v.iter().any(|v| v == "v1"))
-        .then_some(())
-}
-
-/// Runs the VirtualService controller while Istio's CRD serves `v1`: the
-/// operator works without Istio, and picks VirtualServices up, without a
-/// restart, when the CRD appears.
-async fn watch_istio(ctx: Arc<SourceCtx>, concurrency: u16, shutdown: CancellationToken) {
-    let client = ctx.client.clone();
-    let for_removed = ctx.clone();
-    let removed = move |_: &'static str| {
-        tokio::spawn(sources::delete_orphans(
-            for_removed.clone(),
-            SourceKind::VirtualService,
-        ));
-    };
-    let start = move |(): (), stop: CancellationToken| {
-        tokio::spawn(sources::run::<VirtualService>(
-            ctx.clone(),
-            (),
-            no_more,
-            concurrency,
-            stop.cancelled_owned(),
-        ));
-    };
-    while_served(
-        client,
-        &[ISTIO_CRD],
-        "Istio VirtualService API",
-        istio_v1,
-        start,
-        removed,
-        shutdown,
-    )
-    .await;
-}
-
-/// No reconcile requests beyond a source's own.
-fn no_more<K: sources::SourceObject>(_: Store<K>) -> BoxStream<'static, ObjectRef<K>> {
-    futures::stream::empty().boxed()
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod hash;
 pub mod http;
 pub mod jobs;
+pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod reports;

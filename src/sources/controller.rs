@@ -309,6 +309,12 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
     Ok(Action::await_change())
 }
 
+/// No reconcile requests beyond a source's own (the `more` of [`run`] for
+/// Ingresses and VirtualServices).
+pub fn no_more<K: SourceObject>(_: Store<K>) -> BoxStream<'static, ObjectRef<K>> {
+    futures::stream::empty().boxed()
+}
+
 /// Deletes the scans owned by sources of `kind`, whose API (CRD) was
 /// deleted with every object of it: the garbage collector retries owner
 /// references to a kind it cannot resolve forever, and never deletes them.

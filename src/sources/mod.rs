@@ -6,6 +6,7 @@ pub mod controller;
 pub mod discovery;
 pub mod gateway_api;
 pub mod httproute;
+pub mod istio;
 pub mod migrate;
 pub mod scope;
 pub mod targets;
