@@ -392,6 +392,9 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("ValidatingAdmissionPolicyBinding {SCANNER_POLICY}"),
         format!("Role {RELEASE_NS}/{FULLNAME}-leader-election"),
         format!("RoleBinding {RELEASE_NS}/{FULLNAME}-leader-election"),
+        // notifications.scope=operator: the notifier Secrets of its namespace.
+        format!("Role {RELEASE_NS}/{FULLNAME}-notifiers"),
+        format!("RoleBinding {RELEASE_NS}/{FULLNAME}-notifiers"),
     ]);
     assert_eq!(
         inventory(&client, Some(RELEASE_SELECTOR)).await,
