@@ -55,9 +55,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 format!("Jenkins {i}")
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/login\"\n    matchers:\n      - type: word\n        part: body\n        words:\n          - \"{word}\"\n"
-            )
+            get("/login")
+                + &format!(
+                    "    matchers:\n      - type: word\n        part: body\n        words:\n          - \"{word}\"\n"
+                )
         },
         path: "/login",
         extracted: &[],
@@ -71,9 +72,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 format!("nginx/1.{i}")
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/login\"\n    matchers-condition: and\n    matchers:\n      - type: status\n        status:\n          - 200\n      - type: word\n        part: header\n        words:\n          - \"{word}\"\n"
-            )
+            get("/login")
+                + &format!(
+                    "    matchers-condition: and\n    matchers:\n      - type: status\n        status:\n          - 200\n      - type: word\n        part: header\n        words:\n          - \"{word}\"\n"
+                )
         },
         path: "/login",
         extracted: &[],
@@ -87,9 +89,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 format!("status_code == 200 && contains(body, 'other-app-{i}')")
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/api/version\"\n    matchers:\n      - type: dsl\n        dsl:\n          - \"{expr}\"\n"
-            )
+            get("/api/version")
+                + &format!(
+                    "    matchers:\n      - type: dsl\n        dsl:\n          - \"{expr}\"\n"
+                )
         },
         path: "/api/version",
         extracted: &[],
@@ -103,9 +106,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 format!("absent-{i}")
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/api/version\"\n    matchers:\n      - type: word\n        words:\n          - \"{word}\"\n    extractors:\n      - type: regex\n        group: 1\n        regex:\n          - '\"version\":\"([0-9.]+)\"'\n"
-            )
+            get("/api/version")
+                + &format!(
+                    "    matchers:\n      - type: word\n        words:\n          - \"{word}\"\n    extractors:\n      - type: regex\n        group: 1\n        regex:\n          - '\"version\":\"([0-9.]+)\"'\n"
+                )
         },
         path: "/api/version",
         extracted: &["2.4.1"],
@@ -115,9 +119,10 @@ const KINDS: [Kind; 11] = [
         name: "kval",
         body: |i, m| {
             let status = if m { 200 } else { 500 + i };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/login\"\n    matchers:\n      - type: status\n        status:\n          - {status}\n    extractors:\n      - type: kval\n        kval:\n          - x_powered_by\n"
-            )
+            get("/login")
+                + &format!(
+                    "    matchers:\n      - type: status\n        status:\n          - {status}\n    extractors:\n      - type: kval\n        kval:\n          - x_powered_by\n"
+                )
         },
         path: "/login",
         extracted: &["PHP/7.4.3"],
@@ -131,9 +136,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 format!("absent-{i}")
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/api/version\"\n    matchers:\n      - type: word\n        part: body\n        words:\n          - \"{word}\"\n    extractors:\n      - type: json\n        json:\n          - '.version'\n"
-            )
+            get("/api/version")
+                + &format!(
+                    "    matchers:\n      - type: word\n        part: body\n        words:\n          - \"{word}\"\n    extractors:\n      - type: json\n        json:\n          - '.version'\n"
+                )
         },
         path: "/api/version",
         extracted: &["2.4.1"],
@@ -163,9 +169,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 format!("absent-{i}")
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/login\"\n      - \"{{{{BaseURL}}}}/api/version\"\n    req-condition: true\n    matchers:\n      - type: dsl\n        dsl:\n          - \"status_code_1 == 200 && contains(body_1, 'Admin Login') && contains(body_2, '{second}')\"\n"
-            )
+            get("/login")
+                + &format!(
+                    "      - \"{{{{BaseURL}}}}/api/version\"\n    req-condition: true\n    matchers:\n      - type: dsl\n        dsl:\n          - \"status_code_1 == 200 && contains(body_1, 'Admin Login') && contains(body_2, '{second}')\"\n"
+                )
         },
         path: "/api/version",
         extracted: &[],
@@ -179,9 +186,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 (format!("Grafana {i}"), format!("Tomcat {i}"))
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/login\"\n    matchers-condition: or\n    matchers:\n      - type: word\n        name: login-page\n        words:\n          - \"{a}\"\n      - type: word\n        name: php\n        part: header\n        words:\n          - \"{b}\"\n"
-            )
+            get("/login")
+                + &format!(
+                    "    matchers-condition: or\n    matchers:\n      - type: word\n        name: login-page\n        words:\n          - \"{a}\"\n      - type: word\n        name: php\n        part: header\n        words:\n          - \"{b}\"\n"
+                )
         },
         path: "/login",
         extracted: &[],
@@ -196,9 +204,10 @@ const KINDS: [Kind; 11] = [
             } else {
                 "Admin Login".into()
             };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/login\"\n    matchers:\n      - type: word\n        negative: true\n        words:\n          - \"{word}\"\n"
-            )
+            get("/login")
+                + &format!(
+                    "    matchers:\n      - type: word\n        negative: true\n        words:\n          - \"{word}\"\n"
+                )
         },
         path: "/login",
         extracted: &[],
@@ -208,15 +217,22 @@ const KINDS: [Kind; 11] = [
         name: "status",
         body: |i, m| {
             let status = if m { 403 } else { 401 + i };
-            format!(
-                "http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}/admin\"\n    matchers:\n      - type: status\n        status:\n          - {status}\n"
-            )
+            get("/admin")
+                + &format!(
+                    "    matchers:\n      - type: status\n        status:\n          - {status}\n"
+                )
         },
         path: "/admin",
         extracted: &[],
         matchers: &[""],
     },
 ];
+
+/// A template's one GET request of `path` on the target, up to its
+/// matchers (which follow).
+fn get(path: &str) -> String {
+    format!("http:\n  - method: GET\n    path:\n      - \"{{{{BaseURL}}}}{path}\"\n")
+}
 
 /// The set: [`KINDS`] × 25 variants, 10 of each matching.
 pub fn generate() -> TemplateSet {
