@@ -16,7 +16,6 @@
 set -euo pipefail
 root=${RELEASE_CHECK_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 chart=$root/deploy/helm/nuclei-operator
-crd=nucleiscans.nuclei.homelab.mortenolsen.pro.yaml
 failed=0
 fail() { printf 'release-check: %s\n' "$*" >&2; failed=1; }
 
@@ -35,9 +34,9 @@ yaml_value() { sed -n "s/^$2: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/\1/p" "$1" | head
   fail "deploy/helm/nuclei-operator/Chart.yaml appVersion is '$(yaml_value "$chart/Chart.yaml" appVersion)', not $want"
 grep -Eq '^  tag: *"?"?$' "$chart/values.yaml" ||
   fail "deploy/helm/nuclei-operator/values.yaml image.tag must stay empty (the chart's appVersion)"
-for f in "$root/deploy/crds/$crd" "$chart/crds/$crd"; do
+for f in "$root"/deploy/crds/*.yaml "$chart"/crds/*.yaml; do
   grep -Eq "^    app.kubernetes.io/version: '?\"?$want'?\"?$" "$f" ||
-    fail "${f#"$root"/} is not labelled app.kubernetes.io/version: $want (regenerate it: NUCLEI_UPDATE_CRD=1 cargo test --lib crd, and copy it into the chart)"
+    fail "${f#"$root"/} is not labelled app.kubernetes.io/version: $want (regenerate: NUCLEI_UPDATE_CRD=1 cargo test --lib crd)"
 done
 grep -Eq "^## \[$want\]" "$root/CHANGELOG.md" ||
   fail "CHANGELOG.md has no '## [$want]' section"

@@ -108,8 +108,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         ingress_classes: settings.ingress_classes.clone(),
         namespaces,
     });
-    let (notify, notifier_task) =
-        crate::notify::start(&client, &settings, &metrics, &reporter, &shutdown)?;
+    let (exceptions, exceptions_task) =
+        crate::suppress::controller::start(&client, scans.clone(), &reporter, shutdown.clone());
+    let (notify, notifier_task) = crate::notify::start(
+        &client, &settings, &metrics, &reporter, exceptions, &shutdown,
+    )?;
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),
         settings.clone(),
@@ -128,6 +131,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     if let Some(task) = notifier_task {
         tasks.spawn(task);
     }
+    tasks.spawn(exceptions_task);
     tasks.spawn(sources::run::<Ingress>(
         source_ctx.clone(),
         (),

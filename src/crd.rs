@@ -1,9 +1,9 @@
-//! Upgrading the installed `NucleiScan` CRD to the one this binary defines
+//! Bringing the installed CRDs to the ones this binary defines
 //! (`nuclei-operator crd --apply`). Helm installs `crds/` once and never
-//! upgrades it; the chart runs this as a pre-upgrade hook Job so that a
-//! `helm upgrade` brings the schema the new operator writes. It only updates
-//! an installed CRD (the hook's RBAC cannot create one) and never replaces a
-//! CRD of a newer operator version with an older one.
+//! upgrades it, nor installs a CRD added to it later; the chart runs this as
+//! a pre-upgrade hook Job so that a `helm upgrade` brings the schemas the new
+//! operator writes and the kinds it watches. It never replaces a CRD of a
+//! newer operator version with an older one.
 
 use std::time::Duration;
 
@@ -12,37 +12,49 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::api::{CRD_VERSION_LABEL, crd};
+use crate::api::{CRD_VERSION_LABEL, crds};
 
 /// Field manager of the hook's apply.
 const FIELD_MANAGER: &str = "nuclei-operator-crd-upgrade";
 
-/// What [`apply`] did.
+/// What [`apply`] did to one CRD.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
+    /// It was not installed and now is.
+    Created,
     /// The CRD is now this binary's (it may have been already).
     Updated { from: Option<String> },
     /// The installed CRD comes from a newer operator version: left alone.
     KeptNewer { installed: String },
 }
 
-/// Applies [`crd`] over the installed CRD (server-side, taking over the
-/// fields Helm or anyone else set) and waits until the API server serves it.
-pub async fn apply(client: kube::Client, wait: Duration) -> Result<Applied> {
+/// Applies every CRD of [`crds`] (server-side, taking over the fields Helm
+/// or anyone else set; creating the missing ones) and waits until the API
+/// server serves each. Returns each CRD's name and what was done.
+pub async fn apply(client: kube::Client, wait: Duration) -> Result<Vec<(String, Applied)>> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
-    let want = crd();
+    let mut done = Vec::new();
+    for (_, want) in crds() {
+        let name = want.name_any();
+        let applied = apply_one(&api, &want, wait).await?;
+        done.push((name, applied));
+    }
+    Ok(done)
+}
+
+async fn apply_one(
+    api: &Api<CustomResourceDefinition>,
+    want: &CustomResourceDefinition,
+    wait: Duration,
+) -> Result<Applied> {
     let name = want.name_any();
     let installed = api
         .get_opt(&name)
         .await
         .with_context(|| format!("reading CustomResourceDefinition {name}"))?;
-    let Some(installed) = installed else {
-        bail!(
-            "CustomResourceDefinition {name} is not installed, and this only upgrades it: \
-             install the chart (its crds/ holds the CRD) or apply `nuclei-operator crd`"
-        );
-    };
-    let from = installed.labels().get(CRD_VERSION_LABEL).cloned();
+    let from = installed
+        .as_ref()
+        .and_then(|c| c.labels().get(CRD_VERSION_LABEL).cloned());
     if let Some(installed) = from
         .as_deref()
         .filter(|v| is_newer(v, env!("CARGO_PKG_VERSION")))
@@ -54,7 +66,7 @@ pub async fn apply(client: kube::Client, wait: Duration) -> Result<Applied> {
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&want),
+        &Patch::Apply(want),
     )
     .await
     .with_context(|| format!("applying CustomResourceDefinition {name}"))?;
@@ -62,7 +74,10 @@ pub async fn apply(client: kube::Client, wait: Duration) -> Result<Applied> {
     loop {
         let now = api.get(&name).await?;
         if established(&now) {
-            return Ok(Applied::Updated { from });
+            return Ok(match installed {
+                None => Applied::Created,
+                Some(_) => Applied::Updated { from },
+            });
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
@@ -115,12 +130,13 @@ mod tests {
     }
 
     #[test]
-    fn the_crd_names_this_version() {
-        let crd = crd();
-        assert_eq!(
-            crd.labels().get(CRD_VERSION_LABEL).map(String::as_str),
-            Some(env!("CARGO_PKG_VERSION"))
-        );
+    fn every_crd_names_this_version() {
+        for (_, crd) in crds() {
+            assert_eq!(
+                crd.labels().get(CRD_VERSION_LABEL).map(String::as_str),
+                Some(env!("CARGO_PKG_VERSION"))
+            );
+        }
     }
 
     #[test]

@@ -21,4 +21,5 @@ pub mod scan;
 pub mod scanner;
 pub mod settings;
 pub mod sources;
+pub mod suppress;
 pub mod target_policy;

@@ -81,7 +81,7 @@ async fn main() -> Result<ExitCode> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command.expect("a subcommand") {
         Command::Crd { apply: false } => {
-            print!("{}", nuclei_operator::api::crd_yaml());
+            print!("{}", nuclei_operator::api::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd { apply: true } => {
@@ -89,17 +89,24 @@ async fn main() -> Result<ExitCode> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the API server")?;
-            match crd::apply(client, Duration::from_secs(60)).await? {
-                Applied::Updated { from } => tracing::info!(
-                    from = from.as_deref().unwrap_or("unlabelled"),
-                    to = env!("CARGO_PKG_VERSION"),
-                    "NucleiScan CRD applied"
-                ),
-                Applied::KeptNewer { installed } => tracing::warn!(
-                    installed,
-                    ours = env!("CARGO_PKG_VERSION"),
-                    "the installed NucleiScan CRD is of a newer operator version: left alone"
-                ),
+            for (crd, applied) in crd::apply(client, Duration::from_secs(60)).await? {
+                match applied {
+                    Applied::Created => {
+                        tracing::info!(crd, to = env!("CARGO_PKG_VERSION"), "CRD created")
+                    }
+                    Applied::Updated { from } => tracing::info!(
+                        crd,
+                        from = from.as_deref().unwrap_or("unlabelled"),
+                        to = env!("CARGO_PKG_VERSION"),
+                        "CRD applied"
+                    ),
+                    Applied::KeptNewer { installed } => tracing::warn!(
+                        crd,
+                        installed,
+                        ours = env!("CARGO_PKG_VERSION"),
+                        "the installed CRD is of a newer operator version: left alone"
+                    ),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

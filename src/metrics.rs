@@ -328,8 +328,11 @@ impl ScanSeries {
                 out.last_success.push((labels.clone(), unix_seconds(at)));
             }
             if let Some(summary) = &status.summary {
-                out.findings
-                    .push((labels, by_severity(&summary.findings_by_severity)));
+                // Findings an exception accepts do not count.
+                let all = by_severity(&summary.findings_by_severity);
+                let accepted = by_severity(&summary.suppressed_by_severity);
+                let counted = std::array::from_fn(|i| (all[i] - accepted[i]).max(0));
+                out.findings.push((labels, counted));
             }
         }
         out
@@ -338,7 +341,7 @@ impl ScanSeries {
     fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "nuclei_findings",
-            "Findings of each scan's latest completed run, by severity (true totals, also when the stored list was cut)",
+            "Findings of each scan's latest completed run, by severity (true totals, also when the stored list was cut), without those a NucleiFindingException accepts",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -499,6 +502,38 @@ mod tests {
         assert!(!m.encode().contains("nuclei_scans"));
         writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
         assert!(m.encode().contains("nuclei_scans{phase=\"New\"} 1"));
+    }
+
+    #[test]
+    fn findings_an_exception_accepts_do_not_count() {
+        let mut sum = summary(&[("critical", 2), ("high", 3), ("info", 5)]).unwrap();
+        sum.suppressed_findings = Some(4);
+        sum.suppressed_by_severity = [("critical", 1), ("high", 3), ("low", 0)]
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect();
+        let m = metrics_with(vec![scan(
+            "shop",
+            "web-ingress",
+            Some(NucleiScanStatus {
+                phase: Some(ScanPhase::Completed),
+                summary: Some(sum),
+                last_success_time: at(1_700_000_000),
+                ..Default::default()
+            }),
+        )]);
+        let text = m.encode();
+        let counted: Vec<String> = samples(&text, "nuclei_findings{")
+            .into_iter()
+            .filter(|s| !s.ends_with(" 0"))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"critical\"} 1",
+                "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"info\"} 5",
+            ]
+        );
     }
 
     #[test]

@@ -1297,12 +1297,13 @@ fn helm_template_renders_the_operator_and_its_rbac_in_the_release_namespace() ->
     .chain(cluster_scoped)
     .collect();
     assert_eq!(kinds, expected);
-    // One of each, but three ClusterRoles (the operator's, the scanners'
-    // and the data readers') and two Roles and RoleBindings (the lease's, and
-    // the notifier Secrets').
-    assert_eq!(r.docs.len(), expected.len() + 4);
+    // One of each, but five ClusterRoles (the operator's, the scanners',
+    // the data readers' and the two aggregated into the built-in edit and
+    // view roles) and two Roles and RoleBindings (the lease's, and the
+    // notifier Secrets').
+    assert_eq!(r.docs.len(), expected.len() + 6);
     assert_eq!(r.all("Role").len(), 2);
-    assert_eq!(r.all("ClusterRole").len(), 3);
+    assert_eq!(r.all("ClusterRole").len(), 5);
     for doc in &r.docs {
         let kind = doc["kind"].as_str().unwrap_or_default();
         let meta = &doc["metadata"];
@@ -1573,14 +1574,22 @@ fn the_operator_pod_meets_the_restricted_pod_security_standard() -> Result<()> {
 }
 
 #[test]
-fn the_crd_upgrade_hook_may_only_apply_the_nucleiscan_crd_before_an_upgrade() -> Result<()> {
+fn the_crd_upgrade_hook_may_only_apply_the_operators_crds_before_an_upgrade() -> Result<()> {
     let r = render(&[])?;
     let name = format!("{FULLNAME}-crd-upgrade");
-    let crd = format!(
-        "{}.{}",
-        crd_group_and_plural()?.1,
-        crd_group_and_plural()?.0
-    );
+    // Every CRD the chart ships, by name.
+    let mut crds = Vec::new();
+    for entry in std::fs::read_dir(chart_dir().join("crds"))? {
+        let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(entry?.path())?)?;
+        crds.push(
+            crd["metadata"]["name"]
+                .as_str()
+                .context("no name")?
+                .to_owned(),
+        );
+    }
+    crds.sort();
+    assert_eq!(crds.len(), 2, "{crds:?}");
     let kinds: BTreeSet<&str> = r.hooks.iter().filter_map(|h| h["kind"].as_str()).collect();
     assert_eq!(
         kinds,
@@ -1612,8 +1621,9 @@ fn the_crd_upgrade_hook_may_only_apply_the_nucleiscan_crd_before_an_upgrade() ->
         json!([{
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
-            "resourceNames": [crd],
-            "verbs": ["get", "patch"],
+            "resourceNames": crds,
+            // create: server-side apply of a CRD missing since the install.
+            "verbs": ["get", "patch", "create"],
         }])
     );
     let binding = r.hook("ClusterRoleBinding")?;
@@ -1901,6 +1911,8 @@ fn the_cluster_role_grants_only_what_the_operator_uses() -> Result<()> {
         ),
         (&group, &status, &["get", "patch"]),
         (&group, &finalizers, &["update"]),
+        (&group, "nucleifindingexceptions", &["get", "list", "watch"]),
+        (&group, "nucleifindingexceptions/status", &["patch"]),
         (
             "batch",
             "jobs",
@@ -2033,6 +2045,63 @@ fn the_data_reader_cluster_role_grants_get_on_the_data_paths_and_nothing_else() 
 const LEASE_ROLE: &str = "scans-nuclei-operator-leader-election";
 
 #[test]
+fn namespace_editors_may_accept_findings_and_viewers_may_read_them() -> Result<()> {
+    const GROUP: &str = "nuclei.homelab.mortenolsen.pro";
+    let r = render(&[])?;
+    let granted = |role: &Value| -> Result<BTreeSet<(String, String)>> {
+        Ok(grants(&role["rules"])?
+            .into_keys()
+            .map(|(group, resource, verb)| {
+                assert_eq!(group, GROUP);
+                (resource, verb)
+            })
+            .collect())
+    };
+    let pairs = |resource: &str, verbs: &[&str]| -> Vec<(String, String)> {
+        verbs
+            .iter()
+            .map(|v| (resource.to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let read = ["get", "list", "watch"];
+    let edit = r.named("ClusterRole", &format!("{FULLNAME}-edit"))?;
+    let labels = &edit["metadata"]["labels"];
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    let want: BTreeSet<_> = pairs(
+        "nucleifindingexceptions",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    )
+    .into_iter()
+    .chain(pairs("nucleiscans", &read))
+    .collect();
+    assert_eq!(
+        granted(edit)?,
+        want,
+        "editors change exceptions, never scans"
+    );
+    let view = r.named("ClusterRole", &format!("{FULLNAME}-view"))?;
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let want: BTreeSet<_> = pairs("nucleifindingexceptions", &read)
+        .into_iter()
+        .chain(pairs("nucleiscans", &read))
+        .collect();
+    assert_eq!(granted(view)?, want);
+    Ok(())
+}
+
+#[test]
 fn the_notifier_role_reads_only_secrets_in_the_release_namespace() -> Result<()> {
     let r = render(&[])?;
     let role = r.named("Role", &format!("{FULLNAME}-notifiers"))?;
@@ -2110,10 +2179,17 @@ fn the_chart_crds_are_byte_for_byte_the_generated_crds() -> Result<()> {
         );
     }
     let r = render(&["--include-crds"])?;
-    let crd = r.one("CustomResourceDefinition")?;
+    let names: BTreeSet<&str> = r
+        .all("CustomResourceDefinition")
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
     assert_eq!(
-        crd["metadata"]["name"],
-        "nucleiscans.nuclei.homelab.mortenolsen.pro"
+        names,
+        BTreeSet::from([
+            "nucleifindingexceptions.nuclei.homelab.mortenolsen.pro",
+            "nucleiscans.nuclei.homelab.mortenolsen.pro"
+        ])
     );
     Ok(())
 }

@@ -125,4 +125,9 @@ pub struct Finding {
     /// found it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen: Option<Time>,
+    /// The `NucleiFindingException` that accepts this finding: it does not
+    /// count in metrics, Events or notifications while that one is active.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 253))]
+    pub suppressed_by: String,
 }

@@ -491,6 +491,19 @@ pub struct ScanSummary {
     #[schemars(range(min = 0))]
     pub resolved_findings: Option<i64>,
 
+    /// Stored findings a `NucleiFindingException` accepts (marked
+    /// `suppressedBy`). Absent when no exception was checked against this
+    /// scan's findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub suppressed_findings: Option<i64>,
+
+    /// `suppressedFindings` per severity name; `findingsBySeverity` still
+    /// counts them (metrics subtract them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = non_negative_values)]
+    pub suppressed_by_severity: BTreeMap<String, i64>,
+
     /// Targets the target policy refused when the scan ran (their host
     /// resolved to a denied address), each with the reason; the first
     /// 10 of them.

@@ -39,6 +39,7 @@ use crate::api::NucleiScan;
 use crate::metrics::Metrics;
 use crate::scan::status::{chrono, patch_status, time};
 use crate::settings::{NotifierScope, Settings};
+use crate::suppress::controller::Exceptions;
 use deliver::Poster;
 use news::News;
 use notifier::Notifier;
@@ -90,6 +91,9 @@ pub struct Notifications {
     taken: Mutex<Taken>,
     in_flight: Arc<AtomicUsize>,
     sending: Arc<Semaphore>,
+    /// Accepted findings, left out of the news; the scan reconciler tells
+    /// it of each scan it sees.
+    pub exceptions: Arc<Exceptions>,
 }
 
 impl Notifications {
@@ -100,8 +104,10 @@ impl Notifications {
         poster: Poster,
         metrics: Arc<Metrics>,
         recorder: Recorder,
+        exceptions: Arc<Exceptions>,
     ) -> Self {
         Notifications {
+            exceptions,
             client,
             secrets,
             operator_namespace: settings.lease_namespace().to_string(),
@@ -139,7 +145,15 @@ impl Notifications {
         match api.get(&scan.name_any()).await {
             // The same run, unless another finished meanwhile (then its own
             // reconcile announces it).
-            Ok(whole) => News::of(&whole).filter(|n| n.run.timestamp_millis() == run),
+            // Without what an exception accepts: that is not news.
+            Ok(whole) => {
+                let rules = self
+                    .exceptions
+                    .rules(&whole.namespace().unwrap_or_default(), chrono::Utc::now());
+                News::of(&whole)
+                    .filter(|n| n.run.timestamp_millis() == run)
+                    .map(|n| n.without_accepted(&rules))
+            }
             Err(e) => {
                 // Not taken after all: the next reconcile tries again.
                 self.taken.lock().expect("taken lock").forget(&uid, run);
@@ -255,6 +269,7 @@ pub fn start(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     reporter: &Reporter,
+    exceptions: Arc<Exceptions>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(
     Arc<Notifications>,
@@ -275,6 +290,7 @@ pub fn start(
         poster,
         metrics.clone(),
         Recorder::new(client.clone(), reporter.clone()),
+        exceptions,
     );
     Ok((Arc::new(notify), task))
 }

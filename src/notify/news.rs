@@ -64,6 +64,15 @@ impl News {
             .then_some(status.last_success_time.as_ref().map(chrono)?)
     }
 
+    /// The news without the new findings an exception accepts: they are
+    /// not news while it is active.
+    pub fn without_accepted(mut self, rules: &crate::suppress::Rules) -> News {
+        let before = self.new.len();
+        self.new.retain(|f| rules.accepting(f).is_none());
+        self.new_total = (self.new_total - (before - self.new.len()) as i64).max(0);
+        self
+    }
+
     /// The stored new findings at `min` or more severe (a finding without
     /// a severity counts as unknown).
     pub fn at_least(&self, min: Severity) -> impl Iterator<Item = &Finding> {

@@ -322,6 +322,7 @@ async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
     // After the scan's own writes, so that telling of a run never delays
     // scheduling the next.
     announce(&ctx, &scan).await;
+    ctx.notify.exceptions.seen(&scan);
     Ok(action)
 }
 

@@ -316,6 +316,7 @@ impl RawResult<'_> {
             timestamp: self.timestamp.0.trim().parse::<Timestamp>().ok().map(Time),
             fingerprint: String::new(),
             first_seen: None,
+            suppressed_by: String::new(),
         };
         finding.fingerprint = super::history::fingerprint(&finding);
         Ok(Some(finding))

@@ -261,6 +261,13 @@ pub async fn run(
                 "durationSeconds": duration,
                 "findingsTruncated": report.truncated(),
                 "storedFindings": report.stored(),
+                // A merge patch keeps what it does not name: the last run's
+                // counts would outlive it.
+                "newFindings": null,
+                "unchangedFindings": null,
+                "resolvedFindings": null,
+                "suppressedFindings": null,
+                "suppressedBySeverity": null,
             });
             if let Some(note) = stats_note {
                 warn!("{note}");

@@ -105,16 +105,9 @@ pub async fn cluster(hosts: &[(&str, Ipv4Addr)]) -> DevCluster {
         )
         .await
         .unwrap();
-    let crd: CustomResourceDefinition = nuclei_operator::api::crd();
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    crds.patch(
-        crd.metadata.name.as_deref().unwrap(),
-        &PatchParams::apply("e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    crd_established(&crds, "nucleiscans.nuclei.homelab.mortenolsen.pro").await;
+    for (_, crd) in nuclei_operator::api::crds() {
+        install_crd(&client, crd).await;
+    }
     cluster
 }
 
