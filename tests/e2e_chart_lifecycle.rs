@@ -21,7 +21,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use nuclei_operator::api::gateway::V1;
-use nuclei_operator::api::{NucleiScan, ScanPhase};
+use nuclei_operator::api::{
+    NucleiFindingException, NucleiFindingExceptionSpec, NucleiScan, ScanPhase,
+};
 use serde_json::{Value, json};
 use support::chart::{Chart, restricted_namespace};
 use support::gateway;
@@ -41,8 +43,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Host names the pods resolve to the test target; `dead.test` goes to an
 /// address where nothing listens.
-const HOSTS: [&str; 12] = [
+const HOSTS: [&str; 13] = [
     "plain.test",
+    "accept.test",
     "report.test",
     "route.test",
     "slow0.test",
@@ -448,6 +451,154 @@ async fn findings_of_the_charts_defaults_reach_a_report_metrics_and_the_ingress(
         "{metrics}"
     );
     assert_eq!(mine().len(), 1, "told once");
+}
+
+#[tokio::test]
+async fn a_namespace_editor_accepts_a_finding_of_the_charts_defaults_and_it_leaves_the_news_and_metrics()
+ {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let _serial = SERIAL.lock().await;
+    let (env, client) = env().await;
+    let ns = "accepting";
+    restricted_namespace(&client, ns).await;
+    // Whoever may edit the namespace may accept findings in it: the
+    // chart's ClusterRole is aggregated into the built-in `edit`.
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "alice-edit", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let may = |verb: &str| {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some("alice".into()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.into()),
+                    verb: Some(verb.into()),
+                    group: Some("nuclei.homelab.mortenolsen.pro".into()),
+                    resource: Some("nucleifindingexceptions".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let client = client.clone();
+        async move {
+            let r = Api::<SubjectAccessReview>::all(client)
+                .create(&PostParams::default(), &review)
+                .await
+                .ok()?;
+            r.status.map(|s| s.allowed)
+        }
+    };
+    eventually(
+        Duration::from_secs(60),
+        "an editor may create exceptions",
+        || async { (may("create").await == Some(true)).then_some(()) },
+    )
+    .await;
+
+    // The chart's defaults find two highs on accept.test; the canary is accepted.
+    let exceptions: Api<NucleiFindingException> = Api::namespaced(client.clone(), ns);
+    let accepted = NucleiFindingException::new(
+        "canary",
+        NucleiFindingExceptionSpec {
+            template_id: "nuclei-operator-canary".into(),
+            target: "accept.test".into(),
+            reason: "a test page".into(),
+            accepted_by: "alice".into(),
+            expires: None,
+        },
+    );
+    exceptions
+        .create(&PostParams::default(), &accepted)
+        .await
+        .unwrap();
+    create_ingress(&client, ns, "shop", "accept.test", json!({})).await;
+    let api = scans(&client, ns);
+    phase(
+        &api,
+        "shop-ingress",
+        ScanPhase::Completed,
+        Duration::from_secs(120),
+    )
+    .await;
+    let scan = eventually(Duration::from_secs(60), "the canary marked", || async {
+        let scan = api.get("shop-ingress").await.ok()?;
+        let summary = scan.status.as_ref()?.summary.as_ref()?;
+        (summary.suppressed_findings == Some(1)).then_some(scan)
+    })
+    .await;
+    let st = scan.status.as_ref().unwrap();
+    let marked: BTreeSet<(&str, &str)> = st
+        .findings
+        .iter()
+        .map(|f| (f.template_id.as_str(), f.suppressed_by.as_str()))
+        .collect();
+    assert_eq!(
+        marked,
+        BTreeSet::from([
+            ("nuclei-operator-canary", "canary"),
+            ("nuclei-operator-other-tag", "")
+        ])
+    );
+    let summary = st.summary.as_ref().unwrap();
+    assert_eq!(summary.findings_by_severity.get("high"), Some(&2));
+    assert_eq!(summary.suppressed_by_severity.get("high"), Some(&1));
+    event(
+        &client,
+        ns,
+        "shop",
+        "Warning",
+        "NewFindings",
+        "1 new finding (1 high)",
+    )
+    .await;
+    let hook = HOOK.get().unwrap();
+    let told = eventually(Duration::from_secs(60), "the notifier told", || async {
+        let mine: Vec<Value> = hook
+            .got("chart")
+            .into_iter()
+            .filter(|m| m["scan"]["namespace"] == ns)
+            .collect();
+        Some(mine).filter(|m| !m.is_empty())
+    })
+    .await;
+    assert_eq!(told[0]["newFindings"], 1, "{}", told[0]);
+    let ids: Vec<&str> = told[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["templateId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["nuclei-operator-other-tag"]);
+    let metrics = env
+        .get("/metrics")
+        .await
+        .expect("/metrics answers the data reader");
+    assert_eq!(
+        sample(&metrics, &findings_series(ns, "shop-ingress", "high")),
+        Some(1.0),
+        "{metrics}"
+    );
+    let ex = eventually(Duration::from_secs(30), "the exception's count", || async {
+        let ex = exceptions.get("canary").await.ok()?;
+        (ex.status.as_ref()?.suppressed_findings == Some(1)).then_some(ex)
+    })
+    .await;
+    let active = &ex.status.unwrap().conditions[0];
+    assert_eq!(
+        (active.type_.as_str(), active.status.as_str()),
+        ("Active", "True")
+    );
 }
 
 #[tokio::test]

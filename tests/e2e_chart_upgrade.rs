@@ -108,6 +108,13 @@ async fn helm_upgrade_from_the_previous_chart_keeps_every_scan_and_upgrades_the_
     let old_crd = crds.get(CRD).await.unwrap();
     // What the upgrade must change: the previous chart's CRD names no version.
     assert_eq!(version_label(&old_crd), None);
+    // The previous chart had no finding exceptions.
+    assert!(
+        crds.get_opt("nucleifindingexceptions.nuclei.homelab.mortenolsen.pro")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let ns = namespace(&client, "web").await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
@@ -170,6 +177,17 @@ async fn helm_upgrade_from_the_previous_chart_keeps_every_scan_and_upgrades_the_
         version_label(&crd).as_deref(),
         Some(env!("CARGO_PKG_VERSION"))
     );
+    // …created the kinds the previous version lacked (Helm installs no
+    // CRD on an upgrade)…
+    for (_, want) in nuclei_operator::api::crds() {
+        let name = want.name_any();
+        let got = crds.get(&name).await.unwrap();
+        assert_eq!(
+            version_label(&got).as_deref(),
+            Some(env!("CARGO_PKG_VERSION")),
+            "{name}"
+        );
+    }
     let want = nuclei_operator::api::crd();
     assert_eq!(
         serde_json::to_value(&crd.spec.versions[0].schema).unwrap(),

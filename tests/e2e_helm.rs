@@ -438,6 +438,7 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
     let expected = set(&[
         // Helm keeps CRDs from crds/ (and the API server serves its group).
         format!("CustomResourceDefinition {CRD}"),
+        "CustomResourceDefinition nucleifindingexceptions.nuclei.homelab.mortenolsen.pro".into(),
         "APIService v1alpha1.nuclei.homelab.mortenolsen.pro".into(),
         // `--create-namespace` namespaces are not part of the release; the
         // controller-manager fills every namespace with these two.

@@ -556,7 +556,7 @@ async fn start_control_plane(
             "--leader-elect=false".into(),
             format!("--root-ca-file={}", p(&pki.ca_cert)),
             format!("--service-account-private-key-file={}", p(&pki.sa_key)),
-            "--controllers=job-controller,garbage-collector-controller,ttl-after-finished-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,cronjob-controller,pod-garbage-collector-controller".into(),
+            "--controllers=job-controller,garbage-collector-controller,ttl-after-finished-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,cronjob-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller".into(),
             "--profiling=false".into(),
         ],
         &logs.join("kube-controller-manager.log"),

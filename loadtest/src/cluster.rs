@@ -114,7 +114,7 @@ impl Cluster {
     }
 
     /// Installs (server-side applies) what the chart would: the scanner
-    /// ClusterRole, and the NucleiScan CRD, waiting until it is established.
+    /// ClusterRole, and the operator's CRDs, waiting until each is established.
     pub async fn install_crd(&self) -> Result<()> {
         let role = nuclei_operator::jobs::scanner_cluster_role(
             nuclei_operator::jobs::SCANNER_CLUSTER_ROLE,
@@ -127,7 +127,10 @@ impl Cluster {
             )
             .await
             .context("applying the scanner ClusterRole")?;
-        self.apply_crd(nuclei_operator::api::crd()).await
+        for (_, crd) in nuclei_operator::api::crds() {
+            self.apply_crd(crd).await?;
+        }
+        Ok(())
     }
 
     /// Installs (server-side applies) the Gateway API project's own CRDs
