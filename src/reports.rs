@@ -149,13 +149,19 @@ pub async fn run(ctx: Arc<ReportCtx>, shutdown: CancellationToken) {
 /// finished; `None` before a scan has completed once.
 pub fn run_marker(scan: &NucleiScan) -> Option<String> {
     let status = scan.status.as_ref()?;
-    status.summary.as_ref()?;
+    let summary = status.summary.as_ref()?;
     let at = status.last_success()?;
-    Some(format!(
+    let run = format!(
         "{}/{}",
         scan.uid().unwrap_or_default(),
         chrono(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    ))
+    );
+    // Exceptions accept findings of a run after it was written: the report
+    // follows (see `crate::suppress`).
+    Some(match summary.suppressed_findings {
+        Some(n) => format!("{run}/accepted={n}"),
+        None => run,
+    })
 }
 
 async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationToken) {
@@ -312,13 +318,21 @@ pub fn build(format: Format, scan: &NucleiScan, budget_bytes: usize) -> Option<V
     let status = scan.status.as_ref()?;
     let summary = status.summary.as_ref()?;
     let finished = status.last_success().map(chrono).unwrap_or_default();
-    let (mut fail, mut warn) = (0i64, 0i64);
+    // Findings an exception accepts are `skip`, not `fail` or `warn`.
+    let (mut fail, mut warn, mut skip) = (0i64, 0i64, 0i64);
+    let accepted = &summary.suppressed_by_severity;
     for (key, n) in &summary.findings_by_severity {
         let severity = key.parse().unwrap_or(Severity::Unknown);
+        let skipped = accepted
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .clamp(0, (*n).max(0));
+        skip += skipped;
         if result_of(severity) == "fail" {
-            fail += (*n).max(0);
+            fail += (*n).max(0) - skipped;
         } else {
-            warn += (*n).max(0);
+            warn += (*n).max(0) - skipped;
         }
     }
     let mut results = Vec::new();
@@ -364,7 +378,7 @@ pub fn build(format: Format, scan: &NucleiScan, budget_bytes: usize) -> Option<V
             "namespace": source.namespace,
             "uid": source.uid,
         },
-        "summary": { "pass": 0, "fail": fail, "warn": warn, "error": 0, "skip": 0 },
+        "summary": { "pass": 0, "fail": fail, "warn": warn, "error": 0, "skip": skip },
         "results": results,
     });
     if format == Format::OpenReports {
@@ -400,6 +414,7 @@ fn result(f: &Finding, finished: DateTime<Utc>) -> Value {
         ("resultID", result_id(f)),
         ("host", f.host.clone()),
         ("matchedAt", f.matched_at.clone()),
+        ("suppressedBy", f.suppressed_by.clone()),
     ]);
     if !f.cve_ids.is_empty() {
         properties.insert("cve", f.cve_ids.join(","));
@@ -419,7 +434,7 @@ fn result(f: &Finding, finished: DateTime<Utc>) -> Value {
             Severity::Unknown => "info",
             s => s.as_str(),
         },
-        "result": result_of(severity),
+        "result": if f.suppressed_by.is_empty() { result_of(severity) } else { "skip" },
         "scored": true,
         "timestamp": { "seconds": at.timestamp(), "nanos": 0 },
         "message": format!("{name} at {place}"),
@@ -592,6 +607,26 @@ mod tests {
         assert_eq!(r["summary"]["fail"], 2);
         assert_eq!(r["summary"]["warn"], 800);
         assert_eq!(r["metadata"]["annotations"][TRUNCATED_ANNOTATION], "true");
+    }
+
+    #[test]
+    fn accepted_findings_are_skipped_not_failed() {
+        let mut accepted = finding("git-config", Severity::High, "http://h/.git/config");
+        accepted.suppressed_by = "docs-mirror".into();
+        let other = finding("admin", Severity::High, "http://h/admin");
+        let mut s = scan(vec![accepted, other], &[("high", 2), ("info", 1)]);
+        let summary = s.status.as_mut().unwrap().summary.as_mut().unwrap();
+        summary.suppressed_by_severity = [("high".to_owned(), 1), ("info".to_owned(), 0)].into();
+        let r = build(Format::OpenReports, &s, 1 << 20).unwrap();
+        assert_eq!(
+            r["summary"],
+            json!({"pass": 0, "fail": 1, "warn": 1, "error": 0, "skip": 1})
+        );
+        let results = r["results"].as_array().unwrap();
+        assert_eq!(results[0]["result"], "skip");
+        assert_eq!(results[0]["properties"]["suppressedBy"], "docs-mirror");
+        assert_eq!(results[1]["result"], "fail");
+        assert!(results[1]["properties"].get("suppressedBy").is_none());
     }
 
     #[test]

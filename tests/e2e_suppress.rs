@@ -1,7 +1,8 @@
 //! End-to-end, issue #14 part 3: a `NucleiFindingException` accepts
 //! findings. Real scans of a local canary target: the accepted finding stays
 //! in the status marked `suppressedBy`, is left out of the `nuclei_findings`
-//! metric, the `NewFindings` Event and notifications, is marked again after
+//! metric, the `NewFindings` Event and notifications, is `skip` in the
+//! scan's report, is marked again after
 //! each run, and counts again when the exception expires; an exception that
 //! would accept everything is reported Invalid; deleting the last one
 //! removes every mark.
@@ -18,6 +19,7 @@ use nuclei_operator::api::{
 };
 use serde_json::json;
 use support::notify::{Receiver, notifier};
+use support::reports::{open_reports, report};
 use support::{
     Operator, canary_target, cluster, event, eventually, ingress, namespace, next_run, target_ip,
 };
@@ -93,6 +95,8 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
     canary_target(target_ip(1)).await;
     let cluster = cluster(&[("accepted.test", target_ip(1)), ("told.test", target_ip(1))]).await;
     let client = cluster.client().await.unwrap();
+    let tools = devcluster::Tools::locate().unwrap();
+    support::install_crd(&client, tools.openreports_crd().unwrap()).await;
     let ns = namespace(&client, "accepted").await;
     let rx = Receiver::start(&[]);
     notifier(&client, &ns, "hook", "webhook", &rx.url("hook"), json!({})).await;
@@ -146,6 +150,16 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
         (1, Some(1)),
         "the finding is still found, and new"
     );
+    // The scan's report lists it as skipped, not failed.
+    let r = report(
+        &open_reports(&client, &ns),
+        "accepted-ingress",
+        "the report with the finding skipped",
+        |r| r["summary"]["skip"] == 1,
+    )
+    .await;
+    assert_eq!(r["summary"]["fail"], 0, "{r}");
+    assert_eq!(r["results"][0]["properties"]["suppressedBy"], "canary-page");
     eventually(Duration::from_secs(30), "the metric without it", || async {
         (highs(&operator, &ns, "accepted-ingress").await.as_deref() == Some("0")).then_some(())
     })
@@ -268,6 +282,13 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
         &scans,
         "accepted-ingress",
         (vec![String::new()], Some(0), Some(0)),
+    )
+    .await;
+    report(
+        &open_reports(&client, &ns),
+        "accepted-ingress",
+        "the report with the finding failed again",
+        |r| r["summary"]["skip"] == 0 && r["summary"]["fail"] == 1,
     )
     .await;
     eventually(Duration::from_secs(30), "the metric with it", || async {
