@@ -196,8 +196,11 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
     )
     .await;
     // By now the accepted scan's run, which finished first, was long
-    // announced or left out.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // announced or left out; and marked scans are not written again.
+    let rv = |s: NucleiScan| s.metadata.resource_version;
+    let before = rv(scans.get("accepted-ingress").await.unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rv(scans.get("accepted-ingress").await.unwrap()), before);
     let got = rx.got("hook");
     assert_eq!(got.len(), 1, "only the told scan's run is told: {got:?}");
     assert_eq!(told[0]["scan"]["name"], "told-ingress", "{}", told[0]);
@@ -310,4 +313,47 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
     )
     .await;
     wait_marks(&scans, "told-ingress", (vec![String::new()], None, None)).await;
+}
+
+#[tokio::test]
+async fn without_the_exceptions_crd_scans_run_and_the_operator_says_why_nothing_is_accepted() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    canary_target(target_ip(2)).await;
+    let cluster = cluster(&[("plain.test", target_ip(2))]).await;
+    let client = cluster.client().await.unwrap();
+    // As on a cluster whose CRDs are managed by hand and were not updated.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.delete(
+        "nucleifindingexceptions.nuclei.homelab.mortenolsen.pro",
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "the CRD gone", || async {
+        crds.get_opt("nucleifindingexceptions.nuclei.homelab.mortenolsen.pro")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let ns = namespace(&client, "plain").await;
+    let operator = Operator::start(&cluster, &[("DEFAULT_TEMPLATES", "")]).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ann = json!({format!("{P}templates"): "canary.yaml"});
+    ingresses
+        .create(&PostParams::default(), &ingress("plain", "plain.test", ann))
+        .await
+        .unwrap();
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let (_, scan) = next_run(&scans, "plain-ingress", None, None).await;
+    let st = scan.status.unwrap();
+    assert_eq!(st.findings.len(), 1);
+    assert!(st.findings[0].suppressed_by.is_empty());
+    assert_eq!(st.summary.unwrap().suppressed_findings, None);
+    let log = operator.log_text();
+    assert!(
+        log.contains("watching NucleiFindingExceptions"),
+        "the operator says why no exception applies: {log}"
+    );
 }

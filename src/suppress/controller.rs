@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -115,7 +115,7 @@ pub fn start(
         let watch = {
             let wake = wake.clone();
             let mut warned = false;
-            events.for_each(move |event| {
+            events.default_backoff().for_each(move |event| {
                 match event {
                     Ok(event) => {
                         warned = false;
@@ -165,16 +165,22 @@ struct Worker {
 
 impl Worker {
     async fn run(&self, rx: &mut mpsc::UnboundedReceiver<Work>) {
-        // Nothing is marked before both caches are whole: a namespace's
-        // exceptions half-listed would unmark findings.
-        crate::cache::ready(&self.scans).await;
-        crate::cache::ready(&self.exceptions).await;
+        // Nothing is marked before both caches are whole (a namespace's
+        // exceptions half-listed would unmark findings); work waits,
+        // deduplicated, meanwhile (also for good while the CRD is missing).
+        let ready = async {
+            crate::cache::ready(&self.scans).await;
+            crate::cache::ready(&self.exceptions).await;
+        };
+        let mut ready = std::pin::pin!(ready);
+        let mut is_ready = false;
         let mut pending: BTreeSet<Work> = BTreeSet::new();
         // Namespace → when its next exception expires (or it is retried).
         let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
         loop {
             let next = due.values().min().copied();
             tokio::select! {
+                _ = &mut ready, if !is_ready => is_ready = true,
                 work = rx.recv() => match work {
                     Some(w) => { pending.insert(w); }
                     None => return,
@@ -189,6 +195,9 @@ impl Worker {
                         keep
                     });
                 }
+            }
+            if !is_ready {
+                continue;
             }
             // A burst of events (a restart lists every exception) makes one
             // pass per namespace.

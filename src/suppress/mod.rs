@@ -14,6 +14,7 @@ pub mod controller;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use kube::ResourceExt;
 
 use crate::api::exception::MAX_PATTERN_LEN;
 use crate::api::{Finding, NucleiFindingException, Severity};
@@ -34,7 +35,10 @@ impl State {
     /// The state of `ex` at `now`.
     pub fn of(ex: &NucleiFindingException, now: DateTime<Utc>) -> State {
         let spec = &ex.spec;
-        let name = kube::ResourceExt::name_any(ex);
+        let name = ex.name_any();
+        if let Some(why) = ex.annotations().get(crate::cache::UNREADABLE) {
+            return State::Invalid(format!("it cannot be read: {why}"));
+        }
         if spec.reason.trim().is_empty() {
             return State::Invalid(
                 "spec.reason is empty: say why the findings are accepted".into(),

@@ -138,6 +138,17 @@ fn an_exception_is_active_until_it_expires_and_invalid_when_it_would_accept_ever
     assert!(
         matches!(State::of(&nobody, at(0)), State::Invalid(m) if m.contains("spec.acceptedBy"))
     );
+    let mut unreadable = exception("x", "git-config", "");
+    unreadable.metadata.annotations = Some(
+        [(
+            crate::cache::UNREADABLE.to_owned(),
+            "spec.expires: bad date".to_owned(),
+        )]
+        .into(),
+    );
+    assert!(
+        matches!(State::of(&unreadable, at(0)), State::Invalid(m) if m.contains("spec.expires: bad date"))
+    );
     let long = exception("x", "", &"a".repeat(MAX_PATTERN_LEN + 1));
     assert!(matches!(State::of(&long, at(0)), State::Invalid(m) if m.contains("longer")));
 }
