@@ -89,6 +89,18 @@ async fn active(
     Some((c.status.clone(), c.reason.clone(), st.suppressed_findings))
 }
 
+/// Waits until the exception's `Active` condition has `reason`.
+async fn turned(
+    exceptions: &Api<NucleiFindingException>,
+    name: &str,
+    reason: &str,
+) -> (String, String, Option<i64>) {
+    eventually(Duration::from_secs(30), reason, || async {
+        active(exceptions, name).await.filter(|a| a.1 == reason)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_again_when_the_exception_expires()
  {
@@ -232,12 +244,7 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
         .create(&PostParams::default(), &exception("everything", "", "*"))
         .await
         .unwrap();
-    let invalid = eventually(Duration::from_secs(30), "Invalid", || async {
-        active(&exceptions, "everything")
-            .await
-            .filter(|a| a.1 == "Invalid")
-    })
-    .await;
+    let invalid = turned(&exceptions, "everything", "Invalid").await;
     assert_eq!(invalid, ("False".into(), "Invalid".into(), Some(0)));
     event(
         &client,
@@ -265,12 +272,7 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
         )
         .await
         .unwrap();
-    let expired = eventually(Duration::from_secs(30), "Expired", || async {
-        active(&exceptions, "canary-page")
-            .await
-            .filter(|a| a.1 == "Expired")
-    })
-    .await;
+    let expired = turned(&exceptions, "canary-page", "Expired").await;
     assert_eq!(expired, ("False".into(), "Expired".into(), Some(0)));
     event(
         &client,
