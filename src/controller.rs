@@ -111,7 +111,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (exceptions, exceptions_task) =
         crate::suppress::controller::start(&client, scans.clone(), &reporter, shutdown.clone());
     let (notify, notifier_task) = crate::notify::start(
-        &client, &settings, &metrics, &reporter, exceptions, &shutdown,
+        &client,
+        &settings,
+        &metrics,
+        &reporter,
+        exceptions.clone(),
+        &shutdown,
     )?;
     let scan_ctx = Arc::new(ScanCtx::new(
         client.clone(),
@@ -155,6 +160,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             scans: scans.clone(),
             setting: settings.reports_format,
             budget_bytes: crate::scanner::report::DEFAULT_BUDGET_BYTES,
+            exceptions: exceptions.clone(),
         }),
         shutdown.clone(),
     ));

@@ -328,9 +328,14 @@ impl ScanSeries {
                 out.last_success.push((labels.clone(), unix_seconds(at)));
             }
             if let Some(summary) = &status.summary {
-                // Findings an exception accepts do not count.
+                // Findings an exception accepts do not count (the counts
+                // of an earlier run say nothing of this one's).
                 let all = by_severity(&summary.findings_by_severity);
-                let accepted = by_severity(&summary.suppressed_by_severity);
+                let accepted = if status.suppression_current() {
+                    by_severity(&summary.suppressed_by_severity)
+                } else {
+                    [0; SEVERITIES]
+                };
                 let counted = std::array::from_fn(|i| (all[i] - accepted[i]).max(0));
                 out.findings.push((labels, counted));
             }
@@ -508,11 +513,12 @@ mod tests {
     fn findings_an_exception_accepts_do_not_count() {
         let mut sum = summary(&[("critical", 2), ("high", 3), ("info", 5)]).unwrap();
         sum.suppressed_findings = Some(4);
+        sum.suppressed_run = at(1_700_000_000);
         sum.suppressed_by_severity = [("critical", 1), ("high", 3), ("low", 0)]
             .iter()
             .map(|(k, n)| (k.to_string(), *n))
             .collect();
-        let m = metrics_with(vec![scan(
+        let marked = scan(
             "shop",
             "web-ingress",
             Some(NucleiScanStatus {
@@ -521,19 +527,25 @@ mod tests {
                 last_success_time: at(1_700_000_000),
                 ..Default::default()
             }),
-        )]);
-        let text = m.encode();
-        let counted: Vec<String> = samples(&text, "nuclei_findings{")
-            .into_iter()
-            .filter(|s| !s.ends_with(" 0"))
-            .collect();
+        );
+        let counted = |scan: NucleiScan| -> Vec<String> {
+            samples(&metrics_with(vec![scan]).encode(), "nuclei_findings{")
+                .into_iter()
+                .filter(|s| !s.ends_with(" 0"))
+                .collect()
+        };
         assert_eq!(
-            counted,
+            counted(marked.clone()),
             [
                 "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"critical\"} 1",
                 "nuclei_findings{namespace=\"shop\",nucleiscan=\"web-ingress\",severity=\"info\"} 5",
             ]
         );
+        // Counts taken of an earlier run (left by a scanner that did not
+        // clear them) say nothing of this one: everything counts.
+        let mut later = marked;
+        later.status.as_mut().unwrap().last_success_time = at(1_700_000_100);
+        assert_eq!(counted(later).len(), 3);
     }
 
     #[test]

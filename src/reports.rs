@@ -114,7 +114,13 @@ pub struct ReportCtx {
     pub setting: ReportsFormat,
     /// Most bytes the serialized results may take.
     pub budget_bytes: usize,
+    /// Finding exceptions: a run is reported once they were checked.
+    pub exceptions: Arc<crate::suppress::controller::Exceptions>,
 }
+
+/// Longest a run's report waits for its findings to be checked against
+/// the namespace's exceptions.
+const MARKS_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Writes reports while a report API the setting allows is served.
 pub async fn run(ctx: Arc<ReportCtx>, shutdown: CancellationToken) {
@@ -157,11 +163,33 @@ pub fn run_marker(scan: &NucleiScan) -> Option<String> {
         chrono(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
     // Exceptions accept findings of a run after it was written: the report
-    // follows (see `crate::suppress`).
-    Some(match summary.suppressed_findings {
-        Some(n) => format!("{run}/accepted={n}"),
-        None => run,
-    })
+    // follows them (see `crate::suppress`).
+    if !status.suppression_current() {
+        return Some(run);
+    }
+    let accepted: Vec<String> = Severity::ALL
+        .iter()
+        .map(|s| {
+            let n = summary.suppressed_by_severity.get(s.as_str());
+            n.copied().unwrap_or(0).to_string()
+        })
+        .collect();
+    Some(format!("{run}/accepted={}", accepted.join(",")))
+}
+
+/// Whether `scan`'s last run, which finished less than [`MARKS_WAIT`] ago,
+/// is still to be checked against its namespace's exceptions (reported
+/// now, accepted findings would show as failed until the next write).
+fn awaits_marks(ctx: &ReportCtx, scan: &NucleiScan) -> bool {
+    let Some(status) = scan.status.as_ref() else {
+        return false;
+    };
+    let recent = status
+        .last_success()
+        .is_some_and(|at| Utc::now() - chrono(at) < MARKS_WAIT);
+    recent
+        && !status.suppression_current()
+        && ctx.exceptions.any_in(&scan.namespace().unwrap_or_default())
 }
 
 async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationToken) {
@@ -213,6 +241,9 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
                 scan.name_any()
             );
             if written.get(&key) == Some(&run) {
+                continue;
+            }
+            if awaits_marks(&ctx, &scan) {
                 continue;
             }
             if failed
@@ -320,7 +351,12 @@ pub fn build(format: Format, scan: &NucleiScan, budget_bytes: usize) -> Option<V
     let finished = status.last_success().map(chrono).unwrap_or_default();
     // Findings an exception accepts are `skip`, not `fail` or `warn`.
     let (mut fail, mut warn, mut skip) = (0i64, 0i64, 0i64);
-    let accepted = &summary.suppressed_by_severity;
+    let none = BTreeMap::new();
+    let accepted = if status.suppression_current() {
+        &summary.suppressed_by_severity
+    } else {
+        &none
+    };
     for (key, n) in &summary.findings_by_severity {
         let severity = key.parse().unwrap_or(Severity::Unknown);
         let skipped = accepted
@@ -615,8 +651,16 @@ mod tests {
         accepted.suppressed_by = "docs-mirror".into();
         let other = finding("admin", Severity::High, "http://h/admin");
         let mut s = scan(vec![accepted, other], &[("high", 2), ("info", 1)]);
-        let summary = s.status.as_mut().unwrap().summary.as_mut().unwrap();
+        let unmarked = run_marker(&s).unwrap();
+        let status = s.status.as_mut().unwrap();
+        let run = status.last_success().cloned();
+        let summary = status.summary.as_mut().unwrap();
         summary.suppressed_by_severity = [("high".to_owned(), 1), ("info".to_owned(), 0)].into();
+        summary.suppressed_findings = Some(1);
+        summary.suppressed_run = run;
+        // Marking rewrites the report, and so does any other acceptance.
+        let marked = run_marker(&s).unwrap();
+        assert_eq!(marked, format!("{unmarked}/accepted=0,1,0,0,0,0"));
         let r = build(Format::OpenReports, &s, 1 << 20).unwrap();
         assert_eq!(
             r["summary"],

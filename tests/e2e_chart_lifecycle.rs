@@ -580,15 +580,11 @@ async fn a_namespace_editor_accepts_a_finding_of_the_charts_defaults_and_it_leav
         .map(|f| f["templateId"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["nuclei-operator-other-tag"]);
-    let metrics = env
-        .get("/metrics")
-        .await
-        .expect("/metrics answers the data reader");
-    assert_eq!(
-        sample(&metrics, &findings_series(ns, "shop-ingress", "high")),
-        Some(1.0),
-        "{metrics}"
-    );
+    eventually(Duration::from_secs(30), "one high counted", || async {
+        let metrics = env.get("/metrics").await?;
+        (sample(&metrics, &findings_series(ns, "shop-ingress", "high")) == Some(1.0)).then_some(())
+    })
+    .await;
     let ex = eventually(Duration::from_secs(30), "the exception's count", || async {
         let ex = exceptions.get("canary").await.ok()?;
         (ex.status.as_ref()?.suppressed_findings == Some(1)).then_some(ex)

@@ -388,7 +388,6 @@ async fn helm_uninstall_removes_the_release_and_a_reinstall_takes_over_what_it_k
         format!("ClusterRole {SCANNER_CLUSTER_ROLE}"),
         format!("ClusterRole {DATA_READER}"),
         format!("ClusterRole {FULLNAME}-edit"),
-        format!("ClusterRole {FULLNAME}-view"),
         format!("ClusterRoleBinding {FULLNAME}"),
         format!("ValidatingAdmissionPolicy {SCANNER_POLICY}"),
         format!("ValidatingAdmissionPolicyBinding {SCANNER_POLICY}"),

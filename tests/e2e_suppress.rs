@@ -262,6 +262,45 @@ async fn an_accepted_finding_is_marked_left_out_of_metrics_and_news_and_counts_a
     )
     .await;
 
+    // One that does not decode (a time zone offset past what a Time can
+    // hold) is Invalid, says why once, and is not written again and again.
+    let ar = kube::api::ApiResource::erase::<NucleiFindingException>(&());
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let unreadable: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiFindingException",
+        "metadata": {"name": "unreadable"},
+        "spec": {"templateId": CANARY, "reason": "r", "acceptedBy": "a",
+                 "expires": "2030-01-01T00:00:00+99:00"}
+    }))
+    .unwrap();
+    raw.create(&PostParams::default(), &unreadable)
+        .await
+        .unwrap();
+    let note = event(
+        &client,
+        &ns,
+        "unreadable",
+        "Warning",
+        "Invalid",
+        "cannot be read",
+    )
+    .await;
+    assert!(note.contains("time zone offset"), "{note}");
+    let rv = || async {
+        raw.get("unreadable")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+    };
+    let written = rv().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rv().await, written, "its status is written once");
+    raw.delete("unreadable", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // Expiry brings the finding back.
     let soon = Utc::now() + chrono::Duration::seconds(4);
     exceptions

@@ -55,10 +55,11 @@ pub struct NucleiFindingExceptionSpec {
     #[schemars(length(max = 256))]
     pub template_id: String,
 
-    /// Where: a pattern matched against each finding's matched-at URL and
-    /// its host, ignoring ASCII case; `*` stands for any run of characters
-    /// (`https://shop.example.com/admin*`, `*.internal.example.com`).
-    /// Empty: `templateId` on every target.
+    /// Where, ignoring ASCII case; `*` stands for any run of characters. A
+    /// pattern with a scheme is matched against each finding's URLs
+    /// (`https://shop.example.com/admin*`), one without against their hosts
+    /// (`*.internal.example.com`, `shop.example.com`). Empty: `templateId`
+    /// on every target.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 2048))]
     pub target: String,

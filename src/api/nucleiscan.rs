@@ -435,6 +435,16 @@ impl NucleiScanStatus {
             .as_ref()
             .filter(|_| self.phase == Some(ScanPhase::Completed)))
     }
+
+    /// Whether the summary's suppressed counts were taken of the run it
+    /// shows (an exception checked after that run; see `crate::suppress`).
+    pub fn suppression_current(&self) -> bool {
+        self.summary.as_ref().is_some_and(|s| {
+            s.suppressed_findings.is_some()
+                && s.suppressed_run.is_some()
+                && s.suppressed_run.as_ref() == self.last_success()
+        })
+    }
 }
 
 /// Aggregate counts of one scan.
@@ -503,6 +513,11 @@ pub struct ScanSummary {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(transform = non_negative_values)]
     pub suppressed_by_severity: BTreeMap<String, i64>,
+
+    /// The `lastSuccessTime` of the run the suppressed counts were taken
+    /// of: they hold only while it is the status's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_run: Option<Time>,
 
     /// Targets the target policy refused when the scan ran (their host
     /// resolved to a denied address), each with the reason; the first

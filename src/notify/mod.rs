@@ -51,6 +51,8 @@ const MAX_REMEMBERED: usize = 100_000;
 const MAX_IN_FLIGHT: usize = 1_000;
 /// Messages sent at once.
 const SENDING: usize = 4;
+/// Longest an announcement waits for the exceptions to be listed.
+const EXCEPTIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The runs this process took up to announce: scan uid → the last run's
 /// `lastSuccessTime` (ms).
@@ -147,6 +149,10 @@ impl Notifications {
             // reconcile announces it).
             // Without what an exception accepts: that is not news.
             Ok(whole) => {
+                // After a restart, not before the exceptions are listed.
+                if !self.exceptions.known(EXCEPTIONS_WAIT).await {
+                    warn!(scan = %crate::scan::reconcile::scan_key(scan), "NucleiFindingExceptions not listed after {EXCEPTIONS_WAIT:?}: announcing without them");
+                }
                 let rules = self
                     .exceptions
                     .rules(&whole.namespace().unwrap_or_default(), chrono::Utc::now());

@@ -268,6 +268,7 @@ pub async fn run(
                 "resolvedFindings": null,
                 "suppressedFindings": null,
                 "suppressedBySeverity": null,
+                "suppressedRun": null,
             });
             if let Some(note) = stats_note {
                 warn!("{note}");

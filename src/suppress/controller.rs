@@ -1,27 +1,27 @@
 //! Keeps the suppression marks of scans and the status of exceptions true.
 //!
-//! One worker, fed by the exception watch (a changed exception: every scan
-//! of its namespace again), by the scan reconciler (a scan whose last run
-//! was not checked against its namespace's exceptions: that scan) and by
-//! its own clock (an exception expiring: its namespace again). It reads
-//! each scan whole (the cache holds scans without their findings), marks
-//! the findings ([`super::mark`]) and writes the status only when a mark or
-//! count changed, against the version it read.
+//! One worker, fed by the exception watch (an exception created, changed in
+//! its spec or deleted: every scan of its namespace again), by the scan
+//! reconciler (a scan whose last run was not checked against its
+//! namespace's exceptions: that scan) and by its own clock (an exception
+//! expiring: its namespace again). It reads each scan whole (the cache
+//! holds scans without their findings), marks the findings
+//! ([`super::mark`]) and writes the status only when a mark or count
+//! changed, against the version it read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -31,7 +31,7 @@ use crate::scan::status::{patch_status, set_condition};
 
 /// Field manager of the exceptions' status.
 const FIELD_MANAGER: &str = "nuclei-operator";
-/// How long a failed namespace waits before it is tried again.
+/// How long a namespace that failed in part waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(10);
 
 /// Work for the worker.
@@ -47,42 +47,65 @@ enum Work {
 pub struct Exceptions {
     store: Store<NucleiFindingException>,
     wake: mpsc::UnboundedSender<Work>,
+    /// True once the exceptions were listed (or cannot be: the CRD is
+    /// missing or not readable).
+    known: watch::Receiver<bool>,
 }
 
 impl Exceptions {
     /// The active rules of namespace `ns` at `now`.
     pub fn rules(&self, ns: &str, now: DateTime<Utc>) -> Rules {
-        Rules::of(self.of(ns).iter().map(|e| e.as_ref()), now)
+        Rules::of(of(&self.store, ns).iter().map(|e| e.as_ref()), now)
     }
 
-    fn of(&self, ns: &str) -> Vec<Arc<NucleiFindingException>> {
+    /// Whether namespace `ns` has exceptions (in any state).
+    pub fn any_in(&self, ns: &str) -> bool {
         self.store
-            .state()
-            .into_iter()
-            .filter(|e| e.namespace().as_deref() == Some(ns))
-            .collect()
+            .find(|e| e.namespace().as_deref() == Some(ns))
+            .is_some()
+    }
+
+    /// Waits up to `max` until the exceptions are known; false if they are
+    /// not by then.
+    pub async fn known(&self, max: Duration) -> bool {
+        let mut known = self.known.clone();
+        tokio::time::timeout(max, known.wait_for(|k| *k))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Told of each scan the scan reconciler sees: one whose last run was
     /// not checked against its namespace's exceptions (or was, for
     /// exceptions since gone) is marked.
     pub fn seen(&self, scan: &NucleiScan) {
-        let Some(summary) = scan.status.as_ref().and_then(|s| s.summary.as_ref()) else {
+        let Some(status) = scan.status.as_ref() else {
+            return;
+        };
+        let Some(summary) = status.summary.as_ref() else {
             return;
         };
         let ns = scan.namespace().unwrap_or_default();
-        let any = self
-            .store
-            .find(|e| e.namespace().as_deref() == Some(ns.as_str()))
-            .is_some();
-        if any != summary.suppressed_findings.is_some() {
+        let stale = if self.any_in(&ns) {
+            !status.suppression_current()
+        } else {
+            summary.suppressed_findings.is_some()
+        };
+        if stale {
             let _ = self.wake.send(Work::Scan(ns, scan.name_any()));
         }
     }
 }
 
-/// The handle the scan reconciler uses, and the task that watches the
-/// exceptions and marks the scans (run it until `shutdown`).
+fn of(store: &Store<NucleiFindingException>, ns: &str) -> Vec<Arc<NucleiFindingException>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|e| e.namespace().as_deref() == Some(ns))
+        .collect()
+}
+
+/// The handle the scan reconciler and the announcer use, and the task that
+/// watches the exceptions and marks the scans (run it until `shutdown`).
 pub fn start(
     client: &kube::Client,
     scans: Store<NucleiScan>,
@@ -100,9 +123,11 @@ pub fn start(
         },
     );
     let (wake, mut rx) = mpsc::unbounded_channel();
+    let (tell_known, known) = watch::channel(false);
     let exceptions = Arc::new(Exceptions {
         store: store.clone(),
         wake: wake.clone(),
+        known,
     });
     let worker = Worker {
         client: client.clone(),
@@ -110,26 +135,37 @@ pub fn start(
         scans,
         recorder: Recorder::new(client.clone(), reporter.clone()),
         counts: Mutex::default(),
+        written: Mutex::default(),
     };
     let task = async move {
         let watch = {
-            let wake = wake.clone();
             let mut warned = false;
+            // Exception uid → generation: the worker's own status writes
+            // (same generation) are not work.
+            let mut generations: HashMap<String, Option<i64>> = HashMap::new();
             events.default_backoff().for_each(move |event| {
                 match event {
                     Ok(event) => {
                         warned = false;
-                        for ns in namespaces(&event) {
+                        if matches!(event, watcher::Event::InitDone) {
+                            tell_known.send_replace(true);
+                        }
+                        for ns in changed(&event, &mut generations) {
                             let _ = wake.send(Work::Namespace(ns));
                         }
                     }
-                    // Also when the CRD is not installed: scanning goes on
-                    // without exceptions, and they apply once it is.
-                    Err(e) if !warned => {
-                        warned = true;
-                        warn!("watching NucleiFindingExceptions: {e}");
+                    Err(e) => {
+                        if unreadable(&e) {
+                            // Nothing can be accepted; announcing goes on.
+                            tell_known.send_replace(true);
+                        }
+                        if !warned {
+                            warned = true;
+                            warn!("watching NucleiFindingExceptions: {e}");
+                        } else {
+                            debug!("watching NucleiFindingExceptions: {e}");
+                        }
                     }
-                    Err(e) => debug!("watching NucleiFindingExceptions: {e}"),
                 }
                 futures::future::ready(())
             })
@@ -143,10 +179,29 @@ pub fn start(
     (exceptions, task)
 }
 
-/// The namespaces a watch event touches.
-fn namespaces(event: &watcher::Event<NucleiFindingException>) -> Vec<String> {
+/// Whether the watch failed because the exceptions cannot be listed at all
+/// (the CRD is not installed, or the operator may not read it).
+fn unreadable(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(a)) if a.code == 404 || a.code == 403)
+}
+
+/// The namespaces whose exceptions a watch event changed (created, deleted,
+/// or a new generation of the spec).
+fn changed(
+    event: &watcher::Event<NucleiFindingException>,
+    generations: &mut HashMap<String, Option<i64>>,
+) -> Vec<String> {
     match event {
-        watcher::Event::Apply(e) | watcher::Event::Delete(e) | watcher::Event::InitApply(e) => {
+        watcher::Event::Apply(e) | watcher::Event::InitApply(e) => {
+            let uid = e.uid().unwrap_or_default();
+            let generation = e.metadata.generation;
+            if generations.insert(uid, generation) == Some(generation) {
+                return Vec::new();
+            }
+            e.namespace().into_iter().collect()
+        }
+        watcher::Event::Delete(e) => {
+            generations.remove(&e.uid().unwrap_or_default());
             e.namespace().into_iter().collect()
         }
         watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
@@ -161,7 +216,13 @@ struct Worker {
     /// Suppressed findings per scan (namespace, name) and exception name,
     /// as last marked: what the exceptions' `suppressedFindings` sum.
     counts: Mutex<HashMap<(String, String), BTreeMap<String, i64>>>,
+    /// Exception uid → the status last written (generation, reason,
+    /// message, count), so that one whose status cannot be read back is
+    /// not written (nor told in an Event) again and again.
+    written: Mutex<HashMap<String, Written>>,
 }
+
+type Written = (Option<i64>, String, String, Option<i64>);
 
 impl Worker {
     async fn run(&self, rx: &mut mpsc::UnboundedReceiver<Work>) {
@@ -213,37 +274,35 @@ impl Worker {
                 })
                 .collect();
             for work in std::mem::take(&mut pending) {
-                let ns = match &work {
-                    Work::Namespace(ns) => ns.clone(),
-                    Work::Scan(ns, _) if whole.contains(ns) => continue,
-                    Work::Scan(ns, _) => ns.clone(),
+                let (ns, next) = match work {
+                    Work::Namespace(ns) => {
+                        let next = self.namespace(&ns).await;
+                        (ns, next)
+                    }
+                    Work::Scan(ns, _) if whole.contains(&ns) => continue,
+                    Work::Scan(ns, name) => {
+                        let next = self.scan(&ns, &name).await;
+                        (ns, next)
+                    }
                 };
-                let result = match &work {
-                    Work::Namespace(ns) => self.namespace(ns).await,
-                    Work::Scan(ns, name) => self.scan(ns, name).await,
-                };
-                match result {
-                    Ok(Some(expires)) => {
-                        let wait = (expires - Utc::now()).to_std().unwrap_or_default();
+                match next {
+                    Some(at) => {
+                        let wait = (at - Utc::now()).to_std().unwrap_or_default();
                         due.insert(ns, tokio::time::Instant::now() + wait);
                     }
-                    Ok(None) => {
+                    None => {
                         due.remove(&ns);
-                    }
-                    Err(e) => {
-                        warn!(namespace = ns, "marking suppressed findings: {e:#}");
-                        due.insert(ns, tokio::time::Instant::now() + RETRY);
                     }
                 }
             }
         }
     }
 
-    /// Marks every scan of `ns` and reports its exceptions; returns when
-    /// the next of them expires.
-    async fn namespace(&self, ns: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let none = self.of(ns).is_empty();
-        let names: Vec<String> = self
+    /// Marks every scan of `ns` and reports its exceptions; returns when to
+    /// look again (the next expiry, or a retry when a scan failed).
+    async fn namespace(&self, ns: &str) -> Option<DateTime<Utc>> {
+        let none = of(&self.exceptions, ns).is_empty();
+        let names: HashSet<String> = self
             .scans
             .state()
             .into_iter()
@@ -259,16 +318,45 @@ impl Worker {
             .lock()
             .expect("counts lock")
             .retain(|(n, name), _| n != ns || names.contains(name));
+        let mut failed = false;
         for name in &names {
-            self.mark(ns, name).await?;
+            // One scan that cannot be marked holds up none of the others.
+            if let Err(e) = self.mark(ns, name).await {
+                warn!(scan = %format!("{ns}/{name}"), "marking suppressed findings: {e:#}");
+                failed = true;
+            }
         }
-        self.report(ns).await
+        self.report_and_retry(ns, failed).await
     }
 
     /// Marks one scan of `ns` and reports the namespace's exceptions.
-    async fn scan(&self, ns: &str, name: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        self.mark(ns, name).await?;
-        self.report(ns).await
+    async fn scan(&self, ns: &str, name: &str) -> Option<DateTime<Utc>> {
+        let failed = match self.mark(ns, name).await {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(scan = %format!("{ns}/{name}"), "marking suppressed findings: {e:#}");
+                true
+            }
+        };
+        self.report_and_retry(ns, failed).await
+    }
+
+    async fn report_and_retry(&self, ns: &str, failed: bool) -> Option<DateTime<Utc>> {
+        let next = match self.report(ns).await {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(
+                    namespace = ns,
+                    "writing NucleiFindingException status: {e:#}"
+                );
+                return Some(Utc::now() + RETRY);
+            }
+        };
+        if failed {
+            let retry = Utc::now() + RETRY;
+            return Some(next.map_or(retry, |n| n.min(retry)));
+        }
+        next
     }
 
     /// Marks the findings of scan `ns/name` with the namespace's active
@@ -277,7 +365,7 @@ impl Worker {
         let api: Api<NucleiScan> = Api::namespaced(self.client.clone(), ns);
         let key = (ns.to_owned(), name.to_owned());
         for _ in 0..5 {
-            let exceptions = self.of(ns);
+            let exceptions = of(&self.exceptions, ns);
             let rules = Rules::of(exceptions.iter().map(|e| e.as_ref()), Utc::now());
             let Some(mut scan) = api.get_opt(name).await? else {
                 self.counts.lock().expect("counts lock").remove(&key);
@@ -287,29 +375,33 @@ impl Worker {
             let Some(status) = scan.status.as_mut() else {
                 return Ok(());
             };
+            let run = status.last_success().cloned();
             let Some(summary) = status.summary.as_ref() else {
                 return Ok(());
             };
             let marks = mark(&mut status.findings, &rules);
             // Counted whenever the namespace has exceptions (so that a scan
-            // shows it was checked), absent when it has none.
-            let (count, by_severity) = if exceptions.is_empty() {
-                (None, BTreeMap::new())
+            // shows which run was checked), absent when it has none.
+            let (count, by_severity, run) = if exceptions.is_empty() {
+                (None, BTreeMap::new(), None)
             } else {
-                (Some(marks.total()), marks.by_severity.clone())
+                (Some(marks.total()), marks.by_severity.clone(), run)
             };
             if marks.changed
                 || summary.suppressed_findings != count
                 || summary.suppressed_by_severity != by_severity
+                || summary.suppressed_run != run
             {
                 let by_severity = if by_severity.is_empty() {
                     Value::Null
                 } else {
                     json!(by_severity)
                 };
-                let mut patch = json!({
-                    "summary": {"suppressedFindings": count, "suppressedBySeverity": by_severity}
-                });
+                let mut patch = json!({"summary": {
+                    "suppressedFindings": count,
+                    "suppressedBySeverity": by_severity,
+                    "suppressedRun": run,
+                }});
                 if marks.changed {
                     patch["findings"] = json!(status.findings);
                 }
@@ -331,30 +423,39 @@ impl Worker {
         anyhow::bail!("scan {ns}/{name} changed under every attempt to mark it")
     }
 
-    fn of(&self, ns: &str) -> Vec<Arc<NucleiFindingException>> {
-        self.exceptions
-            .state()
-            .into_iter()
-            .filter(|e| e.namespace().as_deref() == Some(ns))
-            .collect()
-    }
-
     /// Writes each exception's `Active` condition and count where they
     /// changed, with an Event when one expires or turns invalid; returns
     /// when the next active one expires.
     async fn report(&self, ns: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         let now = Utc::now();
         let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-        for ((n, _), by) in self.counts.lock().expect("counts lock").iter() {
-            if n == ns {
-                for (ex, c) in by {
-                    *totals.entry(ex.clone()).or_default() += c;
+        {
+            let mut counts = self.counts.lock().expect("counts lock");
+            // Scans deleted since they were marked count no more.
+            counts.retain(|(n, name), _| {
+                n != ns || self.scans.get(&ObjectRef::new(name).within(ns)).is_some()
+            });
+            for ((n, _), by) in counts.iter() {
+                if n == ns {
+                    for (ex, c) in by {
+                        *totals.entry(ex.clone()).or_default() += c;
+                    }
                 }
             }
         }
-        let api: Api<NucleiFindingException> = Api::namespaced(self.client.clone(), ns);
+        // Through untyped objects: the reply of an exception that does not
+        // decode must not fail the write.
+        let ar = ApiResource::erase::<NucleiFindingException>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
         let mut next: Option<DateTime<Utc>> = None;
-        for ex in self.of(ns) {
+        let exceptions = of(&self.exceptions, ns);
+        self.written.lock().expect("written lock").retain(|uid, _| {
+            // Forget the exceptions of this namespace that are gone.
+            self.exceptions
+                .find(|e| e.uid().as_deref() == Some(uid.as_str()))
+                .is_some()
+        });
+        for ex in exceptions {
             let state = State::of(&ex, now);
             let (active, reason, message) = match &state {
                 State::Active(_, until) => {
@@ -380,14 +481,31 @@ impl Worker {
                 ),
                 State::Invalid(why) => (false, "Invalid", why.clone()),
             };
+            let uid = ex.uid().unwrap_or_default();
+            let generation = ex.metadata.generation;
+            let count = Some(if active {
+                totals.get(&ex.name_any()).copied().unwrap_or(0)
+            } else {
+                0
+            });
+            let now_written: Written = (generation, reason.to_owned(), message.clone(), count);
+            let last = self
+                .written
+                .lock()
+                .expect("written lock")
+                .get(&uid)
+                .cloned();
+            if last.as_ref() == Some(&now_written) {
+                continue;
+            }
             let status = ex.status.clone().unwrap_or_default();
-            let before: Option<Condition> = status
+            let before = status
                 .conditions
                 .iter()
                 .find(|c| c.type_ == "Active")
-                .cloned();
+                .map(|c| c.reason.clone())
+                .or_else(|| last.as_ref().map(|l| l.1.clone()));
             let mut conditions = status.conditions.clone();
-            let generation = ex.metadata.generation;
             let changed = set_condition(
                 &mut conditions,
                 "Active",
@@ -397,37 +515,33 @@ impl Worker {
                 generation,
                 now,
             );
-            let count = Some(if active {
-                totals.get(&ex.name_any()).copied().unwrap_or(0)
-            } else {
-                0
-            });
-            if !changed
-                && status.suppressed_findings == count
-                && status.observed_generation == generation
+            if changed
+                || status.suppressed_findings != count
+                || status.observed_generation != generation
             {
-                continue;
-            }
-            let patch = json!({"status": {
-                "conditions": conditions,
-                "suppressedFindings": count,
-                "observedGeneration": generation,
-            }});
-            api.patch_status(
-                &ex.name_any(),
-                &PatchParams {
+                let patch = json!({"status": {
+                    "conditions": conditions,
+                    "suppressedFindings": count,
+                    "observedGeneration": generation,
+                }});
+                let params = PatchParams {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..Default::default()
-                },
-                &Patch::Merge(&patch),
-            )
-            .await
-            .or_else(|e| match e {
-                kube::Error::Api(ref a) if a.code == 404 => Ok(ex.as_ref().clone()),
-                e => Err(e),
-            })?;
-            let turned = before.is_none_or(|c| c.reason != reason);
-            if turned && !active {
+                };
+                match api
+                    .patch_status(&ex.name_any(), &params, &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(a)) if a.code == 404 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.written
+                .lock()
+                .expect("written lock")
+                .insert(uid, now_written);
+            if !active && before.as_deref() != Some(reason) {
                 let ev = Event {
                     type_: if reason == "Invalid" {
                         EventType::Warning

@@ -90,7 +90,10 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether `f` is one of the findings this rule accepts.
+    /// Whether `f` is one of the findings this rule accepts: a target with
+    /// a scheme (`https://…`) is matched against the finding's URLs, one
+    /// without against their hosts only (so `*.example.com` never matches a
+    /// URL on another host that merely mentions it).
     pub fn matches(&self, f: &Finding) -> bool {
         if !self.template_id.is_empty() && self.template_id != f.template_id {
             return false;
@@ -98,27 +101,48 @@ impl Rule {
         if self.target.is_empty() {
             return true;
         }
-        [&f.matched_at, &f.host]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .any(|s| {
-                let s = s.to_ascii_lowercase();
-                glob(&self.target, &s) || host_of(&s).is_some_and(|h| glob(&self.target, h))
-            })
+        let places = [&f.matched_at, &f.host].map(|s| s.to_ascii_lowercase());
+        if scheme_end(&self.target).is_some() {
+            places
+                .iter()
+                .filter(|s| scheme_end(s).is_some())
+                .any(|s| glob(&self.target, s))
+        } else {
+            places
+                .iter()
+                .filter_map(|s| host_of(s))
+                .any(|h| glob(&self.target, h))
+        }
     }
 }
 
-/// The host of a URL or `host[:port]`, without scheme, user, port or path.
+/// Where the scheme of a URL ends (the index of its `://`), when `s` starts
+/// with one (`[a-z][a-z0-9+.-]*://`).
+fn scheme_end(s: &str) -> Option<usize> {
+    let i = s.find("://")?;
+    let scheme = &s.as_bytes()[..i];
+    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
+    valid.then_some(i)
+}
+
+/// The host of a URL or of `host[:port]`, without scheme, user, port, path
+/// or the brackets of an IPv6 address.
 fn host_of(s: &str) -> Option<&str> {
-    let rest = s.split_once("://").map_or(s, |(_, r)| r);
+    let rest = scheme_end(s).map_or(s, |i| &s[i + 3..]);
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if host.starts_with('[') {
-        host.split_inclusive(']').next()?
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next()?
+    } else if host.matches(':').count() > 1 {
+        // An IPv6 address without brackets has no port.
+        host
     } else {
         host.split(':').next()?
     };
-    (!host.is_empty() && host != s).then_some(host)
+    (!host.is_empty()).then_some(host)
 }
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of

@@ -72,9 +72,14 @@ fn hosts_are_read_from_urls_and_host_port_pairs() {
         Some("shop.example.com")
     );
     assert_eq!(host_of("shop.example.com:443"), Some("shop.example.com"));
-    assert_eq!(host_of("http://[::1]:80/"), Some("[::1]"));
-    assert_eq!(host_of("shop.example.com"), None, "already a host");
+    assert_eq!(host_of("shop.example.com"), Some("shop.example.com"));
+    assert_eq!(host_of("http://[::1]:80/"), Some("::1"));
+    assert_eq!(host_of("2001:db8::1"), Some("2001:db8::1"));
+    // A URL inside the query is not the scheme.
+    assert_eq!(host_of("shop.test/x?u=http://evil.test"), Some("shop.test"));
     assert_eq!(host_of(""), None);
+    assert_eq!(scheme_end("https://a"), Some(5));
+    assert_eq!(scheme_end("shop.test/x?u=http://evil"), None);
 }
 
 #[test]
@@ -114,6 +119,24 @@ fn a_rule_matches_its_template_anywhere_or_anything_at_its_target() {
     let by_url = rule("", "HTTPS://Shop.Example.com/admin*");
     assert!(by_url.matches(&admin), "ASCII case is ignored");
     assert!(!by_url.matches(&git));
+
+    // A host pattern never matches a URL on another host that mentions it.
+    let redirect = Finding {
+        host: "other.test".into(),
+        ..finding(
+            "open-redirect",
+            Severity::Medium,
+            "https://other.test/r?to=https://a.example.com",
+        )
+    };
+    assert!(!rule("", "*.example.com").matches(&redirect));
+    assert!(!rule("", "*example.com*").matches(&redirect));
+    assert!(rule("", "https://other.test/*").matches(&redirect));
+    let v6 = Finding {
+        host: "http://[::1]:80".into(),
+        ..finding("x", Severity::Low, "http://[::1]:80/x")
+    };
+    assert!(rule("", "::1").matches(&v6));
 }
 
 #[test]
