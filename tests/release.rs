@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use serde::Deserialize;
 use serde_yaml::Value;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -200,15 +201,27 @@ fn the_binary_reports_the_one_version() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("nuclei-operator {VERSION}")
     );
-    // And the CRD it applies names it (the chart's upgrade hook reads it).
+    // And each CRD it applies names it (the chart's upgrade hook reads it).
     let out = Command::new(env!("CARGO_BIN_EXE_nuclei-operator"))
         .arg("crd")
         .output()
         .unwrap();
-    let crd: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let mut names = Vec::new();
+    for doc in serde_yaml::Deserializer::from_slice(&out.stdout) {
+        let crd = Value::deserialize(doc).unwrap();
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/version"].as_str(),
+            Some(VERSION),
+            "{crd:?}"
+        );
+        names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
+    }
     assert_eq!(
-        crd["metadata"]["labels"]["app.kubernetes.io/version"].as_str(),
-        Some(VERSION)
+        names,
+        [
+            "nucleiscans.nuclei.homelab.mortenolsen.pro",
+            "nucleifindingexceptions.nuclei.homelab.mortenolsen.pro"
+        ]
     );
 }
 
