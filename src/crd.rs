@@ -12,10 +12,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::api::{CRD_VERSION_LABEL, crds};
-
-/// Field manager of the hook's apply.
-const FIELD_MANAGER: &str = "nuclei-operator-crd-upgrade";
+use crate::api::crds;
+use crate::api::labels::{CRD_UPGRADE_MANAGER, CRD_VERSION_LABEL};
 
 /// What [`apply`] did to one CRD.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,7 +63,7 @@ async fn apply_one(
     }
     api.patch(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(CRD_UPGRADE_MANAGER).force(),
         &Patch::Apply(want),
     )
     .await

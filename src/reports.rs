@@ -8,7 +8,7 @@
 //! The API is found at run time, like the Istio and Gateway API sources:
 //! the writer starts when the CRD appears and stops when it goes, without a
 //! restart. It writes a scan's report once per completed run: each report
-//! carries the run it shows ([`RUN_ANNOTATION`]), read back at start so a
+//! carries the run it shows ([`REPORT_RUN_ANNOTATION`]), read back at start so a
 //! restart rewrites nothing. When `auto` moves to OpenReports, the
 //! PolicyReports it wrote before are deleted, so no stale copy stays.
 
@@ -25,8 +25,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::api::labels::{
+    FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, REPORT_RUN_ANNOTATION, REPORT_TRUNCATED_ANNOTATION,
+};
 use crate::api::{Finding, NucleiScan, Severity};
-use crate::jobs::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::scan::status::chrono;
 use crate::settings::ReportsFormat;
 use crate::sources::discovery::{Served, while_served};
@@ -35,12 +37,6 @@ use crate::sources::discovery::{Served, while_served};
 pub const OPENREPORTS_CRD: &str = "reports.openreports.io";
 /// The Policy WG's PolicyReport CRD.
 pub const WGPOLICY_CRD: &str = "policyreports.wgpolicyk8s.io";
-/// Annotation of a report: the run it shows (scan uid and finish time).
-pub const RUN_ANNOTATION: &str = "nuclei.homelab.mortenolsen.pro/run";
-/// Annotation of a report whose results are fewer than the findings (the
-/// scan stored fewer, or they did not fit the byte budget); the summary
-/// still counts them all.
-pub const TRUNCATED_ANNOTATION: &str = "nuclei.homelab.mortenolsen.pro/results-truncated";
 /// `source` of the report and of each result.
 pub const SOURCE: &str = "nuclei";
 
@@ -203,7 +199,7 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
     match all.list_metadata(&lp).await {
         Ok(list) => {
             for r in list.items {
-                if let Some(run) = r.annotations().get(RUN_ANNOTATION) {
+                if let Some(run) = r.annotations().get(REPORT_RUN_ANNOTATION) {
                     let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
                     written.insert(key, run.clone());
                 }
@@ -385,9 +381,9 @@ pub fn build(format: Format, scan: &NucleiScan, budget_bytes: usize) -> Option<V
     let truncated = (results.len() as i64) < summary.total_findings;
     let ar = format.api_resource();
     let source = &scan.spec.source_ref;
-    let mut annotations = BTreeMap::from([(RUN_ANNOTATION, run)]);
+    let mut annotations = BTreeMap::from([(REPORT_RUN_ANNOTATION, run)]);
     if truncated {
-        annotations.insert(TRUNCATED_ANNOTATION, "true".into());
+        annotations.insert(REPORT_TRUNCATED_ANNOTATION, "true".into());
     }
     let mut report = json!({
         "apiVersion": ar.api_version,
@@ -565,10 +561,10 @@ mod tests {
         assert_eq!(r["metadata"]["namespace"], "web");
         assert_eq!(r["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
         assert_eq!(
-            r["metadata"]["annotations"][RUN_ANNOTATION],
+            r["metadata"]["annotations"][REPORT_RUN_ANNOTATION],
             "scan-uid/2023-11-14T22:13:20.000Z"
         );
-        assert!(r["metadata"]["annotations"][TRUNCATED_ANNOTATION].is_null());
+        assert!(r["metadata"]["annotations"][REPORT_TRUNCATED_ANNOTATION].is_null());
         let owner = &r["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "NucleiScan");
         assert_eq!(owner["uid"], "scan-uid");
@@ -642,7 +638,10 @@ mod tests {
         assert!(results.len() < 500);
         assert_eq!(r["summary"]["fail"], 2);
         assert_eq!(r["summary"]["warn"], 800);
-        assert_eq!(r["metadata"]["annotations"][TRUNCATED_ANNOTATION], "true");
+        assert_eq!(
+            r["metadata"]["annotations"][REPORT_TRUNCATED_ANNOTATION],
+            "true"
+        );
     }
 
     #[test]

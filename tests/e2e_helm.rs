@@ -25,8 +25,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Resource, ResourceExt};
+use nuclei_operator::api::labels::{MANAGED_BY, MANAGED_BY_LABEL};
 use nuclei_operator::api::{NucleiScan, ScanPhase};
-use nuclei_operator::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use serde_json::json;
 use support::chart::{
     Chart, DATA_READER, FULLNAME, RELEASE, RELEASE_NS, RELEASE_SELECTOR, restricted_namespace,

@@ -416,8 +416,8 @@ async fn job_uids(client: &kube::Client) -> Result<HashSet<String>> {
     let api: Api<Job> = Api::all(client.clone());
     let lp = ListParams::default().labels(&format!(
         "{}={}",
-        nuclei_operator::jobs::MANAGED_BY_LABEL,
-        nuclei_operator::jobs::MANAGED_BY
+        nuclei_operator::api::labels::MANAGED_BY_LABEL,
+        nuclei_operator::api::labels::MANAGED_BY
     ));
     Ok(api
         .list(&lp)
@@ -640,8 +640,8 @@ pub fn rows(c: &Chaos) -> String {
     let _ = writeln!(
         s,
         "| Runs with 2+ Jobs (namespace + `{}` + `{}` labels); scans with 2 Jobs unfinished at once | {} runs; {} scans; {} scans had several Jobs (of {} Jobs) | 0 | {} |",
-        nuclei_operator::jobs::SCAN_LABEL,
-        nuclei_operator::jobs::RUN_LABEL,
+        nuclei_operator::api::labels::SCAN_LABEL,
+        nuclei_operator::api::labels::RUN_LABEL,
         c.duplicate_runs.len(),
         c.overlapping_scans.len(),
         c.several_jobs.len(),

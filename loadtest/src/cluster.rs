@@ -362,7 +362,8 @@ pub async fn apply_scans(
     concurrency: usize,
     epoch: Instant,
 ) -> Vec<CreateRec> {
-    use nuclei_operator::sources::apply::{self, FIELD_MANAGER, desired_scan};
+    use nuclei_operator::api::labels::FIELD_MANAGER;
+    use nuclei_operator::sources::apply::{self, desired_scan};
     use nuclei_operator::sources::targets::scan_name;
     futures::stream::iter(items.iter().filter(|i| i.expect_scan))
         .map(|item| {

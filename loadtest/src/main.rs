@@ -815,8 +815,8 @@ async fn main() -> Result<()> {
     let listed = Api::<Job>::all(cluster.client.clone())
         .list(&ListParams::default().labels(&format!(
             "{}={}",
-            nuclei_operator::jobs::MANAGED_BY_LABEL,
-            nuclei_operator::jobs::MANAGED_BY
+            nuclei_operator::api::labels::MANAGED_BY_LABEL,
+            nuclei_operator::api::labels::MANAGED_BY
         )))
         .await
         .map(|l| l.items.len())

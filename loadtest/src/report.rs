@@ -606,7 +606,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "| Duplicate Jobs (by scan and `{}` label) | {} | 0 | {} |",
-            nuclei_operator::jobs::RUN_LABEL,
+            nuclei_operator::api::labels::RUN_LABEL,
             td.measured,
             mark(td.met)
         );

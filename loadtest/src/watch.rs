@@ -12,7 +12,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use nuclei_operator::api::NucleiScan;
-use nuclei_operator::jobs::{
+use nuclei_operator::api::labels::{
     MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, SCAN_KEY_ANNOTATION, SCAN_LABEL,
 };
 use tokio::task::JoinHandle;

@@ -4,11 +4,14 @@
 pub mod exception;
 mod finding;
 pub mod gateway;
+pub mod labels;
 pub mod nucleiscan;
 pub mod virtual_service;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+
+use labels::CRD_VERSION_LABEL;
 
 pub use exception::{
     NucleiFindingException, NucleiFindingExceptionSpec, NucleiFindingExceptionStatus,
@@ -31,11 +34,6 @@ pub const CRD_PATH: &str = "deploy/crds/nucleiscans.nuclei.homelab.mortenolsen.p
 /// Where the generated `NucleiFindingException` CRD is checked in.
 pub const EXCEPTION_CRD_PATH: &str =
     "deploy/crds/nucleifindingexceptions.nuclei.homelab.mortenolsen.pro.yaml";
-
-/// Label of the CRD naming the operator version that defined it: the chart's
-/// pre-upgrade hook reads it so that it never replaces a newer CRD with an
-/// older one (see [`crate::crd`]).
-pub const CRD_VERSION_LABEL: &str = "app.kubernetes.io/version";
 
 /// The `NucleiScan` CustomResourceDefinition, generated from the Rust types,
 /// labelled with this operator's version.

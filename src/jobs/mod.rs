@@ -26,24 +26,11 @@
 
 use std::time::Duration;
 
-/// Field manager of every server-side apply made here.
-pub const FIELD_MANAGER: &str = "nuclei-operator";
+use crate::api::labels::{
+    COMPONENT_LABEL, COMPONENT_SCANNER, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL,
+    SCAN_KEY_ANNOTATION, SCAN_LABEL,
+};
 
-/// `app.kubernetes.io/managed-by` label key.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Value of [`MANAGED_BY_LABEL`] on every object the operator creates.
-pub const MANAGED_BY: &str = "nuclei-operator";
-/// `app.kubernetes.io/component` label key.
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// Value of [`COMPONENT_LABEL`] on scanner Jobs, their pods and scanner RBAC.
-pub const COMPONENT_SCANNER: &str = "scanner";
-/// Label on a Job and its pod: the name of its NucleiScan (cut to 63
-/// characters; [`SCAN_KEY_ANNOTATION`] has it in full).
-pub const SCAN_LABEL: &str = "nuclei.homelab.mortenolsen.pro/scan";
-/// Label on a Job and its pod: the [`run_token`] of its run.
-pub const RUN_LABEL: &str = "nuclei.homelab.mortenolsen.pro/run";
-/// Annotation on a Job: `<namespace>/<name>` of its NucleiScan, uncut.
-pub const SCAN_KEY_ANNOTATION: &str = "nuclei.homelab.mortenolsen.pro/scan-key";
 /// Pod annotation that keeps Istio from injecting a sidecar, which would keep
 /// the pod (and so the Job) running after the scanner exits.
 pub const ISTIO_INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";

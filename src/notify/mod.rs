@@ -10,9 +10,10 @@
 //! restarted operator does not announce it again (and does announce a run
 //! that finished while none ran). Scanning never waits for a message.
 //!
-//! Notifiers are Secrets labelled [`notifier::LABEL`], watched next to the
-//! announcer ([`start`]): one in the operator's namespace hears of every scan, one
-//! elsewhere (with `NOTIFIERS=all`) of its own namespace's scans.
+//! Notifiers are Secrets labelled [`crate::api::labels::NOTIFIER_LABEL`],
+//! watched next to the announcer ([`start`]): one in the operator's
+//! namespace hears of every scan, one elsewhere (with `NOTIFIERS=all`) of
+//! its own namespace's scans.
 
 pub mod deliver;
 pub mod news;
@@ -146,8 +147,8 @@ impl Notifications {
             Api::namespaced(self.client.clone(), &scan.namespace().unwrap_or_default());
         match api.get(&scan.name_any()).await {
             // The same run, unless another finished meanwhile (then its own
-            // reconcile announces it).
-            // Without what an exception accepts: that is not news.
+            // reconcile announces it), without what an exception accepts:
+            // that is not news.
             Ok(whole) => {
                 // After a restart, not before the exceptions are listed.
                 if !self.exceptions.known(EXCEPTIONS_WAIT).await {
@@ -316,10 +317,13 @@ fn watch(
         NotifierScope::All => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().labels(notifier::LABEL))
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
+    let stream = watcher(
+        api,
+        watcher::Config::default().labels(crate::api::labels::NOTIFIER_LABEL),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects();
     let task = async move {
         let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
         while let Some(item) = stream.next().await {

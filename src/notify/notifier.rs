@@ -8,16 +8,11 @@ use kube::ResourceExt;
 
 use super::news::News;
 use crate::api::Severity;
+use crate::api::labels::{NOTIFIER_LABEL, NOTIFY_MIN_SEVERITY, NOTIFY_RESOLVED};
 use crate::scan::status::chrono;
 
-/// The label that makes a Secret a notifier; its value is the type.
-pub const LABEL: &str = "nuclei.homelab.mortenolsen.pro/notifier";
 /// The Secret key holding the webhook URL.
 pub const URL_KEY: &str = "url";
-/// Annotation: the least severe new finding worth a message (default high).
-pub const MIN_SEVERITY: &str = "nuclei.homelab.mortenolsen.pro/min-severity";
-/// Annotation: "true" also sends a message when a run resolved findings.
-pub const RESOLVED: &str = "nuclei.homelab.mortenolsen.pro/notify-resolved";
 
 /// The shape of the message a notifier's endpoint accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,11 +68,17 @@ impl Notifier {
     /// Reads a labelled Secret; the error says what to fix (and never
     /// quotes the URL).
     pub fn from_secret(secret: &Secret) -> Result<Notifier, String> {
-        let kind = secret.labels().get(LABEL).map(String::as_str).unwrap_or("");
+        let kind = secret
+            .labels()
+            .get(NOTIFIER_LABEL)
+            .map(String::as_str)
+            .unwrap_or("");
         let kind = Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == kind)
-            .ok_or_else(|| format!("label {LABEL}={kind:?}: expected slack, teams or webhook"))?;
+            .ok_or_else(|| {
+                format!("label {NOTIFIER_LABEL}={kind:?}: expected slack, teams or webhook")
+            })?;
         let url = secret
             .data
             .as_ref()
@@ -100,15 +101,17 @@ impl Notifier {
             ));
         }
         let annotations = secret.annotations();
-        let min_severity = match annotations.get(MIN_SEVERITY) {
-            Some(s) => s.parse().map_err(|e| format!("{MIN_SEVERITY}: {e}"))?,
+        let min_severity = match annotations.get(NOTIFY_MIN_SEVERITY) {
+            Some(s) => s
+                .parse()
+                .map_err(|e| format!("{NOTIFY_MIN_SEVERITY}: {e}"))?,
             None => Severity::High,
         };
-        let resolved = match annotations.get(RESOLVED).map(|s| s.trim()) {
+        let resolved = match annotations.get(NOTIFY_RESOLVED).map(|s| s.trim()) {
             None => false,
             Some(s) if s.eq_ignore_ascii_case("true") => true,
             Some(s) if s.eq_ignore_ascii_case("false") => false,
-            Some(s) => return Err(format!("{RESOLVED}: {s:?} is not true or false")),
+            Some(s) => return Err(format!("{NOTIFY_RESOLVED}: {s:?} is not true or false")),
         };
         Ok(Notifier {
             namespace: secret.namespace().unwrap_or_default(),
@@ -146,7 +149,7 @@ mod tests {
         let mut s = Secret::default();
         s.metadata.name = Some("ops-slack".into());
         s.metadata.namespace = Some("ops".into());
-        s.metadata.labels = Some([(LABEL.to_string(), kind.to_string())].into());
+        s.metadata.labels = Some([(NOTIFIER_LABEL.to_string(), kind.to_string())].into());
         s.metadata.annotations = Some(
             annotations
                 .iter()
@@ -175,7 +178,7 @@ mod tests {
         let n = Notifier::from_secret(&secret(
             "teams",
             "http://127.0.0.1:9/x",
-            &[(MIN_SEVERITY, "Medium"), (RESOLVED, "true")],
+            &[(NOTIFY_MIN_SEVERITY, "Medium"), (NOTIFY_RESOLVED, "true")],
         ))
         .unwrap();
         assert_eq!(
@@ -204,12 +207,16 @@ mod tests {
                 secret(
                     "slack",
                     "https://h.test/secret",
-                    &[(MIN_SEVERITY, "severe")],
+                    &[(NOTIFY_MIN_SEVERITY, "severe")],
                 ),
                 "unknown severity \"severe\"",
             ),
             (
-                secret("slack", "https://h.test/secret", &[(RESOLVED, "yes")]),
+                secret(
+                    "slack",
+                    "https://h.test/secret",
+                    &[(NOTIFY_RESOLVED, "yes")],
+                ),
                 "\"yes\" is not true or false",
             ),
         ] {

@@ -178,7 +178,8 @@ impl JobLauncher {
         let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
         // One scan never runs twice at once: a Job of an earlier run that is
         // still active must end before the next starts.
-        let lp = ListParams::default().labels(&format!("{}={}", jobs::SCAN_LABEL, name));
+        let lp =
+            ListParams::default().labels(&format!("{}={}", crate::api::labels::SCAN_LABEL, name));
         if let Some(active) = jobs_api
             .list(&lp)
             .await?

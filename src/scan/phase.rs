@@ -34,9 +34,9 @@ use super::status::{
     chrono, remove_condition, set_condition,
 };
 use crate::annotations;
+use crate::api::labels::ANNOTATION_ERRORS;
 use crate::api::{JobRef, NucleiScan, ScanPhase};
 use crate::jobs::JobOutcome;
-use crate::sources::apply::ANNOTATION_ERRORS;
 
 /// How old the Job of a Pending scan's run must be before the reconciler
 /// records the run itself: a younger one is the launcher's to record (both

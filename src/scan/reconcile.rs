@@ -157,7 +157,11 @@ pub fn controller(
     let (jobs, job_events) = cache::reflect(
         Api::<Job>::all(client),
         watcher::Config::default()
-            .labels(&format!("{}={}", jobs::MANAGED_BY_LABEL, jobs::MANAGED_BY))
+            .labels(&format!(
+                "{}={}",
+                crate::api::labels::MANAGED_BY_LABEL,
+                crate::api::labels::MANAGED_BY
+            ))
             .any_semantic(),
         |job| job.spec = None,
     );
@@ -260,7 +264,7 @@ async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
                 },
                 run: job
                     .labels()
-                    .get(jobs::RUN_LABEL)
+                    .get(crate::api::labels::RUN_LABEL)
                     .cloned()
                     .unwrap_or_default(),
                 created: job.metadata.creation_timestamp.as_ref().map(chrono),

@@ -29,8 +29,9 @@ use tracing::{info, warn};
 
 use super::reconcile::{ScanCtx, target_hosts};
 use crate::api::NucleiScan;
+use crate::api::labels::RUN_LABEL;
 use crate::cache;
-use crate::jobs::{self, job_finished, job_name};
+use crate::jobs::{job_finished, job_name};
 
 /// How often [`audit`] runs.
 pub const AUDIT_INTERVAL: Duration = Duration::from_secs(10);
@@ -47,7 +48,7 @@ pub fn job_run(job: &Job) -> Option<(String, String)> {
             && o.kind == NucleiScan::kind(&())
             && o.api_version == NucleiScan::api_version(&())
     })?;
-    let run = job.labels().get(jobs::RUN_LABEL)?;
+    let run = job.labels().get(RUN_LABEL)?;
     (job.name_any() == job_name(&owner.name, run))
         .then(|| (format!("{namespace}/{}", owner.name), run.clone()))
 }
@@ -177,7 +178,7 @@ mod tests {
         let mut j = Job::default();
         j.metadata.name = Some(name.into());
         j.metadata.namespace = Some("team".into());
-        j.metadata.labels = Some([(jobs::RUN_LABEL.to_string(), run.to_string())].into());
+        j.metadata.labels = Some([(RUN_LABEL.to_string(), run.to_string())].into());
         j.metadata.owner_references = Some(vec![OwnerReference {
             api_version: NucleiScan::api_version(&()).into_owned(),
             kind: "NucleiScan".into(),

@@ -193,9 +193,6 @@ impl Transition {
     }
 }
 
-/// Field manager of the operator's status writes.
-pub const STATUS_MANAGER: &str = "nuclei-operator";
-
 /// `Time` from chrono.
 pub fn time(dt: DateTime<Utc>) -> Time {
     Time(
@@ -272,7 +269,7 @@ pub async fn patch_status(
     api.patch_status(
         name,
         &PatchParams {
-            field_manager: Some(STATUS_MANAGER.into()),
+            field_manager: Some(crate::api::labels::FIELD_MANAGER.into()),
             ..Default::default()
         },
         &Patch::Merge(&body),

@@ -6,21 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::annotations::{AnnotationError, Parsed};
+use crate::api::labels::{ANNOTATION_ERRORS, APPLIED_HASH, SOURCE_KIND_LABEL};
 use crate::api::{NucleiScanSpec, SourceKind, SourceRef};
-
-/// Field manager of everything the source reconcilers write.
-pub const FIELD_MANAGER: &str = "nuclei-operator";
-
-/// Annotation on a `NucleiScan` holding the hash of the last applied body, so an
-/// unchanged source costs no API request.
-pub const APPLIED_HASH: &str = "nuclei.homelab.mortenolsen.pro/applied-hash";
-
-/// Annotation on a `NucleiScan` carrying the source's annotation errors; the
-/// scan reconciler turns it into the `AnnotationsValid` condition.
-pub const ANNOTATION_ERRORS: &str = "nuclei.homelab.mortenolsen.pro/annotation-errors";
-
-/// Label naming the source kind of a scan.
-pub const SOURCE_KIND_LABEL: &str = "nuclei.homelab.mortenolsen.pro/source-kind";
 
 /// Identity of a source object.
 #[derive(Clone, Debug)]

@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 
-use super::apply::{APPLIED_HASH, FIELD_MANAGER, Source, body_hash, describe_errors, desired_scan};
+use super::apply::{Source, body_hash, describe_errors, desired_scan};
 use super::httproute::{NOT_ACCEPTED, httproute_targets};
 use super::migrate;
 use super::scope::NamespaceScope;
@@ -30,6 +30,7 @@ use super::targets::{
 use super::triggers::Triggers;
 use crate::annotations;
 use crate::api::gateway::{Gateway, GatewayVersion, HttpRoute};
+use crate::api::labels::{APPLIED_HASH, FIELD_MANAGER};
 use crate::api::{NucleiScan, SourceKind, VirtualService};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};

@@ -29,14 +29,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 use tracing::warn;
 
+use crate::api::labels::{MANAGED_BY, MANAGED_BY_LABEL, MIGRATION_MANAGER};
 use crate::api::{NucleiScan, NucleiScanSpec, NucleiScanStatus, ScanPhase, SourceKind};
 use crate::error::{Result, is_conflict, is_not_found};
-use crate::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::scan::status::patch_status;
 use crate::scanner::report::{Report, ReportLimits};
-
-/// Field manager of the spec fields carried over from an old scan.
-pub const MIGRATION_MANAGER: &str = "nuclei-operator-migration";
 
 /// The name the Go operator gave the scan of the source `source`.
 pub fn legacy_name(source: &str) -> String {

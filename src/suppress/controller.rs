@@ -26,11 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Rules, State, mark};
+use crate::api::labels::FIELD_MANAGER;
 use crate::api::{NucleiFindingException, NucleiFindingExceptionSpec, NucleiScan};
 use crate::scan::status::{patch_status, set_condition};
 
-/// Field manager of the exceptions' status.
-const FIELD_MANAGER: &str = "nuclei-operator";
 /// How long a namespace that failed in part waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(10);
 
@@ -566,5 +565,57 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(ns: &str, uid: &str, generation: i64) -> NucleiFindingException {
+        let mut e = NucleiFindingException::new("x", NucleiFindingExceptionSpec::default());
+        e.metadata.namespace = Some(ns.into());
+        e.metadata.uid = Some(uid.into());
+        e.metadata.generation = Some(generation);
+        e
+    }
+
+    #[test]
+    fn only_new_exceptions_spec_changes_and_deletions_are_work() {
+        let mut seen = HashMap::new();
+        let mut work = |e: watcher::Event<NucleiFindingException>| changed(&e, &mut seen);
+        assert_eq!(work(watcher::Event::Init), Vec::<String>::new());
+        assert_eq!(work(watcher::Event::InitApply(ex("web", "a", 1))), ["web"]);
+        assert_eq!(work(watcher::Event::InitDone), Vec::<String>::new());
+        // The worker's own status write: same generation.
+        assert_eq!(
+            work(watcher::Event::Apply(ex("web", "a", 1))),
+            Vec::<String>::new()
+        );
+        assert_eq!(work(watcher::Event::Apply(ex("web", "a", 2))), ["web"]);
+        assert_eq!(work(watcher::Event::Apply(ex("shop", "b", 1))), ["shop"]);
+        // A relist after a watch restart changes nothing known.
+        assert_eq!(
+            work(watcher::Event::InitApply(ex("web", "a", 2))),
+            Vec::<String>::new()
+        );
+        assert_eq!(work(watcher::Event::Delete(ex("web", "a", 2))), ["web"]);
+        // Created again under the same uid (never in practice) is new.
+        assert_eq!(work(watcher::Event::Apply(ex("web", "a", 2))), ["web"]);
+    }
+
+    #[test]
+    fn only_a_missing_or_forbidden_kind_is_taken_as_no_exceptions() {
+        let api = |code: u16| {
+            watcher::Error::InitialListFailed(kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        assert!(unreadable(&api(404)));
+        assert!(unreadable(&api(403)));
+        assert!(!unreadable(&api(500)));
+        assert!(!unreadable(&watcher::Error::NoResourceVersion));
     }
 }

@@ -1,0 +1,50 @@
+//! The operator's vocabulary on Kubernetes objects: the field managers of
+//! its writes, and the labels and annotations it sets or reads on scans,
+//! Jobs, reports, RBAC objects and notifier Secrets, each spelled once.
+//! (The annotations users set on Ingresses, VirtualServices and HTTPRoutes
+//! are in [`crate::annotations`], with their parser.)
+
+/// Field manager of the operator's server-side applies and status patches.
+pub const FIELD_MANAGER: &str = "nuclei-operator";
+/// Field manager of the CRD upgrade (`nuclei-operator crd --apply`).
+pub const CRD_UPGRADE_MANAGER: &str = "nuclei-operator-crd-upgrade";
+/// Field manager of the spec fields carried over from a Go operator's
+/// scan, so that later applies of the source keep them.
+pub const MIGRATION_MANAGER: &str = "nuclei-operator-migration";
+
+/// Marks everything the operator creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "nuclei-operator";
+/// What part of the operator an object belongs to.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// The [`COMPONENT_LABEL`] of scanner Jobs and pods.
+pub const COMPONENT_SCANNER: &str = "scanner";
+/// On a CRD: the operator version that defined it (the pre-upgrade hook
+/// never replaces a newer one).
+pub const CRD_VERSION_LABEL: &str = "app.kubernetes.io/version";
+
+/// On a scanner Job and pod: the scan's name (cut to a label value).
+pub const SCAN_LABEL: &str = "nuclei.homelab.mortenolsen.pro/scan";
+/// On a scanner Job and pod: the run token of the run.
+pub const RUN_LABEL: &str = "nuclei.homelab.mortenolsen.pro/run";
+/// On a scanner Job: `namespace/name` of its scan, whole.
+pub const SCAN_KEY_ANNOTATION: &str = "nuclei.homelab.mortenolsen.pro/scan-key";
+/// On a NucleiScan: the kind of the source it scans.
+pub const SOURCE_KIND_LABEL: &str = "nuclei.homelab.mortenolsen.pro/source-kind";
+/// On a NucleiScan: a hash of the body last applied from its source.
+pub const APPLIED_HASH: &str = "nuclei.homelab.mortenolsen.pro/applied-hash";
+/// On a NucleiScan: the source's annotation errors, when it has some.
+pub const ANNOTATION_ERRORS: &str = "nuclei.homelab.mortenolsen.pro/annotation-errors";
+
+/// On a policy report: the run it shows (see `crate::reports::run_marker`).
+pub const REPORT_RUN_ANNOTATION: &str = "nuclei.homelab.mortenolsen.pro/run";
+/// On a policy report: set when its results were cut.
+pub const REPORT_TRUNCATED_ANNOTATION: &str = "nuclei.homelab.mortenolsen.pro/results-truncated";
+
+/// On a Secret: makes it a notifier of this type (slack, teams, webhook).
+pub const NOTIFIER_LABEL: &str = "nuclei.homelab.mortenolsen.pro/notifier";
+/// On a notifier Secret: the least severity worth a message.
+pub const NOTIFY_MIN_SEVERITY: &str = "nuclei.homelab.mortenolsen.pro/min-severity";
+/// On a notifier Secret: also tell of resolved findings.
+pub const NOTIFY_RESOLVED: &str = "nuclei.homelab.mortenolsen.pro/notify-resolved";
