@@ -182,9 +182,27 @@ fn split_digits(s: &str) -> (&str, &str) {
     s.split_at(end)
 }
 
+/// The wait after failed attempt `attempt` (1-based): `first`, doubled
+/// after each earlier attempt, capped at `max`. Never overflows.
+pub fn doubling(first: Duration, attempt: u32, max: Duration) -> Duration {
+    first
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_double_from_the_first_up_to_the_cap_and_never_overflow() {
+        let (first, max) = (Duration::from_millis(500), Duration::from_secs(10));
+        let waits: Vec<u64> = (0..8)
+            .map(|n| doubling(first, n, max).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
+        assert_eq!(doubling(Duration::MAX, u32::MAX, max), max);
+    }
 
     fn ok(s: &str) -> Duration {
         parse_duration(s).unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))

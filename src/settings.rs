@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::Severity;
 use crate::duration::{format_duration, parse_duration};
+use crate::names;
 use crate::target_policy::{Cidr, TargetPolicy, parse_host_suffix};
 
 /// How scans are executed.
@@ -825,7 +826,7 @@ fn parse_image(s: &str) -> Result<String, String> {
 
 fn parse_dns_label(s: &str) -> Result<String, String> {
     let t = s.trim();
-    if is_dns_label(t) {
+    if names::is_dns_label(t) {
         Ok(t.to_owned())
     } else {
         Err("expected a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit".to_owned())
@@ -834,21 +835,11 @@ fn parse_dns_label(s: &str) -> Result<String, String> {
 
 fn parse_dns_subdomain(s: &str) -> Result<String, String> {
     let t = s.trim();
-    if !t.is_empty() && t.len() <= 253 && t.split('.').all(is_dns_label) {
+    if names::is_dns_subdomain(t) {
         Ok(t.to_owned())
     } else {
         Err("expected a DNS subdomain name: lowercase letters, digits, '-' and '.', at most 253 characters".to_owned())
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = s.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(|&b| alnum(b) || b == b'-')
-        && alnum(bytes[0])
-        && alnum(bytes[bytes.len() - 1])
 }
 
 fn parse_list_item(s: &str) -> Result<String, String> {
@@ -1327,8 +1318,8 @@ mod tests {
         assert_eq!(parse_ttl_seconds("90m"), Ok(5400));
         assert_eq!(parse_backoff_multiplier("1"), Ok(1.0));
         assert_eq!(parse_list_item(" http/cves/ "), Ok("http/cves/".to_owned()));
-        assert!(is_dns_label("a"));
-        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(parse_dns_label("a").is_ok());
+        assert!(parse_dns_label(&"a".repeat(64)).is_err());
         assert!(parse_dns_subdomain("nuclei-operator.v1").is_ok());
     }
 

@@ -307,8 +307,8 @@ impl TargetPolicy {
     /// Why the host of `target` (an http(s) URL) is refused by name or as
     /// an IP literal, or `None`.
     pub fn refuse_target_host(&self, target: &str) -> Option<String> {
-        let socket = crate::scan::probe::socket_of(target)?;
-        self.refuse_host(host_of_socket(&socket))
+        let (host, _) = crate::scan::probe::host_and_port(target)?;
+        self.refuse_host(host)
     }
 
     /// Resolves the host of `target` (an http(s) URL) and checks it by name
@@ -339,15 +339,15 @@ impl TargetPolicy {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Vec<IpAddr>>,
     {
-        let Some(socket) = crate::scan::probe::socket_of(target) else {
+        let Some((host, port)) = crate::scan::probe::host_and_port(target) else {
             return Err(format!(
                 "{target} is not an http(s) URL whose host can be checked"
             ));
         };
-        let (host, port) = socket.rsplit_once(':').unwrap_or((&socket, "80"));
         if let Some(why) = self.refuse_host(host) {
             return Err(why);
         }
+        let socket = format!("{host}:{port}");
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let literal = host.starts_with('[') || host.parse::<IpAddr>().is_ok();
         for domain in search.iter().filter(|_| !literal) {
@@ -365,7 +365,7 @@ impl TargetPolicy {
         if !self.refuses_any_address() {
             return Ok(());
         }
-        let addrs = resolve(socket.clone()).await;
+        let addrs = resolve(socket).await;
         match self.refuse_resolved(&host, &addrs) {
             Some(why) => Err(why),
             None => Ok(()),
@@ -389,11 +389,6 @@ pub fn search_domains(resolv_conf: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The host of a `host:port`, IPv6 literals in brackets.
-fn host_of_socket(socket: &str) -> &str {
-    socket.rsplit_once(':').map_or(socket, |(h, _)| h)
 }
 
 #[cfg(test)]

@@ -215,19 +215,10 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
 /// `/`) may pass.
 fn check_dns_subdomain(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("empty ConfigMap name".to_owned());
-    }
-    if name.len() > 253 {
-        return Err(format!("{name:?} is longer than 253 characters"));
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if name.split('.').all(label_ok) {
+        Err("empty ConfigMap name".to_owned())
+    } else if name.len() > crate::names::MAX_DNS_SUBDOMAIN {
+        Err(format!("{name:?} is longer than 253 characters"))
+    } else if crate::names::is_dns_subdomain(name) {
         Ok(())
     } else {
         Err(format!(

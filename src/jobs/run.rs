@@ -7,6 +7,11 @@ use crate::api::NucleiScan;
 
 use super::*;
 
+/// The run token a scanner Job is labelled with.
+pub fn run_of(job: &k8s_openapi::api::batch::v1::Job) -> Option<&str> {
+    job.labels().get(RUN_LABEL).map(String::as_str)
+}
+
 /// A deterministic token for the next run of `scan`.
 ///
 /// Derived only from stored state: the scan's uid, `metadata.generation`,

@@ -40,7 +40,7 @@ impl Retry {
     /// `Retry-After` when it gave one, both capped at `max`.
     pub fn wait(&self, n: u32, retry_after: Option<Duration>) -> Duration {
         retry_after
-            .unwrap_or_else(|| self.first.saturating_mul(1 << n.saturating_sub(1).min(16)))
+            .unwrap_or_else(|| crate::duration::doubling(self.first, n, self.max))
             .min(self.max)
     }
 }

@@ -12,28 +12,26 @@ use tokio::net::{TcpStream, lookup_host};
 
 use crate::target_policy::TargetPolicy;
 
-/// `host:port` of an http(s) URL.
-pub fn socket_of(target: &str) -> Option<String> {
-    let (scheme, rest) = target.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    if authority.is_empty() {
+/// The host (IPv6 in brackets) and port of an http(s) URL, the port from
+/// its scheme when it names none; `None` when it has no scheme, no host or
+/// a port that is not a number.
+pub fn host_and_port(target: &str) -> Option<(&str, u16)> {
+    let p = crate::url::parse(target);
+    let scheme = p.scheme?;
+    if p.host.is_empty() {
         return None;
     }
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-        && !authority.ends_with(']');
-    Some(if has_port {
-        authority.to_string()
-    } else {
-        let port = if scheme.eq_ignore_ascii_case("https") {
-            443
-        } else {
-            80
-        };
-        format!("{authority}:{port}")
-    })
+    let port = match p.port {
+        None | Some("") if scheme.eq_ignore_ascii_case("https") => 443,
+        None | Some("") => 80,
+        Some(_) => p.port_number()?,
+    };
+    Some((p.host, port))
+}
+
+/// `host:port` of an http(s) URL (see [`host_and_port`]).
+pub fn socket_of(target: &str) -> Option<String> {
+    host_and_port(target).map(|(host, port)| format!("{host}:{port}"))
 }
 
 /// Whether at least one target accepts a TCP connection within `timeout`.
@@ -84,7 +82,14 @@ mod tests {
         );
         assert_eq!(socket_of("http://a:8080/p?q").as_deref(), Some("a:8080"));
         assert_eq!(socket_of("http://[::1]").as_deref(), Some("[::1]:80"));
+        assert_eq!(
+            socket_of("http://u@[::1]:8080/").as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(socket_of("http://a:/").as_deref(), Some("a:80"));
         assert_eq!(socket_of("nonsense"), None);
+        assert_eq!(socket_of("http:///p"), None);
+        assert_eq!(socket_of("http://a:99999/"), None);
     }
 
     #[tokio::test]

@@ -108,16 +108,10 @@ pub fn target_hosts(scan: &NucleiScan) -> Vec<String> {
         .spec
         .targets
         .iter()
-        .filter_map(|t| {
-            let rest = t.split_once("://")?.1;
-            let host = rest.split(['/', '?', '#']).next()?;
-            // The port does not make it another host.
-            let host = match host.rsplit_once(':') {
-                Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-                _ => host,
-            };
-            Some(host.to_ascii_lowercase())
-        })
+        .map(|t| crate::url::parse(t))
+        .filter(|p| p.scheme.is_some())
+        // The port does not make it another host.
+        .map(|p| p.host.to_ascii_lowercase())
         .collect();
     hosts.sort();
     hosts.dedup();
@@ -262,11 +256,7 @@ async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
                     pod_name: None,
                     start_time: job.metadata.creation_timestamp.clone(),
                 },
-                run: job
-                    .labels()
-                    .get(crate::api::labels::RUN_LABEL)
-                    .cloned()
-                    .unwrap_or_default(),
+                run: jobs::run_of(&job).unwrap_or_default().to_owned(),
                 created: job.metadata.creation_timestamp.as_ref().map(chrono),
                 pod: pod_of(ctx, &job).await?,
             },

@@ -29,9 +29,8 @@ use tracing::{info, warn};
 
 use super::reconcile::{ScanCtx, target_hosts};
 use crate::api::NucleiScan;
-use crate::api::labels::RUN_LABEL;
 use crate::cache;
-use crate::jobs::{job_finished, job_name};
+use crate::jobs::{job_finished, job_name, run_of};
 
 /// How often [`audit`] runs.
 pub const AUDIT_INTERVAL: Duration = Duration::from_secs(10);
@@ -48,9 +47,9 @@ pub fn job_run(job: &Job) -> Option<(String, String)> {
             && o.kind == NucleiScan::kind(&())
             && o.api_version == NucleiScan::api_version(&())
     })?;
-    let run = job.labels().get(RUN_LABEL)?;
+    let run = run_of(job)?;
     (job.name_any() == job_name(&owner.name, run))
-        .then(|| (format!("{namespace}/{}", owner.name), run.clone()))
+        .then(|| (format!("{namespace}/{}", owner.name), run.to_owned()))
 }
 
 /// The uid of the scan controlling `job`.
@@ -172,6 +171,7 @@ fn scan_of(scans: &Store<NucleiScan>, key: &str) -> Option<std::sync::Arc<Nuclei
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::labels::RUN_LABEL;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn job(name: &str, owner: &str, run: &str, controller: bool) -> Job {

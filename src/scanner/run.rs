@@ -379,10 +379,10 @@ fn scan_timeout(scan: &NucleiScan, d: &ScannerDefaults) -> Duration {
         .unwrap_or(d.timeout)
 }
 
-/// Delay between attempts of a status read or write that failed: doubling
+/// Delay after failed attempt `attempt` of a status read or write: doubling
 /// from 0.5 s up to 10 s.
-fn next_delay(delay: Duration) -> Duration {
-    (delay * 2).min(Duration::from_secs(10))
+fn retry_delay(attempt: u32) -> Duration {
+    crate::duration::doubling(Duration::from_millis(500), attempt, Duration::from_secs(10))
 }
 
 /// Reads the scan until it names run `id` as Running. `Ok(Err(why))` when
@@ -393,8 +393,10 @@ async fn wait_until_running(
     id: &RunId,
     wait_until: Instant,
 ) -> Result<Result<NucleiScan, String>> {
-    let mut delay = Duration::from_millis(500);
+    let mut attempt = 0;
     loop {
+        attempt += 1;
+        let delay = retry_delay(attempt);
         let check = match api.get_opt(name).await {
             Ok(None) => return Ok(Err("the scan was deleted".into())),
             Ok(Some(scan)) => match check_run(&scan, &id.uid, &id.token) {
@@ -414,7 +416,6 @@ async fn wait_until_running(
             check => return Ok(Err(why_not(check))),
         }
         tokio::time::sleep(delay).await;
-        delay = next_delay(delay);
     }
 }
 
@@ -428,11 +429,11 @@ async fn write_result(
     last: NucleiScan,
     deadline: Instant,
 ) -> Result<Result<(), String>> {
-    let mut delay = Duration::from_millis(500);
     let mut attempt = 0;
     let mut known = Some(last);
     loop {
         attempt += 1;
+        let delay = retry_delay(attempt);
         let error = match write_if(
             api,
             name,
@@ -459,7 +460,6 @@ async fn write_result(
             "writing the scan result failed (attempt {attempt}; retrying in {delay:?}): {error:#}"
         );
         tokio::time::sleep(delay).await;
-        delay = next_delay(delay);
     }
 }
 

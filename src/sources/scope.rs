@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use super::triggers::Triggers;
 use crate::cache;
+use crate::names;
 
 /// One requirement of an equality-based label selector: `key=value`
 /// (or `key==value`), `key!=value`, `key` (the label exists), `!key` (it
@@ -67,43 +68,17 @@ pub fn parse_label_requirement(s: &str) -> Result<LabelRequirement, String> {
         LabelRequirement::Equals(k, v) | LabelRequirement::NotEquals(k, v) => (k, Some(v)),
         LabelRequirement::Exists(k) | LabelRequirement::DoesNotExist(k) => (k, None),
     };
-    if !is_label_key(key) {
+    if !names::is_label_key(key) {
         return Err(format!(
             "{s:?}: {key:?} is not a label key (such as team or example.com/scan); write key=value, key!=value, key or !key"
         ));
     }
     if let Some(v) = value
-        && !is_label_value(v)
+        && !names::is_label_value(v)
     {
         return Err(format!("{s:?}: {v:?} is not a label value"));
     }
     Ok(req)
-}
-
-fn is_name_part(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-fn is_label_key(key: &str) -> bool {
-    match key.rsplit_once('/') {
-        Some((prefix, name)) => {
-            is_name_part(name, 63)
-                && prefix.len() <= 253
-                && prefix
-                    .split('.')
-                    .all(|l| is_name_part(l, 63) && !l.contains(['_', '.']))
-        }
-        None => is_name_part(key, 63),
-    }
-}
-
-fn is_label_value(v: &str) -> bool {
-    v.is_empty() || is_name_part(v, 63)
 }
 
 /// Whether namespace labels satisfy every requirement (an empty list

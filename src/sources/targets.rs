@@ -275,10 +275,12 @@ pub fn scan_name(kind: SourceKind, source_name: &str) -> String {
         SourceKind::VirtualService => "vs",
         SourceKind::HttpRoute => "httproute",
     };
-    if is_dns_label(source_name) && source_name.len() + 1 + suffix.len() <= MAX_SCAN_NAME_LEN {
+    if crate::names::is_dns_label(source_name)
+        && source_name.len() + 1 + suffix.len() <= MAX_SCAN_NAME_LEN
+    {
         return format!("{source_name}-{suffix}");
     }
-    let hash = format!("{:08x}", fnv1a_32(source_name.as_bytes()));
+    let hash = format!("{:08x}", crate::hash::fnv1a_32(source_name.as_bytes()));
     let keep = MAX_SCAN_NAME_LEN - hash.len() - suffix.len() - 2;
     let sanitized: String = source_name
         .chars()
@@ -508,23 +510,6 @@ pub(super) fn normalize_host(raw: &str) -> Result<String, String> {
         }
     }
     Ok(host)
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-// FNV-1a: tiny and fixed forever, unlike std's DefaultHasher, whose output may
-// change between Rust releases and would rename every scan.
-fn fnv1a_32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 #[cfg(test)]
@@ -1094,7 +1079,7 @@ mod tests {
 
     fn assert_label(name: &str) {
         assert!(name.len() <= MAX_SCAN_NAME_LEN, "{name} is too long");
-        assert!(is_dns_label(name), "{name} is not a DNS label");
+        assert!(crate::names::is_dns_label(name), "{name} is not a DNS label");
     }
 
     #[test]

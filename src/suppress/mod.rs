@@ -102,10 +102,10 @@ impl Rule {
             return true;
         }
         let places = [&f.matched_at, &f.host].map(|s| s.to_ascii_lowercase());
-        if scheme_end(&self.target).is_some() {
+        if crate::url::scheme_end(&self.target).is_some() {
             places
                 .iter()
-                .filter(|s| scheme_end(s).is_some())
+                .filter(|s| crate::url::scheme_end(s).is_some())
                 .any(|s| glob(&self.target, s))
         } else {
             places
@@ -116,33 +116,10 @@ impl Rule {
     }
 }
 
-/// Where the scheme of a URL ends (the index of its `://`), when `s` starts
-/// with one (`[a-z][a-z0-9+.-]*://`).
-fn scheme_end(s: &str) -> Option<usize> {
-    let i = s.find("://")?;
-    let scheme = &s.as_bytes()[..i];
-    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
-    valid.then_some(i)
-}
-
 /// The host of a URL or of `host[:port]`, without scheme, user, port, path
 /// or the brackets of an IPv6 address.
 fn host_of(s: &str) -> Option<&str> {
-    let rest = scheme_end(s).map_or(s, |i| &s[i + 3..]);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next()?
-    } else if host.matches(':').count() > 1 {
-        // An IPv6 address without brackets has no port.
-        host
-    } else {
-        host.split(':').next()?
-    };
-    (!host.is_empty()).then_some(host)
+    Some(crate::url::parse(s).bare_host()).filter(|h| !h.is_empty())
 }
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of

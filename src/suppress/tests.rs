@@ -78,8 +78,8 @@ fn hosts_are_read_from_urls_and_host_port_pairs() {
     // A URL inside the query is not the scheme.
     assert_eq!(host_of("shop.test/x?u=http://evil.test"), Some("shop.test"));
     assert_eq!(host_of(""), None);
-    assert_eq!(scheme_end("https://a"), Some(5));
-    assert_eq!(scheme_end("shop.test/x?u=http://evil"), None);
+    assert_eq!(crate::url::scheme_end("https://a"), Some(5));
+    assert_eq!(crate::url::scheme_end("shop.test/x?u=http://evil"), None);
 }
 
 #[test]
