@@ -25,6 +25,7 @@ use dispatcher::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api::ScanKey;
 use crate::metrics::{Metrics, ReasonLabel};
 
 use self::auth::DataAuth;
@@ -193,7 +194,7 @@ async fn queue_item(
     State(s): State<HttpState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    let key = format!("{namespace}/{name}");
+    let key = ScanKey::new(namespace, name).to_string();
     match s.dispatch.lookup(&key) {
         Some(item) => Json(item_json(&item)).into_response(),
         None => (

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::api::labels::{
     FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, REPORT_RUN_ANNOTATION, REPORT_TRUNCATED_ANNOTATION,
 };
-use crate::api::{Finding, NucleiScan, Severity};
+use crate::api::{Finding, NucleiScan, ScanKey, Severity};
 use crate::scan::status::chrono;
 use crate::settings::ReportsFormat;
 use crate::sources::discovery::{Served, while_served};
@@ -200,7 +200,7 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
         Ok(list) => {
             for r in list.items {
                 if let Some(run) = r.annotations().get(REPORT_RUN_ANNOTATION) {
-                    let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
+                    let key = ScanKey::of(&r).to_string();
                     written.insert(key, run.clone());
                 }
             }
@@ -267,10 +267,8 @@ async fn write_reports(ctx: Arc<ReportCtx>, format: Format, stop: CancellationTo
             }
         }
         let cached = |k: &String| {
-            let (ns, name) = k.split_once('/').unwrap_or_default();
-            ctx.scans
-                .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
-                .is_some()
+            k.parse::<ScanKey>()
+                .is_ok_and(|k| ctx.scans.get(&k.object_ref()).is_some())
         };
         written.retain(|k, _| cached(k));
         failed.retain(|k, _| cached(k));

@@ -4,6 +4,7 @@
 pub mod exception;
 mod finding;
 pub mod gateway;
+mod key;
 pub mod labels;
 pub mod nucleiscan;
 pub mod virtual_service;
@@ -17,6 +18,7 @@ pub use exception::{
     NucleiFindingException, NucleiFindingExceptionSpec, NucleiFindingExceptionStatus,
 };
 pub use finding::{Finding, Severity};
+pub use key::ScanKey;
 pub use nucleiscan::{
     JobRef, MAX_RATE_LIMIT, MAX_REFUSED_LISTED, MAX_RETRY_COUNT, MAX_TARGET_LEN, MAX_TARGETS,
     MIN_RATE_LIMIT, NucleiScan, NucleiScanSpec, NucleiScanStatus, ScanPhase, ScanSummary,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
-use crate::api::{NucleiScan, Severity};
+use crate::api::{NucleiScan, ScanKey, Severity};
 use crate::settings::Settings;
 use crate::target_policy::TargetPolicy;
 
@@ -67,7 +67,7 @@ pub struct JobParams {
 impl JobParams {
     /// `<namespace>/<name>` of the scan: the scanner's `--scan` argument.
     pub fn scan_key(&self) -> String {
-        format!("{}/{}", self.scan_namespace, self.scan_name)
+        ScanKey::new(&self.scan_namespace, &self.scan_name).to_string()
     }
 
     /// The Job's name: [`job_name`] of the scan name and run token.

@@ -36,7 +36,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::NucleiScan;
+use crate::api::{NucleiScan, ScanKey};
 use crate::metrics::Metrics;
 use crate::scan::status::{chrono, patch_status, time};
 use crate::settings::{NotifierScope, Settings};
@@ -152,7 +152,7 @@ impl Notifications {
             Ok(whole) => {
                 // After a restart, not before the exceptions are listed.
                 if !self.exceptions.known(EXCEPTIONS_WAIT).await {
-                    warn!(scan = %crate::scan::reconcile::scan_key(scan), "NucleiFindingExceptions not listed after {EXCEPTIONS_WAIT:?}: announcing without them");
+                    warn!(scan = %ScanKey::of(scan), "NucleiFindingExceptions not listed after {EXCEPTIONS_WAIT:?}: announcing without them");
                 }
                 let rules = self
                     .exceptions
@@ -164,7 +164,7 @@ impl Notifications {
             Err(e) => {
                 // Not taken after all: the next reconcile tries again.
                 self.taken.lock().expect("taken lock").forget(&uid, run);
-                debug!(scan = %crate::scan::reconcile::scan_key(scan), "reading the scan's findings: {e}");
+                debug!(scan = %ScanKey::of(scan), "reading the scan's findings: {e}");
                 None
             }
         }
@@ -205,7 +205,7 @@ impl Notifications {
             for n in &notifiers {
                 self.metrics.notified(n.kind.as_str(), "dropped");
             }
-            warn!(scan = %crate::scan::reconcile::scan_key(scan), "too many notifications waiting; this run's are dropped");
+            warn!(scan = %ScanKey::of(scan), "too many notifications waiting; this run's are dropped");
             return;
         }
         let (this, scan) = (self.clone(), scan.clone());
@@ -231,7 +231,7 @@ impl Notifications {
                 })
                 .await
         };
-        let key = crate::scan::reconcile::scan_key(scan);
+        let key = ScanKey::of(scan);
         match result {
             Ok(()) => {
                 self.metrics.notified(kind, "delivered");
@@ -264,7 +264,7 @@ impl Notifications {
             Api::namespaced(self.client.clone(), &scan.namespace().unwrap_or_default());
         let status = json!({ "announcedRun": time(news.run) });
         if let Err(e) = patch_status(&api, &scan.name_any(), None, status).await {
-            debug!(scan = %crate::scan::reconcile::scan_key(scan), "announcedRun not recorded: {e}");
+            debug!(scan = %ScanKey::of(scan), "announcedRun not recorded: {e}");
         }
     }
 }

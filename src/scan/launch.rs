@@ -33,13 +33,19 @@ use super::status::{
     Attempt, POD_NOT_STARTED, Transition, WAITING_FOR_TARGETS, chrono, remove_condition,
     set_condition, time,
 };
-use crate::api::{JobRef, NucleiScan};
+use crate::api::{JobRef, NucleiScan, ScanKey};
 use crate::error::is_conflict;
 use crate::jobs::{self, RbacCache};
 
-/// The scan's namespace and name from its dispatcher key.
-pub fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("default", key))
+/// The scan an admitted intent names; `None` (logged) for a key no scan
+/// could have, which is nothing to launch.
+pub fn scan_key_of(admitted: &Admitted<String>) -> Option<ScanKey> {
+    admitted
+        .intent
+        .key
+        .parse()
+        .inspect_err(|e| warn!("nothing to launch: {e}"))
+        .ok()
 }
 
 /// Whether a failed API request will fail the same way when repeated: the
@@ -123,7 +129,10 @@ impl JobLauncher {
     async fn launch_job(&self, admitted: &Admitted<String>) -> Result<Launched, Retry> {
         let ctx = &self.ctx;
         let run = admitted.intent.payload.as_str();
-        let (namespace, name) = split_key(&admitted.intent.key);
+        let Some(key) = scan_key_of(admitted) else {
+            return Ok(Launched::AlreadyFinished);
+        };
+        let (namespace, name) = (key.namespace(), key.name());
         let api: Api<NucleiScan> = Api::namespaced(ctx.client.clone(), namespace);
         let Some(scan) = api.get_opt(name).await? else {
             return Ok(Launched::AlreadyFinished);
@@ -414,11 +423,5 @@ mod tests {
         let transport = kube::Error::Service("connection refused".into());
         assert!(!is_permanent(&transport));
         assert_eq!(api_message(&api(422)), "refused (Reason)");
-    }
-
-    #[test]
-    fn a_key_splits_into_namespace_and_name() {
-        assert_eq!(split_key("team-a/web-ingress"), ("team-a", "web-ingress"));
-        assert_eq!(split_key("bare"), ("default", "bare"));
     }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::phase::{JobView, Observed, Plan, PodView, Policy, QueueOp, decide};
 use super::status::{Transition, chrono, patch_status};
-use crate::api::{JobRef, NucleiScan, ScanPhase};
+use crate::api::{JobRef, NucleiScan, ScanKey, ScanPhase};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
 use crate::jobs;
@@ -46,7 +46,7 @@ pub struct ScanCtx {
     pub jobs: Store<Job>,
     /// Finished runs already reported (events, metrics): scan key → run
     /// marker, empty for a scan seen unfinished and not reported since.
-    reported: Mutex<HashMap<String, String>>,
+    reported: Mutex<HashMap<ScanKey, String>>,
     /// Events on source objects (one per distinct note).
     source_events: crate::events::NotedEvents,
     /// Announces what runs found new (Events, notifiers).
@@ -91,15 +91,6 @@ impl ScanCtx {
             debug!("event {reason} not recorded: {e}");
         }
     }
-}
-
-/// The dispatcher key of a scan.
-pub fn scan_key(scan: &NucleiScan) -> String {
-    format!(
-        "{}/{}",
-        scan.namespace().unwrap_or_default(),
-        scan.name_any()
-    )
 }
 
 /// Host names of a scan's targets (for per-host exclusivity).
@@ -191,7 +182,7 @@ fn error_policy(scan: Arc<NucleiScan>, err: &Error, ctx: Arc<ScanCtx>) -> Action
         .inc();
     let conflict = matches!(err, Error::Kube(e) if crate::error::is_conflict(e));
     if !conflict {
-        warn!(scan = %scan_key(&scan), error = %err, "scan reconcile failed; retrying");
+        warn!(scan = %ScanKey::of(scan.as_ref()), error = %err, "scan reconcile failed; retrying");
     }
     Action::requeue(if conflict {
         Duration::from_millis(200)
@@ -206,7 +197,7 @@ fn error_policy(scan: Arc<NucleiScan>, err: &Error, ctx: Arc<ScanCtx>) -> Action
 /// for a lost one. Only Jobs the scan controls count. The pod is looked at
 /// only while the Job has no ready pod.
 async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
-    let key = scan_key(scan);
+    let key = ScanKey::of(scan).to_string();
     let status = scan.status.as_ref();
     let in_process =
         ctx.settings.scanner_mode == ScannerMode::Sync && ctx.dispatch.is_running(&key);
@@ -295,7 +286,7 @@ async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
     Ok(PodView::of(&pods.list(&lp).await?.items))
 }
 
-#[instrument(skip_all, fields(scan = %scan_key(&scan)))]
+#[instrument(skip_all, fields(scan = %ScanKey::of(scan.as_ref())))]
 async fn reconcile(scan: Arc<NucleiScan>, ctx: Arc<ScanCtx>) -> Result<Action> {
     ctx.metrics.reconciled("nucleiscan");
     if cache::unreadable(scan.as_ref()).is_some() {
@@ -339,7 +330,7 @@ async fn announce(ctx: &ScanCtx, scan: &NucleiScan) {
 /// decided on, so a stale decision fails with a conflict and is made again),
 /// then the Job deletion, the queue and the Events.
 async fn apply(ctx: &ScanCtx, scan: &NucleiScan, plan: Plan, now: DateTime<Utc>) -> Result<Action> {
-    let key = scan_key(scan);
+    let key = ScanKey::of(scan).to_string();
     let name = scan.name_any();
     let namespace = scan.namespace().unwrap_or_default();
     if plan.writes_status() {
@@ -435,7 +426,7 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
             .unwrap_or(""),
         status.completion_time.as_ref().map(chrono)
     );
-    let key = scan_key(scan);
+    let key = ScanKey::of(scan);
     {
         let mut reported = ctx.reported.lock().expect("reported lock");
         let previous = reported.insert(key, marker.clone());
@@ -537,7 +528,7 @@ impl ScanCtx {
     /// that its finish is reported by this process.
     fn seen_unfinished(&self, scan: &NucleiScan) {
         let mut reported = self.reported.lock().expect("reported lock");
-        reported.entry(scan_key(scan)).or_default();
+        reported.entry(ScanKey::of(scan)).or_default();
     }
 }
 

@@ -28,7 +28,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::reconcile::{ScanCtx, target_hosts};
-use crate::api::NucleiScan;
+use crate::api::{NucleiScan, ScanKey};
 use crate::cache;
 use crate::jobs::{job_finished, job_name, run_of};
 
@@ -48,8 +48,12 @@ pub fn job_run(job: &Job) -> Option<(String, String)> {
             && o.api_version == NucleiScan::api_version(&())
     })?;
     let run = run_of(job)?;
-    (job.name_any() == job_name(&owner.name, run))
-        .then(|| (format!("{namespace}/{}", owner.name), run.to_owned()))
+    (job.name_any() == job_name(&owner.name, run)).then(|| {
+        (
+            ScanKey::new(namespace, &owner.name).to_string(),
+            run.to_owned(),
+        )
+    })
 }
 
 /// The uid of the scan controlling `job`.
@@ -87,9 +91,10 @@ pub async fn audit(ctx: &ScanCtx) -> usize {
         if run.launching {
             continue;
         }
-        let Some((namespace, name)) = run.key.split_once('/') else {
+        let Ok(key) = run.key.parse::<ScanKey>() else {
             continue;
         };
+        let (namespace, name) = (key.namespace(), key.name());
         let job = job_name(name, &run.payload);
         let backed = match ctx.jobs.get(&ObjectRef::new(&job).within(namespace)) {
             Some(j) => job_finished(&j).is_none(),
@@ -164,8 +169,7 @@ pub async fn adopt_live_jobs(ctx: &ScanCtx, scans: &Store<NucleiScan>) -> usize 
 }
 
 fn scan_of(scans: &Store<NucleiScan>, key: &str) -> Option<std::sync::Arc<NucleiScan>> {
-    let (namespace, name) = key.split_once('/')?;
-    scans.get(&ObjectRef::new(name).within(namespace))
+    scans.get(&key.parse::<ScanKey>().ok()?.object_ref())
 }
 
 #[cfg(test)]

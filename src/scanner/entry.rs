@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::run::{RunId, RunResult, ScannerDefaults, children_peak_rss_bytes, run};
-use crate::api::Severity;
+use crate::api::{ScanKey, Severity};
 use crate::jobs::{
     DEFAULT_SEVERITY_ENV, DEFAULT_TEMPLATES_ENV, EXTRA_TEMPLATE_DIRS_ENV, INTERACTSH_URL_ENV,
     MAX_RATE_LIMIT_ENV, POD_NAME_ENV, SCAN_RUN_ENV, SCAN_UID_ENV, SCANNER_TIMEOUT_ENV,
@@ -80,9 +80,10 @@ fn parse_target_policy(s: &str) -> Result<TargetPolicy, String> {
 /// ([`EXIT_DONE`], [`EXIT_FAILED`], [`EXIT_UNRECORDED`]). The reason of a
 /// failure goes to the termination log, where `kubectl describe pod` shows it.
 pub async fn main(args: ScannerArgs) -> ExitCode {
-    let Some((namespace, name)) = args.scan.split_once('/') else {
+    let Ok(key) = args.scan.parse::<ScanKey>() else {
         return unrecorded("--scan must be NAMESPACE/NAME");
     };
+    let (namespace, name) = (key.namespace(), key.name());
     let defaults = ScannerDefaults {
         templates_path: args.templates_path,
         extra_template_dirs: args.extra_template_dirs,

@@ -19,7 +19,7 @@ use super::command::{Outcome, ScanOptions, classify_exit, nuclei_args, nuclei_en
 use super::history::{self, Changes, Previous};
 use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
-use crate::api::{NucleiScan, Severity};
+use crate::api::{NucleiScan, ScanKey, Severity};
 use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::status::{Transition, time};
@@ -358,7 +358,7 @@ fn listed_refusals(refused: &[String]) -> Vec<String> {
 }
 
 fn moved_on(namespace: &str, name: &str, why: String) -> RunResult {
-    info!(scan = %format!("{namespace}/{name}"), why, "the scan no longer expects this run: nothing recorded");
+    info!(scan = %ScanKey::new(namespace, name), why, "the scan no longer expects this run: nothing recorded");
     RunResult::MovedOn { why }
 }
 

@@ -9,15 +9,15 @@ use chrono::Utc;
 use dispatcher::{Admitted, LaunchError, Launched, Launcher};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use super::run::{RunId, ScannerDefaults, run};
-use crate::api::NucleiScan;
+use crate::api::{NucleiScan, ScanKey};
 use crate::scan::fence::{RunCheck, check_run, write_if};
-use crate::scan::launch::{fail_attempt, split_key};
+use crate::scan::launch::{fail_attempt, scan_key_of};
 use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::reconcile::ScanCtx;
 use crate::scan::slots::AUDIT_INTERVAL;
@@ -53,10 +53,10 @@ pub async fn audit_forever(
             let runs = runs.lock().expect("runs lock");
             runs.iter()
                 .filter(|(key, (run, _))| {
-                    let Some((namespace, name)) = key.split_once('/') else {
+                    let Ok(key) = key.parse::<ScanKey>() else {
                         return true;
                     };
-                    match scans.get(&ObjectRef::new(name).within(namespace)) {
+                    match scans.get(&key.object_ref()) {
                         None => true,
                         // Unreadable for now: nothing says it moved on.
                         Some(scan) if crate::cache::unreadable(scan.as_ref()).is_some() => false,
@@ -136,8 +136,10 @@ impl Launcher<String> for SyncLauncher {
         let key = admitted.intent.key.clone();
         let key_for_registry = key.clone();
         let run_token = admitted.intent.payload.clone();
-        let (namespace, name) = split_key(&key);
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let Some(scan_key) = scan_key_of(admitted) else {
+            return Ok(Launched::AlreadyFinished);
+        };
+        let (namespace, name) = (scan_key.namespace().to_owned(), scan_key.name().to_owned());
         let api: Api<NucleiScan> = Api::namespaced(self.ctx.client.clone(), &namespace);
         let Some(scan) = api.get_opt(&name).await.map_err(retry)? else {
             return Ok(Launched::AlreadyFinished);

@@ -1079,7 +1079,10 @@ mod tests {
 
     fn assert_label(name: &str) {
         assert!(name.len() <= MAX_SCAN_NAME_LEN, "{name} is too long");
-        assert!(crate::names::is_dns_label(name), "{name} is not a DNS label");
+        assert!(
+            crate::names::is_dns_label(name),
+            "{name} is not a DNS label"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::{Rules, State, mark};
 use crate::api::labels::FIELD_MANAGER;
-use crate::api::{NucleiFindingException, NucleiFindingExceptionSpec, NucleiScan};
+use crate::api::{NucleiFindingException, NucleiFindingExceptionSpec, NucleiScan, ScanKey};
 use crate::scan::status::{patch_status, set_condition};
 
 /// How long a namespace that failed in part waits before it is tried again.
@@ -321,7 +321,7 @@ impl Worker {
         for name in &names {
             // One scan that cannot be marked holds up none of the others.
             if let Err(e) = self.mark(ns, name).await {
-                warn!(scan = %format!("{ns}/{name}"), "marking suppressed findings: {e:#}");
+                warn!(scan = %ScanKey::new(ns, name), "marking suppressed findings: {e:#}");
                 failed = true;
             }
         }
@@ -333,7 +333,7 @@ impl Worker {
         let failed = match self.mark(ns, name).await {
             Ok(()) => false,
             Err(e) => {
-                warn!(scan = %format!("{ns}/{name}"), "marking suppressed findings: {e:#}");
+                warn!(scan = %ScanKey::new(ns, name), "marking suppressed findings: {e:#}");
                 true
             }
         };
@@ -406,7 +406,7 @@ impl Worker {
                 }
                 match patch_status(&api, name, rv.as_deref(), patch).await {
                     Ok(_) => {
-                        info!(scan = %format!("{ns}/{name}"), suppressed = marks.total(), "suppressed findings marked");
+                        info!(scan = %ScanKey::new(ns, name), suppressed = marks.total(), "suppressed findings marked");
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
                     Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
