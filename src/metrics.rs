@@ -162,11 +162,20 @@ impl Default for Metrics {
                 })
                 .inc_by(0);
         }
-        for error in crate::error::Error::METRIC_LABELS {
+        use crate::error::Error;
+        let steps = Error::SCAN_STEPS
+            .map(|s| ("nucleiscan", s))
+            .into_iter()
+            .chain(
+                CONTROLLERS[1..]
+                    .iter()
+                    .flat_map(|c| Error::SOURCE_STEPS.map(|s| (*c, s))),
+            );
+        for (controller, step) in steps {
             reconcile_errors
                 .get_or_create(&ErrorLabel {
-                    controller: "nucleiscan".into(),
-                    error: error.into(),
+                    controller: controller.into(),
+                    error: step.into(),
                 })
                 .inc_by(0);
         }
@@ -206,6 +215,16 @@ impl Metrics {
             .get_or_create(&NotifyLabel {
                 r#type: kind.into(),
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed reconcile of `controller` by the step that failed.
+    pub fn reconcile_failed(&self, controller: &str, err: &crate::error::Error) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabel {
+                controller: controller.into(),
+                error: err.step().into(),
             })
             .inc();
     }
@@ -486,7 +505,8 @@ mod tests {
             "nuclei_scan_job_duration_seconds",
             "nuclei_active_scan_jobs",
             "nuclei_build_info{version=\"",
-            "nuclei_reconcile_errors_total{controller=\"nucleiscan\",error=\"kube\"} 0",
+            "nuclei_reconcile_errors_total{controller=\"nucleiscan\",error=\"write_status\"} 0",
+            "nuclei_reconcile_errors_total{controller=\"ingress\",error=\"apply_scan\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -98,7 +98,11 @@ async fn one_scan_is_counted_exactly_once_and_a_restart_counts_nothing_twice() {
         ("nuclei_queue_depth{reason=\"scheduled\"}", 0.0),
         ("nuclei_queue_depth{reason=\"retry\"}", 0.0),
         (
-            "nuclei_reconcile_errors_total{controller=\"nucleiscan\",error=\"kube\"}",
+            "nuclei_reconcile_errors_total{controller=\"nucleiscan\",error=\"write_status\"}",
+            0.0,
+        ),
+        (
+            "nuclei_reconcile_errors_total{controller=\"ingress\",error=\"apply_scan\"}",
             0.0,
         ),
     ];

@@ -28,7 +28,7 @@ use crate::api::{JobRef, NucleiScan, ScanKey, ScanPhase};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
 use crate::jobs;
-use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel};
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::settings::{ScannerMode, Settings};
 use crate::sources::triggers::Triggers;
 
@@ -173,14 +173,8 @@ pub async fn run(
 }
 
 fn error_policy(scan: Arc<NucleiScan>, err: &Error, ctx: Arc<ScanCtx>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabel {
-            controller: "nucleiscan".into(),
-            error: err.metric_label().into(),
-        })
-        .inc();
-    let conflict = matches!(err, Error::Kube(e) if crate::error::is_conflict(e));
+    ctx.metrics.reconcile_failed("nucleiscan", err);
+    let conflict = err.kube().is_some_and(crate::error::is_conflict);
     if !conflict {
         warn!(scan = %ScanKey::of(scan.as_ref()), error = %err, "scan reconcile failed; retrying");
     }
@@ -226,7 +220,8 @@ async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
         Some(job) => Some(job),
         None if from_api => Api::<Job>::namespaced(ctx.client.clone(), &namespace)
             .get_opt(&job_name)
-            .await?
+            .await
+            .map_err(Error::ObserveJob)?
             .map(Arc::new),
         None => None,
     };
@@ -283,7 +278,8 @@ async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
-    Ok(PodView::of(&pods.list(&lp).await?.items))
+    let pods = pods.list(&lp).await.map_err(Error::ObserveJob)?;
+    Ok(PodView::of(&pods.items))
 }
 
 #[instrument(skip_all, fields(scan = %ScanKey::of(scan.as_ref())))]
@@ -347,7 +343,9 @@ async fn apply(ctx: &ScanCtx, scan: &NucleiScan, plan: Plan, now: DateTime<Utc>)
         }
         let api: Api<NucleiScan> = Api::namespaced(ctx.client.clone(), &namespace);
         let rv = scan.resource_version();
-        patch_status(&api, &name, rv.as_deref(), serde_json::Value::Object(patch)).await?;
+        patch_status(&api, &name, rv.as_deref(), serde_json::Value::Object(patch))
+            .await
+            .map_err(Error::WriteStatus)?;
         if let Some(Transition::Failed { message, .. }) = &plan.transition {
             info!(error = %message, "scan run failed");
         }
@@ -357,7 +355,7 @@ async fn apply(ctx: &ScanCtx, scan: &NucleiScan, plan: Plan, now: DateTime<Utc>)
         match jobs.delete(job, &DeleteParams::background()).await {
             Ok(_) => info!(job, "deleted the Job of a scanner pod that never started"),
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::DeleteJob(e)),
         }
     }
     // Still running as the cache has it now: a Job that finished while this

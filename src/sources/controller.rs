@@ -173,8 +173,10 @@ pub async fn run<K: SourceObject>(
         .await;
 }
 
-fn error_policy<K: SourceObject>(_obj: Arc<K>, err: &Error, _ctx: Arc<Runner<K>>) -> Action {
-    warn!(error = %err, kind = %K::KIND, "source reconcile failed; retrying");
+fn error_policy<K: SourceObject>(obj: Arc<K>, err: &Error, runner: Arc<Runner<K>>) -> Action {
+    let controller = K::KIND.as_str().to_ascii_lowercase();
+    runner.ctx.metrics.reconcile_failed(&controller, err);
+    warn!(error = %err, kind = %K::KIND, namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), "source reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -231,11 +233,11 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
                     );
                 }
                 Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::DeleteScan(e)),
             }
         }
         if let Some(old) = &legacy {
-            migrate::retire(&api, old).await?;
+            migrate::retire(&api, old).await.map_err(Error::Migrate)?;
             info!(
                 scan = old.name_any(),
                 "deleted the Go operator's scan: this source is not scanned"
@@ -279,7 +281,8 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await?;
+        .await
+        .map_err(Error::ApplyScan)?;
         info!(scan, "applied scan");
         report_refused(ctx, obj.as_ref(), &refused).await;
         if !parsed.errors.is_empty() {
@@ -296,7 +299,9 @@ async fn reconcile<K: SourceObject>(obj: Arc<K>, runner: Arc<Runner<K>>) -> Resu
         }
     }
     if let Some(old) = legacy
-        && let Some(adopted) = migrate::adopt(&api, &old, &scan).await?
+        && let Some(adopted) = migrate::adopt(&api, &old, &scan)
+            .await
+            .map_err(Error::Migrate)?
     {
         let note = format!(
             "Adopted the Go operator's scan {}: carried {} over to {scan}, and deleted {}.",

@@ -31,7 +31,7 @@ use tracing::warn;
 
 use crate::api::labels::{MANAGED_BY, MANAGED_BY_LABEL, MIGRATION_MANAGER};
 use crate::api::{NucleiScan, NucleiScanSpec, NucleiScanStatus, ScanPhase, SourceKind};
-use crate::error::{Result, is_conflict, is_not_found};
+use crate::error::{is_conflict, is_not_found};
 use crate::scan::status::patch_status;
 use crate::scanner::report::{Report, ReportLimits};
 
@@ -179,7 +179,11 @@ impl Adopted {
 /// `old`; `None` when `old` was gone already. Safe to repeat: a carried
 /// field is not carried again, and a run is carried only while `new` has
 /// none of its own.
-pub async fn adopt(api: &Api<NucleiScan>, old: &NucleiScan, new: &str) -> Result<Option<Adopted>> {
+pub async fn adopt(
+    api: &Api<NucleiScan>,
+    old: &NucleiScan,
+    new: &str,
+) -> kube::Result<Option<Adopted>> {
     // The object the cache showed, not one made since under its name.
     let Some(old) = api
         .get_opt(&old.name_any())
@@ -223,7 +227,7 @@ pub async fn adopt(api: &Api<NucleiScan>, old: &NucleiScan, new: &str) -> Result
                 );
                 adopted.spec.clear();
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     if let Some(status) = old.status.as_ref().and_then(carried_status) {
@@ -237,7 +241,7 @@ pub async fn adopt(api: &Api<NucleiScan>, old: &NucleiScan, new: &str) -> Result
 /// completed a run of its own; whether it did. Each write is guarded by the
 /// version read: a run that completes meanwhile wins. The scan's own status
 /// writes (its first run queued, started) may land in between: read again.
-async fn carry_run(api: &Api<NucleiScan>, new: &str, status: Value) -> Result<bool> {
+async fn carry_run(api: &Api<NucleiScan>, new: &str, status: Value) -> kube::Result<bool> {
     let mut attempt = 0;
     loop {
         let current = api.get(new).await?;
@@ -252,14 +256,14 @@ async fn carry_run(api: &Api<NucleiScan>, new: &str, status: Value) -> Result<bo
         match patch_status(api, new, rv.as_deref(), status.clone()).await {
             Ok(_) => return Ok(true),
             Err(e) if is_conflict(&e) && attempt < 5 => attempt += 1,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// Deletes the old scan `old` (and, through it, its Jobs), if it is still
 /// the object that was read.
-pub async fn retire(api: &Api<NucleiScan>, old: &NucleiScan) -> Result<()> {
+pub async fn retire(api: &Api<NucleiScan>, old: &NucleiScan) -> kube::Result<()> {
     let params = DeleteParams {
         preconditions: Some(Preconditions {
             uid: old.uid(),
@@ -270,7 +274,7 @@ pub async fn retire(api: &Api<NucleiScan>, old: &NucleiScan) -> Result<()> {
     match api.delete(&old.name_any(), &params).await {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
