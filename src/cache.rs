@@ -26,7 +26,10 @@ use tracing::warn;
 
 /// A watch of `api` that fills the returned store with trimmed objects:
 /// `managedFields` dropped, then `trim` applied. The store is filled while
-/// the stream is polled (by the controller that consumes it).
+/// the stream is polled (by the controller that consumes it). A failed
+/// watch or list is retried with kube-runtime's default backoff (up to
+/// about a minute apart), not at once: an API server that is down or
+/// refuses the list is not asked again in a loop.
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -40,6 +43,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
+        .default_backoff()
         .modify(move |o: &mut K| {
             o.meta_mut().managed_fields = None;
             trim(o);
@@ -153,6 +157,7 @@ where
         }
     };
     let stream = watcher(Api::<Decoded<K>>::all(client), config)
+        .default_backoff()
         .map(move |event| {
             event.map(|e| match e {
                 watcher::Event::Apply(d) => watcher::Event::Apply(decode(d)),
@@ -221,5 +226,52 @@ mod tests {
         ]))
         .unwrap();
         assert!(list[0].object.is_err() && list[1].object.is_ok());
+    }
+
+    /// A kube client of an "API server" on loopback that fails every
+    /// request with a 500 (kube's client retries 503s itself, with backoff),
+    /// and how many requests it has had.
+    async fn failing_api_server() -> (kube::Client, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+    {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "broken") }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, hits)
+    }
+
+    /// Without a backoff the watcher lists again at once after each error:
+    /// 10,496 requests in these 3 s before the fix.
+    #[tokio::test]
+    async fn lists_that_fail_are_retried_with_backoff_not_in_a_loop() {
+        use std::sync::atomic::Ordering;
+        let (client, hits) = failing_api_server().await;
+        let (_, jobs) = reflect(
+            Api::<k8s_openapi::api::batch::v1::Job>::all(client.clone()),
+            watcher::Config::default(),
+            |_| {},
+        );
+        let (_, scans) = reflect_each(
+            client,
+            watcher::Config::default(),
+            |_| {},
+            |metadata| NucleiScan {
+                metadata,
+                spec: Default::default(),
+                status: None,
+            },
+        );
+        let both = futures::future::join(jobs.for_each(|_| async {}), scans.for_each(|_| async {}));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), both).await;
+        let n = hits.load(Ordering::SeqCst);
+        // Default backoff: 0.8 s doubling with jitter; at most 4 lists each.
+        assert!((2..=8).contains(&n), "{n} requests in 3 s from two watches");
     }
 }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,6 @@ async fn routes<V: GatewayVersion>(ctx: Arc<SourceCtx>, concurrency: u16, stop: 
         // A Gateway's routes are reconciled when its spec changes
         // (generation), or it goes.
         let mut seen: HashMap<(String, String), Option<i64>> = HashMap::new();
-        let events = events.default_backoff();
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             let (gw, gone) = match event {

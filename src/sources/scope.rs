@@ -9,7 +9,6 @@ use std::fmt;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use tracing::{debug, info};
@@ -120,7 +119,7 @@ impl NamespaceScope {
         let sel = selector.clone();
         tokio::spawn(async move {
             let mut in_scope: HashMap<String, bool> = HashMap::new();
-            let mut events = std::pin::pin!(events.default_backoff());
+            let mut events = std::pin::pin!(events);
             loop {
                 let event = tokio::select! {
                     event = events.next() => event,

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -142,7 +142,7 @@ pub fn start(
             // Exception uid → generation: the worker's own status writes
             // (same generation) are not work.
             let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-            events.default_backoff().for_each(move |event| {
+            events.for_each(move |event| {
                 match event {
                     Ok(event) => {
                         warned = false;
