@@ -1,7 +1,6 @@
 #![forbid(unsafe_code)]
 //! nuclei-operator library.
 
-pub mod annotations;
 pub mod api;
 pub mod cache;
 pub mod cli;

@@ -385,7 +385,7 @@ pub async fn apply_scans(
                 };
                 let name = scan_name(source.kind, &item.name);
                 let targets = item.source.targets(item);
-                let parsed = nuclei_operator::annotations::parse(&item.annotations);
+                let parsed = nuclei_operator::sources::annotations::parse(&item.annotations);
                 let body = desired_scan(&source, &name, targets, &parsed);
                 let status = serde_json::json!({"status": {
                     "phase": "Pending",

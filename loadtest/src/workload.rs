@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{ApiResource, DynamicObject};
-use nuclei_operator::annotations as ann;
 use nuclei_operator::api::SourceKind;
 use nuclei_operator::api::gateway::{Gateway, GatewayVersion, HttpRoute, V1};
+use nuclei_operator::sources::annotations as ann;
 use nuclei_operator::sources::targets::scan_name;
 use serde::Serialize;
 use serde_json::{Value, json};

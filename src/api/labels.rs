@@ -2,7 +2,9 @@
 //! its writes, and the labels and annotations it sets or reads on scans,
 //! Jobs, reports, RBAC objects and notifier Secrets, each spelled once.
 //! (The annotations users set on Ingresses, VirtualServices and HTTPRoutes
-//! are in [`crate::annotations`], with their parser.)
+//! are in [`crate::sources::annotations`], with their parser.)
+
+use std::collections::BTreeMap;
 
 /// Field manager of the operator's server-side applies and status patches.
 pub const FIELD_MANAGER: &str = "nuclei-operator";
@@ -48,3 +50,35 @@ pub const NOTIFIER_LABEL: &str = "nuclei.homelab.mortenolsen.pro/notifier";
 pub const NOTIFY_MIN_SEVERITY: &str = "nuclei.homelab.mortenolsen.pro/min-severity";
 /// On a notifier Secret: also tell of resolved findings.
 pub const NOTIFY_RESOLVED: &str = "nuclei.homelab.mortenolsen.pro/notify-resolved";
+
+/// Manual rescan request: any new value asks for one more scan now (e.g.
+/// `kubectl annotate --overwrite … nuclei.homelab.mortenolsen.pro/rescan="$(date +%s)"`).
+/// The value last acted on is kept in `status.lastRescanRequest`.
+pub const RESCAN: &str = "nuclei.homelab.mortenolsen.pro/rescan";
+
+/// The manual rescan request on an object: the trimmed value of [`RESCAN`],
+/// `None` when absent or empty.
+pub fn rescan_request(annotations: &BTreeMap<String, String>) -> Option<&str> {
+    annotations
+        .get(RESCAN)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rescan_request_is_its_trimmed_value() {
+        assert_eq!(
+            rescan_request(&[(RESCAN.to_owned(), " 42 ".to_owned())].into()),
+            Some("42")
+        );
+        assert_eq!(
+            rescan_request(&[(RESCAN.to_owned(), "  ".to_owned())].into()),
+            None
+        );
+        assert_eq!(rescan_request(&BTreeMap::new()), None);
+    }
+}

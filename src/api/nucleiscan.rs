@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Finding, Severity};
+use crate::duration::{format_duration, parse_duration};
 
 /// Largest number of targets one `NucleiScan` accepts (`spec.targets` `maxItems`).
 ///
@@ -289,12 +290,9 @@ pub struct ScannerConfig {
 
 impl ScannerConfig {
     /// The `timeout` parsed and bounds-checked with
-    /// [`crate::annotations::parse_timeout`]; `Ok(None)` when unset.
+    /// [`parse_timeout`]; `Ok(None)` when unset.
     pub fn parsed_timeout(&self) -> Result<Option<Duration>, String> {
-        self.timeout
-            .as_deref()
-            .map(crate::annotations::parse_timeout)
-            .transpose()
+        self.timeout.as_deref().map(parse_timeout).transpose()
     }
 }
 
@@ -614,6 +612,36 @@ pub fn is_valid_target(target: &str) -> bool {
     }
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     authority_end > 0
+}
+
+/// Shortest scan timeout accepted (Job deadlines are whole seconds).
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest scan timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a scan timeout: a Go duration from [`MIN_TIMEOUT`] to
+/// [`MAX_TIMEOUT`]. The same bounds apply to annotations and
+/// `spec.scannerConfig.timeout`.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("a timeout of zero would stop the scan before it starts".to_owned());
+    }
+    if d < MIN_TIMEOUT {
+        return Err(format!(
+            "timeout {} is below the minimum of {}",
+            format_duration(d),
+            format_duration(MIN_TIMEOUT)
+        ));
+    }
+    if d > MAX_TIMEOUT {
+        return Err(format!(
+            "timeout {} is above the maximum of {} (24h)",
+            format_duration(d),
+            format_duration(MAX_TIMEOUT)
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

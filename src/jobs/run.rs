@@ -2,8 +2,8 @@
 
 use kube::ResourceExt;
 
-use crate::annotations::rescan_request;
 use crate::api::NucleiScan;
+use crate::api::labels::rescan_request;
 
 use super::*;
 
@@ -95,7 +95,7 @@ fn stable_hash(fields: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::RESCAN;
+    use crate::api::labels::RESCAN;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;

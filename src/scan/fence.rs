@@ -298,7 +298,7 @@ mod properties {
                     Step::Rescan => {
                         rescans += 1;
                         scan.metadata.annotations = Some(
-                            [(crate::annotations::RESCAN.to_string(), rescans.to_string())].into(),
+                            [(crate::api::labels::RESCAN.to_string(), rescans.to_string())].into(),
                         );
                     }
                     Step::Recreate => {

@@ -33,7 +33,6 @@ use super::status::{
     ANNOTATIONS_VALID, Attempt, POD_NOT_STARTED, SCHEDULE_VALID, Transition, WAITING_FOR_TARGETS,
     chrono, remove_condition, set_condition,
 };
-use crate::annotations;
 use crate::api::labels::ANNOTATION_ERRORS;
 use crate::api::{JobRef, NucleiScan, ScanPhase};
 use crate::jobs::JobOutcome;
@@ -341,7 +340,7 @@ pub fn decide(scan: &NucleiScan, seen: &Observed, policy: &Policy, now: DateTime
 
     let spec_changed =
         status.observed_generation.is_some() && status.observed_generation != generation;
-    let rescan = annotations::rescan_request(scan.annotations());
+    let rescan = crate::api::labels::rescan_request(scan.annotations());
     let new_rescan = rescan.is_some() && rescan != status.last_rescan_request.as_deref();
     let retries = retries(scan);
     let uid = scan.metadata.uid.as_deref().unwrap_or("");
@@ -776,7 +775,8 @@ mod tests {
             Some(Transition::Pending { last_error: None })
         );
         assert_eq!(plan.queue, QueueOp::Now(Reason::NewScan));
-        s.metadata.annotations = Some([(annotations::RESCAN.to_string(), "1".to_string())].into());
+        s.metadata.annotations =
+            Some([(crate::api::labels::RESCAN.to_string(), "1".to_string())].into());
         let plan = decide(&s, &unseen(), &policy(), at(0));
         assert_eq!(plan.queue, QueueOp::Now(Reason::ManualRescan));
     }
@@ -967,7 +967,7 @@ mod tests {
         assert_eq!(plan.transition, Some(Transition::Scheduled { next: None }));
         // …until a rescan is requested or the spec changes.
         s.metadata.annotations =
-            Some([(annotations::RESCAN.to_string(), "now".to_string())].into());
+            Some([(crate::api::labels::RESCAN.to_string(), "now".to_string())].into());
         let plan = decide(&s, &unseen(), &policy(), at(100));
         assert_eq!(plan.queue, QueueOp::Now(Reason::ManualRescan));
         assert_eq!(
@@ -1143,7 +1143,7 @@ mod properties {
         ) -> NucleiScan {
             let mut annotations = serde_json::Map::new();
             if let Some(r) = rescan {
-                annotations.insert(annotations::RESCAN.into(), json!(r));
+                annotations.insert(crate::api::labels::RESCAN.into(), json!(r));
             }
             if annotation_error {
                 annotations.insert(ANNOTATION_ERRORS.into(), json!("timeout: bad"));

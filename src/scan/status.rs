@@ -36,7 +36,7 @@ impl Attempt {
         use kube::ResourceExt;
         Attempt {
             generation: scan.metadata.generation,
-            rescan: crate::annotations::rescan_request(scan.annotations()).map(str::to_owned),
+            rescan: crate::api::labels::rescan_request(scan.annotations()).map(str::to_owned),
         }
     }
 

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::annotations::{AnnotationError, Parsed};
 use crate::api::labels::{ANNOTATION_ERRORS, APPLIED_HASH, SOURCE_KIND_LABEL};
 use crate::api::{NucleiScanSpec, SourceKind, SourceRef};
+use crate::sources::annotations::{AnnotationError, Parsed};
 
 /// Identity of a source object.
 #[derive(Clone, Debug)]
@@ -104,7 +104,7 @@ pub fn body_hash(body: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::parse;
+    use crate::sources::annotations::parse;
 
     fn source() -> Source {
         Source {

@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 
+use super::annotations;
 use super::apply::{Source, body_hash, describe_errors, desired_scan};
 use super::httproute::{NOT_ACCEPTED, httproute_targets};
 use super::migrate;
@@ -28,7 +29,6 @@ use super::targets::{
     virtual_service_targets,
 };
 use super::triggers::Triggers;
-use crate::annotations;
 use crate::api::gateway::{Gateway, GatewayVersion, HttpRoute};
 use crate::api::labels::{APPLIED_HASH, FIELD_MANAGER};
 use crate::api::{NucleiScan, SourceKind, VirtualService};

@@ -1,6 +1,7 @@
 //! Source objects (Ingress, Istio VirtualService, Gateway API HTTPRoute) and
 //! what they expose.
 
+pub mod annotations;
 pub mod apply;
 pub mod controller;
 pub mod discovery;

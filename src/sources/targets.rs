@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressTLS};
 
-use crate::annotations::{describe_char, is_invisible};
 use crate::api::{MAX_TARGETS, SourceKind, VirtualService, is_valid_target};
+use crate::sources::annotations::{describe_char, is_invisible};
 use crate::target_policy::TargetPolicy;
 
 /// Longest name [`scan_name`] returns.

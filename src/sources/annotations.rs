@@ -17,8 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::api::labels::RESCAN;
+use crate::api::nucleiscan::parse_timeout;
 use crate::api::{MAX_RATE_LIMIT, MIN_RATE_LIMIT, NucleiScanSpec, Severity};
-use crate::duration::{format_duration, parse_duration};
+use crate::duration::format_duration;
 use crate::scan::schedule::Schedule;
 
 /// Prefix of every annotation the operator reads.
@@ -31,7 +33,7 @@ pub const TEMPLATES: &str = "nuclei.homelab.mortenolsen.pro/templates";
 pub const SEVERITY: &str = "nuclei.homelab.mortenolsen.pro/severity";
 /// Rescan schedule: 5-field cron, `@daily`-style, or `@every <duration>`.
 pub const SCHEDULE: &str = "nuclei.homelab.mortenolsen.pro/schedule";
-/// Scan timeout, a Go duration between [`MIN_TIMEOUT`] and [`MAX_TIMEOUT`].
+/// Scan timeout: see [`parse_timeout`].
 pub const TIMEOUT: &str = "nuclei.homelab.mortenolsen.pro/timeout";
 /// Scanner image.
 pub const SCANNER_IMAGE: &str = "nuclei.homelab.mortenolsen.pro/scanner-image";
@@ -43,10 +45,6 @@ pub const RATE_LIMIT: &str = "nuclei.homelab.mortenolsen.pro/rate-limit";
 pub const TAGS: &str = "nuclei.homelab.mortenolsen.pro/tags";
 /// Comma-separated template tags to skip.
 pub const EXCLUDE_TAGS: &str = "nuclei.homelab.mortenolsen.pro/exclude-tags";
-/// Manual rescan request: any new value asks for one more scan now (e.g.
-/// `kubectl annotate --overwrite … nuclei.homelab.mortenolsen.pro/rescan="$(date +%s)"`).
-/// The value last acted on is kept in `status.lastRescanRequest`.
-pub const RESCAN: &str = "nuclei.homelab.mortenolsen.pro/rescan";
 
 /// Every annotation key the operator understands.
 pub const KNOWN_KEYS: [&str; 11] = [
@@ -62,11 +60,6 @@ pub const KNOWN_KEYS: [&str; 11] = [
     EXCLUDE_TAGS,
     RESCAN,
 ];
-
-/// Shortest scan timeout accepted (Job deadlines are whole seconds).
-pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest scan timeout accepted.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Most items a list annotation may have.
 pub const MAX_LIST_ITEMS: usize = 256;
@@ -191,40 +184,6 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Parsed {
         }
     }
     parsed
-}
-
-/// The manual rescan request on an object: the trimmed value of [`RESCAN`],
-/// `None` when absent or empty.
-pub fn rescan_request(annotations: &BTreeMap<String, String>) -> Option<&str> {
-    annotations
-        .get(RESCAN)
-        .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
-}
-
-/// Parses a scan timeout: a Go duration from [`MIN_TIMEOUT`] to
-/// [`MAX_TIMEOUT`]. The same bounds apply to annotations and
-/// `spec.scannerConfig.timeout`.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err("a timeout of zero would stop the scan before it starts".to_owned());
-    }
-    if d < MIN_TIMEOUT {
-        return Err(format!(
-            "timeout {} is below the minimum of {}",
-            format_duration(d),
-            format_duration(MIN_TIMEOUT)
-        ));
-    }
-    if d > MAX_TIMEOUT {
-        return Err(format!(
-            "timeout {} is above the maximum of {} (24h)",
-            format_duration(d),
-            format_duration(MAX_TIMEOUT)
-        ));
-    }
-    Ok(d)
 }
 
 impl Overrides {
@@ -884,16 +843,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_rescan_request_is_its_trimmed_value() {
-        assert_eq!(
-            rescan_request(&annotations(&[(RESCAN, " 42 ")])),
-            Some("42")
-        );
-        assert_eq!(rescan_request(&annotations(&[(RESCAN, "  ")])), None);
-        assert_eq!(rescan_request(&BTreeMap::new()), None);
-    }
-
     fn spec() -> NucleiScanSpec {
         NucleiScanSpec {
             source_ref: SourceRef::default(),
@@ -987,6 +936,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
+    use crate::api::nucleiscan::{MAX_TIMEOUT, MIN_TIMEOUT};
     use crate::sources::apply::{MAX_ERRORS_TEXT, describe_errors};
     use proptest::prelude::*;
 
