@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::http::auth::{DataAuth, KubeReviewer};
 use crate::http::{HttpState, data_router, health_router};
+use crate::jobs::RunToken;
 use crate::metrics::Metrics;
 use crate::scan::launch::JobLauncher;
 use crate::scan::reconcile::{self, ScanCtx};
@@ -38,7 +39,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     if let Some(per_minute) = settings.job_rate_per_minute() {
         dconfig = dconfig.with_rate_limit(RateLimit::per_minute(per_minute));
     }
-    let (mut dispatcher, handle) = Dispatcher::<String>::new(dconfig);
+    let (mut dispatcher, handle) = Dispatcher::<RunToken>::new(dconfig);
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -221,7 +222,7 @@ async fn serve_http(
     shutdown: &CancellationToken,
     ready: &Arc<AtomicBool>,
     leader: &Arc<AtomicBool>,
-    dispatch: &dispatcher::DispatcherHandle<String>,
+    dispatch: &dispatcher::DispatcherHandle<RunToken>,
     metrics: &Arc<Metrics>,
 ) -> Result<[tokio::task::JoinHandle<std::io::Result<()>>; 2]> {
     let health = tokio::net::TcpListener::bind(settings.health_addr)

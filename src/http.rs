@@ -29,6 +29,7 @@ use crate::api::ScanKey;
 use crate::metrics::{Metrics, ReasonLabel};
 
 use self::auth::DataAuth;
+use crate::jobs::RunToken;
 
 /// Default number of items per list on `/queue`.
 pub const DEFAULT_PAGE: usize = 100;
@@ -38,7 +39,7 @@ pub const MAX_PAGE: usize = 1000;
 /// What the data handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    pub dispatch: DispatcherHandle<String>,
+    pub dispatch: DispatcherHandle<RunToken>,
     pub metrics: Arc<Metrics>,
     /// This replica is the leader (runs the controllers and the dispatcher).
     pub leader: Arc<AtomicBool>,
@@ -118,7 +119,7 @@ fn reason(r: Reason) -> Value {
     json!(r.as_str())
 }
 
-fn pending_json(p: &PendingItem<String>) -> Value {
+fn pending_json(p: &PendingItem<RunToken>) -> Value {
     json!({
         "position": p.position,
         "scan": p.key,
@@ -131,7 +132,7 @@ fn pending_json(p: &PendingItem<String>) -> Value {
     })
 }
 
-fn scheduled_json(s: &ScheduledItem<String>) -> Value {
+fn scheduled_json(s: &ScheduledItem<RunToken>) -> Value {
     json!({
         "scan": s.key,
         "reason": reason(s.reason),
@@ -140,7 +141,7 @@ fn scheduled_json(s: &ScheduledItem<String>) -> Value {
     })
 }
 
-fn running_json(r: &RunningItem<String>) -> Value {
+fn running_json(r: &RunningItem<RunToken>) -> Value {
     json!({
         "scan": r.key,
         "reason": r.reason.map(reason),
@@ -152,7 +153,7 @@ fn running_json(r: &RunningItem<String>) -> Value {
 }
 
 /// The `/queue` document (documented in the README).
-pub fn queue_json(snap: &Snapshot<String>, leader: bool) -> Value {
+pub fn queue_json(snap: &Snapshot<RunToken>, leader: bool) -> Value {
     json!({
         "takenAt": rfc3339(snap.taken_at),
         "leader": leader,
@@ -172,7 +173,7 @@ pub fn queue_json(snap: &Snapshot<String>, leader: bool) -> Value {
 
 /// The `/queue/{namespace}/{name}` document: the item as `/queue` lists it,
 /// with its `state`.
-pub fn item_json(item: &Lookup<String>) -> Value {
+pub fn item_json(item: &Lookup<RunToken>) -> Value {
     let (mut doc, state) = match item {
         Lookup::Pending(p) => (pending_json(p), "pending"),
         Lookup::Scheduled(s) => (scheduled_json(s), "scheduled"),
@@ -325,8 +326,11 @@ mod tests {
     #[tokio::test]
     async fn a_token_without_the_grant_gets_403_and_one_with_it_the_queue() {
         let s = state();
-        s.dispatch
-            .enqueue(Intent::new("web/scan", Reason::NewScan, String::new()));
+        s.dispatch.enqueue(Intent::new(
+            "web/scan",
+            Reason::NewScan,
+            RunToken::default(),
+        ));
         let data = guarded(s, &["/queue", "/queue/web/scan"], false);
         let (status, _, body) = get(&data, "/metrics", Some("reader"), "x").await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -393,7 +397,7 @@ mod tests {
             s.dispatch.enqueue(Intent::new(
                 format!("ns/s{i}"),
                 Reason::NewScan,
-                String::new(),
+                RunToken::default(),
             ));
         }
         let data = data_router(s, None);
@@ -457,7 +461,7 @@ mod tests {
                 reason: Reason::NewScan,
                 priority: Reason::NewScan.priority(),
                 hosts: hosts("h2.test"),
-                payload: String::new(),
+                payload: RunToken::default(),
                 enqueued_at: at("2026-11-27T11:24:46.132Z"),
                 waited: Duration::from_millis(1520),
                 blocked: false,
@@ -467,7 +471,7 @@ mod tests {
                 key: "default/canary-ingress".into(),
                 reason: Reason::Scheduled,
                 hosts: hosts("canary.test"),
-                payload: String::new(),
+                payload: RunToken::default(),
                 due_at: at("2026-12-04T11:24:30.023Z"),
                 due_in: Duration::from_millis(604_782_400),
             }],
@@ -475,7 +479,7 @@ mod tests {
                 key: "default/web0-ingress".into(),
                 reason: Some(Reason::NewScan),
                 hosts: hosts("h0.test"),
-                payload: String::new(),
+                payload: RunToken::default(),
                 started_at: at("2026-11-27T11:24:44.552Z"),
                 running_for: Duration::from_millis(3100),
                 launching: false,

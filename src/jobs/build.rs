@@ -362,7 +362,7 @@ mod tests {
             ),
             (
                 "nuclei.homelab.mortenolsen.pro/run".to_owned(),
-                p.run_token.clone(),
+                p.run_token.to_string(),
             ),
         ]);
         assert_eq!(job.metadata.labels.as_ref(), Some(&want));

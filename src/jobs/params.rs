@@ -47,7 +47,7 @@ pub struct JobParams {
     /// Name of the scan.
     pub scan_name: String,
     /// [`run_token`] of the run.
-    pub run_token: String,
+    pub run_token: RunToken,
     /// UID of the scan, for the owner reference.
     pub scan_uid: String,
     /// DEFAULT_TEMPLATES, for a scan that names no templates.

@@ -7,6 +7,50 @@ use crate::api::labels::rescan_request;
 
 use super::*;
 
+/// The token of one run of a scan ([`run_token`]): what the scan's
+/// `status.runToken`, its Job's name and run label, the dispatcher's payload
+/// and the scanner's `SCAN_RUN` agree on, so each side can tell whether a
+/// run is still the one the scan expects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunToken(String);
+
+impl RunToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for RunToken {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RunToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for RunToken {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<&str> for RunToken {
+    fn from(s: &str) -> Self {
+        RunToken(s.to_owned())
+    }
+}
+
+impl From<String> for RunToken {
+    fn from(s: String) -> Self {
+        RunToken(s)
+    }
+}
+
 /// The run token a scanner Job is labelled with.
 pub fn run_of(job: &k8s_openapi::api::batch::v1::Job) -> Option<&str> {
     job.labels().get(RUN_LABEL).map(String::as_str)
@@ -22,7 +66,7 @@ pub fn run_of(job: &k8s_openapi::api::batch::v1::Job) -> Option<&str> {
 /// after it always gets another one (even two runs started within one
 /// second). 16 hex digits of FNV-1a 64, stable across Rust releases and
 /// operator restarts.
-pub fn run_token(scan: &NucleiScan) -> String {
+pub fn run_token(scan: &NucleiScan) -> RunToken {
     let status = scan.status.as_ref();
     let uid = scan.metadata.uid.as_deref().unwrap_or("");
     let generation = scan
@@ -37,7 +81,7 @@ pub fn run_token(scan: &NucleiScan) -> String {
     let retries = status.and_then(|s| s.retry_count).unwrap_or(0).to_string();
     let rescan = rescan_request(scan.annotations()).unwrap_or("");
 
-    match status.and_then(|s| s.run_token.as_deref()) {
+    RunToken(match status.and_then(|s| s.run_token.as_deref()) {
         Some(previous) => stable_hash(&[
             "v1",
             uid,
@@ -49,7 +93,7 @@ pub fn run_token(scan: &NucleiScan) -> String {
         ]),
         // As before run tokens were recorded, so a Job made then is found.
         None => stable_hash(&["v1", uid, &generation, &last_scan, &retries, rescan]),
-    }
+    })
 }
 
 /// The Job name of a run: the scan name (lower-cased, other characters than

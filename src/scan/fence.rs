@@ -56,7 +56,7 @@ pub fn check_run(scan: &NucleiScan, uid: &str, run: &str) -> RunCheck {
             )),
         };
     }
-    if run_token(scan) == run && phase != Some(ScanPhase::Running) {
+    if run_token(scan).as_str() == run && phase != Some(ScanPhase::Running) {
         RunCheck::NotStarted
     } else {
         RunCheck::MovedOn("the scan has moved on to another run".into())
@@ -267,7 +267,7 @@ mod properties {
                 let phase = scan.status.as_ref().and_then(|s| s.phase);
                 match step {
                     Step::Start(at) if phase != Some(ScanPhase::Running) => {
-                        let run = run_token(&scan);
+                        let run = run_token(&scan).to_string();
                         prop_assert_eq!(check_run(&scan, &format!("u{uid}"), &run), RunCheck::NotStarted);
                         prop_assert!(
                             !started.iter().any(|(_, r)| *r == run),

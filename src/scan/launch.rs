@@ -35,11 +35,12 @@ use super::status::{
 };
 use crate::api::{JobRef, NucleiScan, ScanKey};
 use crate::error::is_conflict;
+use crate::jobs::RunToken;
 use crate::jobs::{self, RbacCache};
 
 /// The scan an admitted intent names; `None` (logged) for a key no scan
 /// could have, which is nothing to launch.
-pub fn scan_key_of(admitted: &Admitted<String>) -> Option<ScanKey> {
+pub fn scan_key_of(admitted: &Admitted<RunToken>) -> Option<ScanKey> {
     admitted
         .intent
         .key
@@ -99,8 +100,8 @@ impl JobLauncher {
     }
 }
 
-impl Launcher<String> for JobLauncher {
-    async fn launch(&self, admitted: &Admitted<String>) -> Result<Launched, LaunchError> {
+impl Launcher<RunToken> for JobLauncher {
+    async fn launch(&self, admitted: &Admitted<RunToken>) -> Result<Launched, LaunchError> {
         let key = admitted.intent.key.as_str();
         match self.launch_job(admitted).await {
             Ok(launched) => self.done(key, launched),
@@ -126,7 +127,7 @@ impl<E: std::fmt::Display> From<E> for Retry {
 
 impl JobLauncher {
     #[instrument(skip_all, fields(scan = %admitted.intent.key, reason = ?admitted.intent.reason))]
-    async fn launch_job(&self, admitted: &Admitted<String>) -> Result<Launched, Retry> {
+    async fn launch_job(&self, admitted: &Admitted<RunToken>) -> Result<Launched, Retry> {
         let ctx = &self.ctx;
         let run = admitted.intent.payload.as_str();
         let Some(key) = scan_key_of(admitted) else {
@@ -166,7 +167,7 @@ impl JobLauncher {
             // The Job is named after the admitted run, so the run's slot is
             // freed exactly when this Job ends.
             Ok(p) => jobs::JobParams {
-                run_token: run.to_owned(),
+                run_token: run.into(),
                 ..p
             },
             Err(message) => {

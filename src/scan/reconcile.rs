@@ -28,6 +28,7 @@ use crate::api::{JobRef, NucleiScan, ScanKey, ScanPhase};
 use crate::cache;
 use crate::error::{Error, Result, is_not_found};
 use crate::jobs;
+use crate::jobs::RunToken;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::settings::{ScannerMode, Settings};
 use crate::sources::triggers::Triggers;
@@ -38,7 +39,7 @@ pub struct ScanCtx {
     pub settings: Settings,
     /// The phase machine's share of the settings.
     pub policy: Policy,
-    pub dispatch: DispatcherHandle<String>,
+    pub dispatch: DispatcherHandle<RunToken>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// The operator's scan Jobs (without their pod template), filled by the
@@ -58,7 +59,7 @@ impl ScanCtx {
     pub fn new(
         client: kube::Client,
         settings: Settings,
-        dispatch: DispatcherHandle<String>,
+        dispatch: DispatcherHandle<RunToken>,
         metrics: Arc<Metrics>,
         reporter: Reporter,
         jobs: Store<Job>,
@@ -122,7 +123,7 @@ pub fn target_hosts(scan: &NucleiScan) -> Vec<String> {
 pub fn controller(
     client: kube::Client,
     concurrency: u16,
-    dispatch: DispatcherHandle<String>,
+    dispatch: DispatcherHandle<RunToken>,
     triggers: Triggers,
 ) -> (Controller<NucleiScan>, Store<Job>) {
     let (scans, scan_events) = cache::reflect_each(
@@ -367,7 +368,7 @@ async fn apply(ctx: &ScanCtx, scan: &NucleiScan, plan: Plan, now: DateTime<Utc>)
             .is_some_and(|j| jobs::job_finished(&j).is_none())
         && ctx
             .dispatch
-            .adopt_running(key.clone(), target_hosts(scan), run.clone())
+            .adopt_running(key.clone(), target_hosts(scan), run.as_str().into())
     {
         info!(run, "adopted a running scan Job");
     }

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use super::reconcile::{ScanCtx, target_hosts};
 use crate::api::{NucleiScan, ScanKey};
 use crate::cache;
+use crate::jobs::RunToken;
 use crate::jobs::{job_finished, job_name, run_of};
 
 /// How often [`audit`] runs.
@@ -40,7 +41,7 @@ pub const JOBLESS_GRACE: Duration = Duration::from_secs(30);
 
 /// The scan key (`namespace/name`) and run token of a scanner Job, if it is
 /// one: controlled by a NucleiScan, labelled with its run, and named for it.
-pub fn job_run(job: &Job) -> Option<(String, String)> {
+pub fn job_run(job: &Job) -> Option<(String, RunToken)> {
     let namespace = job.namespace()?;
     let owner = job.owner_references().iter().find(|o| {
         o.controller == Some(true)
@@ -48,12 +49,8 @@ pub fn job_run(job: &Job) -> Option<(String, String)> {
             && o.api_version == NucleiScan::api_version(&())
     })?;
     let run = run_of(job)?;
-    (job.name_any() == job_name(&owner.name, run)).then(|| {
-        (
-            ScanKey::new(namespace, &owner.name).to_string(),
-            run.to_owned(),
-        )
-    })
+    (job.name_any() == job_name(&owner.name, run))
+        .then(|| (ScanKey::new(namespace, &owner.name).to_string(), run.into()))
 }
 
 /// The uid of the scan controlling `job`.
@@ -65,7 +62,7 @@ fn owner_uid(job: &Job) -> Option<&str> {
 }
 
 /// Frees the slot of the run of a Job the watch shows finished or deleted.
-pub fn on_job_event(dispatch: &DispatcherHandle<String>, event: &watcher::Event<Job>) {
+pub fn on_job_event(dispatch: &DispatcherHandle<RunToken>, event: &watcher::Event<Job>) {
     let job = match event {
         watcher::Event::Apply(job) | watcher::Event::InitApply(job)
             if job_finished(job).is_some() =>

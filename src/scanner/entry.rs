@@ -102,7 +102,7 @@ pub async fn main(args: ScannerArgs) -> ExitCode {
     };
     let id = RunId {
         uid: args.scan_uid,
-        token: args.run,
+        token: args.run.into(),
     };
     let result = run(client, namespace, name, &defaults, &id).await;
     if let Some(bytes) = children_peak_rss_bytes().filter(|b| *b > 0) {

@@ -20,6 +20,7 @@ use super::history::{self, Changes, Previous};
 use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
 use crate::api::{NucleiScan, ScanKey, Severity};
+use crate::jobs::RunToken;
 use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::status::{Transition, time};
@@ -71,7 +72,7 @@ pub struct RunId {
     /// `metadata.uid` of the scan.
     pub uid: String,
     /// The run's token.
-    pub token: String,
+    pub token: RunToken,
 }
 
 /// How long the scanner waits for the launcher's Running write to land

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::run::{RunId, ScannerDefaults, run};
 use crate::api::{NucleiScan, ScanKey};
+use crate::jobs::RunToken;
 use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::launch::{fail_attempt, scan_key_of};
 use crate::scan::phase::{next_retry_count, retries};
@@ -24,7 +25,7 @@ use crate::scan::slots::AUDIT_INTERVAL;
 use crate::scan::status::{Attempt, Transition};
 
 /// In-process scans running now: scan key → run token and the task.
-type Runs = Arc<Mutex<HashMap<String, (String, AbortHandle)>>>;
+type Runs = Arc<Mutex<HashMap<String, (RunToken, AbortHandle)>>>;
 
 /// Runs admitted scans as in-process tasks.
 pub struct SyncLauncher {
@@ -49,7 +50,7 @@ pub async fn audit_forever(
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        let stale: Vec<(String, String, AbortHandle)> = {
+        let stale: Vec<(String, RunToken, AbortHandle)> = {
             let runs = runs.lock().expect("runs lock");
             runs.iter()
                 .filter(|(key, (run, _))| {
@@ -130,8 +131,8 @@ pub fn unsupported_in_sync_mode(scan: &NucleiScan) -> Option<String> {
     })
 }
 
-impl Launcher<String> for SyncLauncher {
-    async fn launch(&self, admitted: &Admitted<String>) -> Result<Launched, LaunchError> {
+impl Launcher<RunToken> for SyncLauncher {
+    async fn launch(&self, admitted: &Admitted<RunToken>) -> Result<Launched, LaunchError> {
         let retry = |e: kube::Error| LaunchError::new(Duration::from_secs(5), e.to_string());
         let key = admitted.intent.key.clone();
         let key_for_registry = key.clone();
@@ -160,7 +161,7 @@ impl Launcher<String> for SyncLauncher {
         }
         let now = Utc::now();
         let running = Transition::Running {
-            run: run_token.clone(),
+            run: run_token.to_string(),
             job: None,
             at: now,
             attempt: Attempt::of(&scan),
