@@ -17,6 +17,9 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc (module docs link only to what exists)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 step "building binaries (the process kubelet runs them as pods)"
 cargo build --workspace --bins --locked
 

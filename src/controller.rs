@@ -184,8 +184,8 @@ pub async fn run(settings: Settings) -> Result<()> {
                     tokio::join!(dispatcher.run(launcher, stop), audit);
                 }
                 ScannerMode::Sync => {
-                    let launcher = crate::scanner::sync::SyncLauncher::new(ctx.clone());
-                    let audit = crate::scanner::sync::audit_forever(
+                    let launcher = crate::scan::launch::sync::SyncLauncher::new(ctx.clone());
+                    let audit = crate::scan::launch::sync::audit_forever(
                         ctx,
                         launcher.runs(),
                         scans,

@@ -28,7 +28,7 @@ pub fn note(text: &str) -> String {
 /// How often an unchanged note is published again on one object.
 const REPEAT: Duration = Duration::from_secs(600);
 
-/// Most entries kept: stale ones (older than [`REPEAT`]) go first.
+/// Most entries kept: stale ones (older than `REPEAT`) go first.
 const MAX_REMEMBERED: usize = 10_000;
 
 /// Events that say why, on objects whose why changes (a source's skipped
@@ -36,7 +36,7 @@ const MAX_REMEMBERED: usize = 10_000;
 /// reason on one object into a series that keeps the *first* note for
 /// minutes, so after a user fixes one bad annotation and breaks another the
 /// Event would still name the first. Here each distinct note is a new
-/// Event, and an unchanged note is published at most once per [`REPEAT`]
+/// Event, and an unchanged note is published at most once per `REPEAT`
 /// (reconciles repeat).
 pub struct NotedEvents {
     client: kube::Client,
@@ -55,7 +55,7 @@ impl NotedEvents {
     }
 
     /// Publishes `ev` on `regarding` unless the same note was published on
-    /// it less than [`REPEAT`] ago.
+    /// it less than `REPEAT` ago.
     pub async fn publish(&self, ev: &Event, regarding: &ObjectReference) -> kube::Result<()> {
         let key = (regarding.uid.clone().unwrap_or_default(), ev.reason.clone());
         let note = ev.note.clone().unwrap_or_default();

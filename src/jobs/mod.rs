@@ -2,9 +2,9 @@
 //! configuration, the Job itself, whether a Job has finished, and the
 //! per-namespace ServiceAccount, Role and RoleBinding scanner pods run as.
 //!
-//! One file per concern: [`run`] (token and Job name), [`params`] (the
-//! effective configuration), [`build`] (the Job), [`outcome`] (how a Job
-//! ended), [`rbac`] (the scanner's ServiceAccount and RoleBinding). Everything
+//! One file per concern: `run` (token and Job name), `params` (the
+//! effective configuration), `build` (the Job), `outcome` (how a Job
+//! ended), `rbac` (the scanner's ServiceAccount and RoleBinding). Everything
 //! but [`ensure_scanner_rbac`] and [`RbacCache::ensure`] does no I/O.
 //!
 //! A run is identified by its [`run_token`], derived only from state stored in
@@ -64,7 +64,7 @@ pub const MAX_RATE_LIMIT_ENV: &str = "MAX_RATE_LIMIT";
 pub const INTERACTSH_URL_ENV: &str = "INTERACTSH_URL";
 /// Environment variable of the scanner: `json` or `text`, as the operator.
 pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
-/// The target policy, as JSON ([`TargetPolicy`]).
+/// The target policy, as JSON ([`crate::target_policy::TargetPolicy`]).
 pub const TARGET_POLICY_ENV: &str = "TARGET_POLICY";
 /// Where the `templateURLs` repositories are cloned, one numbered directory each.
 pub const GIT_TEMPLATES_DIR: &str = "/templates/git";

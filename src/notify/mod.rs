@@ -190,7 +190,7 @@ impl Notifications {
     /// records the run as announced; when only the Event told of it
     /// (`told`), records it at once, so that it is not told again after a
     /// restart. Nothing is written when nobody was told. Past
-    /// [`MAX_IN_FLIGHT`] the messages are dropped (counted) and the run is
+    /// `MAX_IN_FLIGHT` the messages are dropped (counted) and the run is
     /// not recorded: the next operator process tells it again.
     pub async fn send(self: &Arc<Self>, scan: &NucleiScan, news: News, told: bool) {
         let notifiers = self.notifiers_for(scan, &news);

@@ -3,7 +3,7 @@
 //! the budgeted findings report for the NucleiScan status ([`report`]) and
 //! what changed since the previous run ([`history`]); then the run itself
 //! ([`run`]), in a scanner pod ([`entry`], the `scanner` subcommand) or in
-//! the operator's process ([`sync`]).
+//! the operator's process (`crate::scan::launch::sync`).
 
 pub mod command;
 pub mod history;
@@ -18,4 +18,3 @@ pub use report::{Report, ReportLimits, clamp_finding};
 
 pub mod entry;
 pub mod run;
-pub mod sync;

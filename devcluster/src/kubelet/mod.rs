@@ -1,6 +1,6 @@
 //! The process kubelet: plays the one node of a dev cluster. It binds pending
 //! pods to its node (there is no scheduler), runs their containers as local
-//! processes (see [`run`]) with the volumes, env and service-account token a real
+//! processes (see `run`) with the volumes, env and service-account token a real
 //! kubelet would give them, and reports pod status so the real Job and
 //! ReplicaSet controllers see what they expect.
 

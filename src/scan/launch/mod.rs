@@ -1,5 +1,8 @@
-//! The Job launcher: how an admitted run starts in pod mode.
+//! How an admitted run starts: as a Job in pod mode (here), or as a task
+//! in the operator's process in sync mode ([`sync`]), side by side with the
+//! parts both share ([`scan_key_of`], [`fail_attempt`], [`is_permanent`]).
 //!
+//! The Job launcher:
 //! For the run the dispatcher admitted (its token is the intent's payload),
 //! it reads the scan and goes on only while the scan still waits for that
 //! run ([`check_run`]); checks that a target answers; creates the run's Job
@@ -13,6 +16,8 @@
 //!   and the reconciler retries it with backoff up to MAX_RETRIES;
 //! - anything else (API unavailable, conflicts): the launch is retried with
 //!   backoff, without a status write.
+
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

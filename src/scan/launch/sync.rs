@@ -14,15 +14,15 @@ use serde_json::Value;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use super::run::{RunId, ScannerDefaults, run};
+use super::{fail_attempt, scan_key_of};
 use crate::api::{NucleiScan, ScanKey};
 use crate::jobs::RunToken;
 use crate::scan::fence::{RunCheck, check_run, write_if};
-use crate::scan::launch::{fail_attempt, scan_key_of};
 use crate::scan::phase::{next_retry_count, retries};
 use crate::scan::reconcile::ScanCtx;
 use crate::scan::slots::AUDIT_INTERVAL;
 use crate::scan::status::{Attempt, Transition};
+use crate::scanner::run::{RunId, ScannerDefaults, run};
 
 /// In-process scans running now: scan key → run token and the task.
 type Runs = Arc<Mutex<HashMap<String, (RunToken, AbortHandle)>>>;
