@@ -8,7 +8,8 @@ use std::hint::black_box;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use dispatcher::{Blocker, Config, Dispatcher, Intent, Reason, ScanQueue};
+use dispatcher::bench_internals::{Blocker, ScanQueue};
+use dispatcher::{Config, Dispatcher, Intent, Reason};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

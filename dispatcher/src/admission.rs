@@ -76,7 +76,7 @@ impl RateLimit {
 /// `tokio::time::pause`/`advance` in tests. Its instants are the time since
 /// the clock was created.
 #[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
+pub(crate) struct TokioClock {
     origin: Instant,
 }
 

@@ -25,7 +25,7 @@ pub const MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
 pub struct Admitted<P> {
     /// The intent to carry out.
     pub intent: Intent<P>,
-    /// How long it waited in the ready queue (for a queue-wait metric).
+    /// How long it waited in the pending queue (for a queue-wait metric).
     pub waited: Duration,
 }
 
@@ -98,10 +98,10 @@ pub struct Limits {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// A ready intent, as shown on the queue page.
+/// A pending intent, as shown on the queue page.
 #[derive(Debug, Clone)]
 pub struct PendingItem<P> {
-    /// 1-based place in admission order over the whole ready queue.
+    /// 1-based place in admission order over the whole pending queue.
     pub position: usize,
     /// Scan key.
     pub key: String,
@@ -113,7 +113,7 @@ pub struct PendingItem<P> {
     pub hosts: BTreeSet<String>,
     /// Caller data.
     pub payload: P,
-    /// When it became ready.
+    /// When it became pending.
     pub enqueued_at: SystemTime,
     /// How long it has waited so far.
     pub waited: Duration,
@@ -122,7 +122,7 @@ pub struct PendingItem<P> {
     pub blocked: bool,
 }
 
-/// A delayed intent (scheduled rescan or retry), as shown on the queue page.
+/// A scheduled intent (scheduled rescan or retry), as shown on the queue page.
 #[derive(Debug, Clone)]
 pub struct ScheduledItem<P> {
     /// Scan key.
@@ -168,13 +168,13 @@ pub struct Snapshot<P> {
     pub limits: Limits,
     /// Slots held (running scans plus launches in flight).
     pub slots_used: usize,
-    /// Number of ready intents in all.
+    /// Number of pending intents in all.
     pub pending_total: usize,
-    /// The requested page of ready intents, in admission order.
+    /// The requested page of pending intents, in admission order.
     pub pending: Vec<PendingItem<P>>,
-    /// Number of delayed intents in all.
+    /// Number of scheduled intents in all.
     pub scheduled_total: usize,
-    /// The requested page of delayed intents, soonest due first.
+    /// The requested page of scheduled intents, soonest due first.
     pub scheduled: Vec<ScheduledItem<P>>,
     /// Every scan holding a slot, longest running first.
     pub running: Vec<RunningItem<P>>,
@@ -183,7 +183,7 @@ pub struct Snapshot<P> {
 /// One scan as [`DispatcherHandle::lookup`] finds it.
 #[derive(Debug, Clone)]
 pub enum Lookup<P> {
-    /// Ready to run (possibly blocked), at its position in admission order.
+    /// Pending to run (possibly blocked), at its position in admission order.
     Pending(PendingItem<P>),
     /// Waiting until it falls due.
     Scheduled(ScheduledItem<P>),
@@ -265,9 +265,9 @@ impl Clocks {
 /// Counters for metrics; cheap to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Ready intents per reason.
+    /// Pending intents per reason.
     pub pending: ReasonCounts,
-    /// Delayed intents per reason.
+    /// Scheduled intents per reason.
     pub scheduled: ReasonCounts,
     /// Slots held (running scans plus launches in flight).
     pub slots_used: usize,
@@ -325,7 +325,7 @@ impl<P> std::fmt::Debug for DispatcherHandle<P> {
 
 impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
     /// Queues the intent to run as soon as admission allows. Replaces any
-    /// intent queued for its key (ready or delayed); a ready key keeps its
+    /// intent queued for its key (pending or scheduled); a pending key keeps its
     /// original enqueue time. A key whose scan is running stays queued until
     /// that scan is reported finished.
     pub fn enqueue(&self, intent: Intent<P>) -> Enqueued {
@@ -334,15 +334,15 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
         result
     }
 
-    /// Queues the intent to become ready at `due`, replacing any intent
-    /// queued for its key. A past `due` makes it ready now.
+    /// Queues the intent to become pending at `due`, replacing any intent
+    /// queued for its key. A past `due` makes it pending now.
     pub fn enqueue_at(&self, intent: Intent<P>, due: Instant) -> Enqueued {
         let result = self.shared.lock().queue.enqueue_at(intent, due);
         self.shared.wake.notify_one();
         result
     }
 
-    /// Drops the key from the ready or the delay queue. A running scan of
+    /// Drops the key from the pending or the delay queue. A running scan of
     /// the key is not affected. Returns whether something was queued.
     pub fn remove(&self, key: &str) -> bool {
         self.shared.lock().queue.remove(key).is_some()
@@ -403,7 +403,7 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
         true
     }
 
-    /// The queue page: `limit` ready and `limit` delayed intents starting at
+    /// The queue page: `limit` pending and `limit` scheduled intents starting at
     /// `offset` in each list, every running scan, limits and totals. Only
     /// the page is copied; finding it still looks at every queued intent.
     pub fn snapshot(&self, limit: usize, offset: usize) -> Snapshot<P> {
@@ -434,9 +434,9 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
                 rate_limit: config.rate_limit,
             },
             slots_used: admission.slots_used(),
-            pending_total: state.queue.ready_len(),
+            pending_total: state.queue.pending_len(),
             pending,
-            scheduled_total: state.queue.delayed_len(),
+            scheduled_total: state.queue.scheduled_len(),
             scheduled,
             running,
         }
@@ -445,13 +445,13 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
     /// One scan: pending, scheduled or running, in that order of precedence
     /// (a key queued again while its scan runs is reported pending), as the
     /// [`snapshot`](Self::snapshot) would show it. Copies only that scan;
-    /// a pending scan's position costs one pass over the ready intents that
+    /// a pending scan's position costs one pass over the pending intents that
     /// counts, without copying or sorting.
     pub fn lookup(&self, key: &str) -> Option<Lookup<P>> {
         let state = self.shared.lock();
         let clocks = Clocks::read();
         match state.queue.locate(key) {
-            Some(Located::Ready {
+            Some(Located::Pending {
                 intent,
                 enqueued_at,
                 position,
@@ -461,7 +461,7 @@ impl<P: Clone + Send + Sync + 'static> DispatcherHandle<P> {
                 enqueued_at,
                 position,
             ))),
-            Some(Located::Delayed { intent, due }) => {
+            Some(Located::Scheduled { intent, due }) => {
                 Some(Lookup::Scheduled(clocks.scheduled(intent, due)))
             }
             None => {
@@ -558,7 +558,7 @@ impl<P: Clone + Send + Sync + 'static> Dispatcher<P> {
     }
 
     /// Admits intents and launches them until `shutdown` completes. It wakes
-    /// only on events (enqueue, finished, launch result, a delayed intent or
+    /// only on events (enqueue, finished, launch result, a scheduled intent or
     /// a rate-limit token falling due), never on a polling interval.
     ///
     /// On shutdown, launches still in flight are dropped and their intents
@@ -611,7 +611,7 @@ async fn launch_one<P, L: Launcher<P>>(
 }
 
 impl<P: Clone> State<P> {
-    /// Admits ready intents while a slot is free, a token is available and
+    /// Admits pending intents while a slot is free, a token is available and
     /// an intent is not blocked. Returns what to launch, and how long until
     /// the next token if the rate limit stopped admission.
     fn admit(&mut self) -> (Vec<(u64, Admitted<P>)>, Option<Duration>) {

@@ -1,5 +1,5 @@
-//! The scan queue: one intent per scan key, ready intents in a priority queue,
-//! delayed intents in a [`DelayQueue`] until they are due.
+//! The scan queue: one intent per scan key, pending intents in a priority queue,
+//! scheduled intents in a [`DelayQueue`] until they are due.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -154,12 +154,12 @@ pub enum Enqueued {
     Updated,
 }
 
-/// An intent taken out of the ready queue.
+/// An intent taken out of the pending queue.
 #[derive(Debug, Clone)]
 pub struct Queued<P> {
     /// The intent.
     pub intent: Intent<P>,
-    /// Since when the intent has been ready to run.
+    /// Since when the intent has been pending to run.
     pub enqueued_at: Instant,
     seq: u64,
 }
@@ -182,7 +182,7 @@ impl Rank {
     }
 }
 
-/// What keeps a ready intent from being admitted. See
+/// What keeps a pending intent from being admitted. See
 /// [`ScanQueue::pop_first`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Blocker {
@@ -194,16 +194,16 @@ pub enum Blocker {
 
 #[derive(Debug)]
 enum Place {
-    /// In the ready heap.
-    Ready { enqueued_at: Instant, seq: u64 },
-    /// Ready, but set aside until its blocker is released.
+    /// In the pending heap.
+    Pending { enqueued_at: Instant, seq: u64 },
+    /// Pending, but set aside until its blocker is released.
     Parked {
         enqueued_at: Instant,
         seq: u64,
         blocker: Blocker,
     },
     /// In the delay queue until due.
-    Delayed {
+    Scheduled {
         due: Instant,
         timer: delay_queue::Key,
     },
@@ -216,14 +216,14 @@ struct Entry<P> {
 }
 
 impl<P> Entry<P> {
-    /// Its place in admission order, if it is ready (parked or not).
-    fn ready_rank(&self) -> Option<Rank> {
+    /// Its place in admission order, if it is pending (parked or not).
+    fn pending_rank(&self) -> Option<Rank> {
         match self.place {
-            Place::Ready { enqueued_at, seq }
+            Place::Pending { enqueued_at, seq }
             | Place::Parked {
                 enqueued_at, seq, ..
             } => Some(Rank::new(self.intent.reason, enqueued_at, seq)),
-            Place::Delayed { .. } => None,
+            Place::Scheduled { .. } => None,
         }
     }
 }
@@ -231,23 +231,23 @@ impl<P> Entry<P> {
 /// Where [`ScanQueue::locate`] found a key.
 #[derive(Debug)]
 pub(crate) enum Located<'a, P> {
-    /// Ready (parked or not), `position` in admission order.
-    Ready {
+    /// Pending (parked or not), `position` in admission order.
+    Pending {
         intent: &'a Intent<P>,
         enqueued_at: Instant,
         position: usize,
     },
-    /// Delayed until `due`.
-    Delayed { intent: &'a Intent<P>, due: Instant },
+    /// Scheduled until `due`.
+    Scheduled { intent: &'a Intent<P>, due: Instant },
 }
 
 /// The queue of scan intents.
 ///
-/// Each key is in at most one place: ready (ordered by reason, then age) or
-/// delayed (waiting for its due time). The last call for a key wins:
-/// [`enqueue`](Self::enqueue) of a delayed key makes it ready now,
-/// [`enqueue_at`](Self::enqueue_at) of a ready key delays it. A key that is
-/// re-enqueued while ready keeps its original enqueue time, whatever its new
+/// Each key is in at most one place: pending (ordered by reason, then age) or
+/// scheduled (waiting for its due time). The last call for a key wins:
+/// [`enqueue`](Self::enqueue) of a scheduled key makes it pending now,
+/// [`enqueue_at`](Self::enqueue_at) of a pending key schedules it for later. A key that is
+/// re-enqueued while pending keeps its original enqueue time, whatever its new
 /// reason: it has waited that long, so it stays ahead of everything of its
 /// (new) reason that arrived later, and its reported wait stays true.
 ///
@@ -255,9 +255,9 @@ pub(crate) enum Located<'a, P> {
 #[derive(Debug)]
 pub struct ScanQueue<P> {
     entries: HashMap<String, Entry<P>>,
-    ready: PriorityQueue<String, Rank>,
+    pending: PriorityQueue<String, Rank>,
     parked: HashMap<Blocker, HashSet<String>>,
-    delayed: DelayQueue<String>,
+    scheduled: DelayQueue<String>,
     next_seq: u64,
     pending_counts: ReasonCounts,
     scheduled_counts: ReasonCounts,
@@ -274,41 +274,41 @@ impl<P> ScanQueue<P> {
     pub fn new() -> Self {
         Self {
             entries: HashMap::new(),
-            ready: PriorityQueue::new(),
+            pending: PriorityQueue::new(),
             parked: HashMap::new(),
-            delayed: DelayQueue::new(),
+            scheduled: DelayQueue::new(),
             next_seq: 0,
             pending_counts: ReasonCounts::default(),
             scheduled_counts: ReasonCounts::default(),
         }
     }
 
-    /// Makes the intent ready now, replacing any intent queued for its key
-    /// (ready or delayed). A parked key is unparked.
+    /// Makes the intent pending now, replacing any intent queued for its key
+    /// (pending or scheduled). A parked key is unparked.
     pub fn enqueue(&mut self, intent: Intent<P>) -> Enqueued {
         let now = Instant::now();
         match self.take(&intent.key) {
             Some((key, old)) => {
                 let (since, seq) = match old.place {
-                    Place::Ready { enqueued_at, seq }
+                    Place::Pending { enqueued_at, seq }
                     | Place::Parked {
                         enqueued_at, seq, ..
                     } => (enqueued_at, seq),
-                    Place::Delayed { .. } => (now, self.next_seq()),
+                    Place::Scheduled { .. } => (now, self.next_seq()),
                 };
-                self.insert_ready(key, intent, since, seq);
+                self.insert_pending(key, intent, since, seq);
                 Enqueued::Updated
             }
             None => {
                 let seq = self.next_seq();
-                self.insert_ready(intent.key.clone(), intent, now, seq);
+                self.insert_pending(intent.key.clone(), intent, now, seq);
                 Enqueued::Added
             }
         }
     }
 
     /// Delays the intent until `due`, replacing any intent queued for its key
-    /// (ready or delayed). A `due` that has passed makes it ready at once.
+    /// (pending or scheduled). A `due` that has passed makes it pending at once.
     pub fn enqueue_at(&mut self, intent: Intent<P>, due: Instant) -> Enqueued {
         let now = Instant::now();
         if due <= now {
@@ -316,11 +316,11 @@ impl<P> ScanQueue<P> {
         }
         match self.take(&intent.key) {
             Some((key, _)) => {
-                self.insert_delayed(key, intent, due, now);
+                self.insert_scheduled(key, intent, due, now);
                 Enqueued::Updated
             }
             None => {
-                self.insert_delayed(intent.key.clone(), intent, due, now);
+                self.insert_scheduled(intent.key.clone(), intent, due, now);
                 Enqueued::Added
             }
         }
@@ -331,12 +331,12 @@ impl<P> ScanQueue<P> {
         self.take(key).map(|(_, entry)| entry.intent)
     }
 
-    /// Takes the first ready intent in admission order, parked ones aside.
+    /// Takes the first pending intent in admission order, parked ones aside.
     pub fn pop(&mut self) -> Option<Queued<P>> {
         self.pop_first(|_| None)
     }
 
-    /// Takes the first ready intent, in admission order, that `blocked_by`
+    /// Takes the first pending intent, in admission order, that `blocked_by`
     /// finds unblocked.
     ///
     /// Intents it finds blocked are parked: they keep their place in the
@@ -347,13 +347,13 @@ impl<P> ScanQueue<P> {
         &mut self,
         mut blocked_by: impl FnMut(&Intent<P>) -> Option<Blocker>,
     ) -> Option<Queued<P>> {
-        while let Some((key, _)) = self.ready.pop() {
+        while let Some((key, _)) = self.pending.pop() {
             let entry = self
                 .entries
                 .get_mut(&key)
-                .expect("every ready key has an entry");
-            let Place::Ready { enqueued_at, seq } = entry.place else {
-                unreachable!("a key in the ready heap is in place Ready")
+                .expect("every pending key has an entry");
+            let Place::Pending { enqueued_at, seq } = entry.place else {
+                unreachable!("a key in the pending heap is in place Pending")
             };
             match blocked_by(&entry.intent) {
                 Some(blocker) => {
@@ -378,7 +378,7 @@ impl<P> ScanQueue<P> {
         None
     }
 
-    /// Returns the intents parked on `blocker` to their place in the ready
+    /// Returns the intents parked on `blocker` to their place in the pending
     /// order; returns how many.
     pub fn unpark(&mut self, blocker: &Blocker) -> usize {
         let Some(keys) = self.parked.remove(blocker) else {
@@ -396,8 +396,8 @@ impl<P> ScanQueue<P> {
             else {
                 unreachable!("a key in the parking lot is in place Parked")
             };
-            entry.place = Place::Ready { enqueued_at, seq };
-            self.ready
+            entry.place = Place::Pending { enqueued_at, seq };
+            self.pending
                 .push(key, Rank::new(entry.intent.reason, enqueued_at, seq));
         }
         unparked
@@ -410,33 +410,33 @@ impl<P> ScanQueue<P> {
             return;
         }
         let key = queued.intent.key.clone();
-        self.insert_ready(key, queued.intent, queued.enqueued_at, queued.seq);
+        self.insert_pending(key, queued.intent, queued.enqueued_at, queued.seq);
     }
 
-    /// Moves every delayed intent that is due into the ready queue, where it
-    /// counts as enqueued at its due time. Returns `Ready(n)` when it moved
+    /// Moves every scheduled intent that is due into the pending queue, where it
+    /// counts as enqueued at its due time. Returns `Pending(n)` when it moved
     /// `n > 0` intents, else `Pending` (and wakes `cx` when one falls due or
     /// an earlier one is added).
     pub fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
         let now = Instant::now();
         let mut moved = 0;
-        while let Poll::Ready(Some(expired)) = self.delayed.poll_expired(cx) {
+        while let Poll::Ready(Some(expired)) = self.scheduled.poll_expired(cx) {
             let key = expired.into_inner();
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
-            let Place::Delayed { due, .. } = entry.place else {
+            let Place::Scheduled { due, .. } = entry.place else {
                 continue;
             };
             if due > now {
-                let timer = self.delayed.insert_at(key, due.min(now + MAX_HOP));
-                entry.place = Place::Delayed { due, timer };
+                let timer = self.scheduled.insert_at(key, due.min(now + MAX_HOP));
+                entry.place = Place::Scheduled { due, timer };
                 continue;
             }
             let entry = self.entries.remove(&key).expect("checked above");
             self.scheduled_counts.sub(entry.intent.reason);
             let seq = self.next_seq();
-            self.insert_ready(key, entry.intent, due, seq);
+            self.insert_pending(key, entry.intent, due, seq);
             moved += 1;
         }
         if moved > 0 {
@@ -446,49 +446,49 @@ impl<P> ScanQueue<P> {
         }
     }
 
-    /// Waits until at least one delayed intent is due, moves all that are
-    /// due into the ready queue and returns how many it moved. Never returns
-    /// while nothing is delayed.
+    /// Waits until at least one scheduled intent is due, moves all that are
+    /// due into the pending queue and returns how many it moved. Never returns
+    /// while nothing is scheduled.
     pub async fn next_due(&mut self) -> usize {
         poll_fn(|cx| self.poll_due(cx)).await
     }
 
-    /// Whether the key is queued (ready or delayed).
+    /// Whether the key is queued (pending or scheduled).
     pub fn contains(&self, key: &str) -> bool {
         self.entries.contains_key(key)
     }
 
-    /// The intent queued for the key (ready or delayed).
+    /// The intent queued for the key (pending or scheduled).
     pub fn get(&self, key: &str) -> Option<&Intent<P>> {
         self.entries.get(key).map(|e| &e.intent)
     }
 
-    /// Since when the key has been ready, if it is ready (parked or not).
+    /// Since when the key has been pending, if it is pending (parked or not).
     pub fn enqueued_at(&self, key: &str) -> Option<Instant> {
         match self.entries.get(key)?.place {
-            Place::Ready { enqueued_at, .. } | Place::Parked { enqueued_at, .. } => {
+            Place::Pending { enqueued_at, .. } | Place::Parked { enqueued_at, .. } => {
                 Some(enqueued_at)
             }
-            Place::Delayed { .. } => None,
+            Place::Scheduled { .. } => None,
         }
     }
 
-    /// When the key falls due, if it is delayed.
+    /// When the key falls due, if it is scheduled.
     pub fn due_at(&self, key: &str) -> Option<Instant> {
         match self.entries.get(key)?.place {
-            Place::Ready { .. } | Place::Parked { .. } => None,
-            Place::Delayed { due, .. } => Some(due),
+            Place::Pending { .. } | Place::Parked { .. } => None,
+            Place::Scheduled { due, .. } => Some(due),
         }
     }
 
     /// Where the key is queued, found without copying or sorting anything:
-    /// a hash lookup, plus for a ready key one pass that counts the ready
+    /// a hash lookup, plus for a pending key one pass that counts the pending
     /// intents ahead of it (its 1-based position in admission order, as
     /// [`pending_page`](Self::pending_page) numbers it).
     pub(crate) fn locate(&self, key: &str) -> Option<Located<'_, P>> {
         let entry = self.entries.get(key)?;
         Some(match entry.place {
-            Place::Ready { enqueued_at, seq }
+            Place::Pending { enqueued_at, seq }
             | Place::Parked {
                 enqueued_at, seq, ..
             } => {
@@ -496,29 +496,29 @@ impl<P> ScanQueue<P> {
                 // The heap's ranks sit in one vector; parked intents (few:
                 // those behind a busy host or their own running scan) are
                 // looked up.
-                let ahead_ready = self.ready.iter().filter(|(_, r)| **r > rank).count();
+                let ahead_pending = self.pending.iter().filter(|(_, r)| **r > rank).count();
                 let ahead_parked = self
                     .parked
                     .values()
                     .flatten()
-                    .filter_map(|k| self.entries.get(k)?.ready_rank())
+                    .filter_map(|k| self.entries.get(k)?.pending_rank())
                     .filter(|r| *r > rank)
                     .count();
-                let ahead = ahead_ready + ahead_parked;
-                Located::Ready {
+                let ahead = ahead_pending + ahead_parked;
+                Located::Pending {
                     intent: &entry.intent,
                     enqueued_at,
                     position: ahead + 1,
                 }
             }
-            Place::Delayed { due, .. } => Located::Delayed {
+            Place::Scheduled { due, .. } => Located::Scheduled {
                 intent: &entry.intent,
                 due,
             },
         })
     }
 
-    /// Number of queued keys (ready and delayed).
+    /// Number of queued keys (pending and scheduled).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -528,33 +528,33 @@ impl<P> ScanQueue<P> {
         self.entries.is_empty()
     }
 
-    /// Number of ready intents, parked ones included.
-    pub fn ready_len(&self) -> usize {
+    /// Number of pending intents, parked ones included.
+    pub fn pending_len(&self) -> usize {
         self.pending_counts.total()
     }
 
-    /// Number of delayed intents.
-    pub fn delayed_len(&self) -> usize {
+    /// Number of scheduled intents.
+    pub fn scheduled_len(&self) -> usize {
         self.scheduled_counts.total()
     }
 
-    /// Ready intents (parked ones included) per reason.
+    /// Pending intents (parked ones included) per reason.
     pub fn pending_counts(&self) -> ReasonCounts {
         self.pending_counts
     }
 
-    /// Delayed intents per reason.
+    /// Scheduled intents per reason.
     pub fn scheduled_counts(&self) -> ReasonCounts {
         self.scheduled_counts
     }
 
-    /// A page of ready intents (parked ones included) in admission order,
+    /// A page of pending intents (parked ones included) in admission order,
     /// with their enqueue time.
     pub(crate) fn pending_page(&self, offset: usize, limit: usize) -> Vec<(&Intent<P>, Instant)> {
         let mut ranked: Vec<(Rank, &Intent<P>)> = self
             .entries
             .values()
-            .filter_map(|e| Some((e.ready_rank()?, &e.intent)))
+            .filter_map(|e| Some((e.pending_rank()?, &e.intent)))
             .collect();
         let by_admission = |a: &(Rank, &Intent<P>), b: &(Rank, &Intent<P>)| b.0.cmp(&a.0);
         page(
@@ -568,14 +568,14 @@ impl<P> ScanQueue<P> {
         .collect()
     }
 
-    /// A page of delayed intents, soonest due first, with their due time.
+    /// A page of scheduled intents, soonest due first, with their due time.
     pub(crate) fn scheduled_page(&self, offset: usize, limit: usize) -> Vec<(&Intent<P>, Instant)> {
         let mut due: Vec<(&Intent<P>, Instant)> = self
             .entries
             .values()
             .filter_map(|e| match e.place {
-                Place::Delayed { due, .. } => Some((&e.intent, due)),
-                Place::Ready { .. } | Place::Parked { .. } => None,
+                Place::Scheduled { due, .. } => Some((&e.intent, due)),
+                Place::Pending { .. } | Place::Parked { .. } => None,
             })
             .collect();
         let by_due = |a: &(&Intent<P>, Instant), b: &(&Intent<P>, Instant)| {
@@ -594,8 +594,8 @@ impl<P> ScanQueue<P> {
     fn take(&mut self, key: &str) -> Option<(String, Entry<P>)> {
         let (key, entry) = self.entries.remove_entry(key)?;
         match &entry.place {
-            Place::Ready { .. } => {
-                self.ready.remove(&key);
+            Place::Pending { .. } => {
+                self.pending.remove(&key);
                 self.pending_counts.sub(entry.intent.reason);
             }
             Place::Parked { blocker, .. } => {
@@ -607,26 +607,28 @@ impl<P> ScanQueue<P> {
                 }
                 self.pending_counts.sub(entry.intent.reason);
             }
-            Place::Delayed { timer, .. } => {
-                self.delayed.remove(timer);
+            Place::Scheduled { timer, .. } => {
+                self.scheduled.remove(timer);
                 self.scheduled_counts.sub(entry.intent.reason);
             }
         }
         Some((key, entry))
     }
 
-    fn insert_ready(&mut self, key: String, intent: Intent<P>, enqueued_at: Instant, seq: u64) {
+    fn insert_pending(&mut self, key: String, intent: Intent<P>, enqueued_at: Instant, seq: u64) {
         self.pending_counts.add(intent.reason);
-        self.ready
+        self.pending
             .push(key.clone(), Rank::new(intent.reason, enqueued_at, seq));
-        let place = Place::Ready { enqueued_at, seq };
+        let place = Place::Pending { enqueued_at, seq };
         self.entries.insert(key, Entry { intent, place });
     }
 
-    fn insert_delayed(&mut self, key: String, intent: Intent<P>, due: Instant, now: Instant) {
+    fn insert_scheduled(&mut self, key: String, intent: Intent<P>, due: Instant, now: Instant) {
         self.scheduled_counts.add(intent.reason);
-        let timer = self.delayed.insert_at(key.clone(), due.min(now + MAX_HOP));
-        let place = Place::Delayed { due, timer };
+        let timer = self
+            .scheduled
+            .insert_at(key.clone(), due.min(now + MAX_HOP));
+        let place = Place::Scheduled { due, timer };
         self.entries.insert(key, Entry { intent, place });
     }
 }
@@ -645,3 +647,6 @@ fn page<T>(items: &mut [T], offset: usize, end: usize, cmp: impl Fn(&T, &T) -> O
     items.sort_unstable_by(&cmp);
     &items[offset..end]
 }
+
+#[cfg(test)]
+mod tests;

@@ -928,7 +928,7 @@ async fn a_looked_up_position_counts_the_intents_parked_ahead_of_it() {
     settle().await;
     handle.enqueue(Intent::new("b", Reason::Scheduled, 0).with_hosts(["z.example"]));
     assert_eq!(next(&mut launches).await.key, "b");
-    // No slot left: these stay in the ready heap.
+    // No slot left: these stay in the pending heap.
     sleep(Duration::from_secs(1)).await;
     handle.enqueue(new_scan("c"));
     handle.enqueue(Intent::new("d", Reason::Retry, 0));

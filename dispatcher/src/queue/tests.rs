@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dispatcher::{Blocker, Enqueued, Intent, Reason, ScanQueue};
+use super::{Blocker, Enqueued, Intent, Reason, ScanQueue};
 use tokio::time::{Instant, advance, timeout};
 
 fn intent(key: &str, reason: Reason) -> Intent<u32> {
@@ -91,7 +91,7 @@ async fn a_reenqueued_key_keeps_its_place_among_later_arrivals() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_delayed_intent_becomes_ready_when_due_and_not_before() {
+async fn a_scheduled_intent_becomes_pending_when_due_and_not_before() {
     let mut queue = ScanQueue::new();
     let due = Instant::now() + Duration::from_secs(10);
     queue.enqueue_at(intent("later", Reason::Scheduled), due);
@@ -111,7 +111,7 @@ async fn a_delayed_intent_becomes_ready_when_due_and_not_before() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn delayed_intents_that_fall_due_together_leave_in_priority_order() {
+async fn scheduled_intents_that_fall_due_together_leave_in_priority_order() {
     let mut queue = ScanQueue::new();
     let due = Instant::now() + Duration::from_secs(5);
     queue.enqueue_at(intent("scheduled", Reason::Scheduled), due);
@@ -135,7 +135,7 @@ async fn a_delay_beyond_the_timer_wheel_horizon_still_fires_on_time() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn remove_takes_a_key_out_of_the_ready_queue() {
+async fn remove_takes_a_key_out_of_the_pending_queue() {
     let mut queue = ScanQueue::new();
     queue.enqueue(intent("a", Reason::NewScan));
     queue.enqueue(intent("b", Reason::NewScan));
@@ -169,7 +169,7 @@ async fn remove_takes_a_key_out_of_the_delay_queue_so_it_never_fires() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn enqueueing_a_delayed_key_now_cancels_its_delay() {
+async fn enqueueing_a_scheduled_key_now_makes_it_pending() {
     let mut queue = ScanQueue::new();
     let due = Instant::now() + Duration::from_secs(60);
     queue.enqueue_at(intent("web", Reason::Scheduled), due);
@@ -192,7 +192,7 @@ async fn enqueueing_a_delayed_key_now_cancels_its_delay() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn scheduling_a_ready_key_moves_it_to_the_delay_queue() {
+async fn scheduling_a_pending_key_moves_it_to_the_delay_queue() {
     let mut queue = ScanQueue::new();
     queue.enqueue(intent("web", Reason::NewScan));
     let due = Instant::now() + Duration::from_secs(30);
@@ -209,7 +209,7 @@ async fn scheduling_a_ready_key_moves_it_to_the_delay_queue() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rescheduling_a_delayed_key_moves_its_due_time_both_ways() {
+async fn rescheduling_a_scheduled_key_moves_its_due_time_both_ways() {
     let mut queue = ScanQueue::new();
     let start = Instant::now();
     queue.enqueue_at(
@@ -242,7 +242,7 @@ async fn rescheduling_a_delayed_key_moves_its_due_time_both_ways() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_due_time_in_the_past_makes_the_intent_ready_at_once() {
+async fn a_due_time_in_the_past_makes_the_intent_pending_at_once() {
     let mut queue = ScanQueue::new();
     advance(Duration::from_secs(10)).await;
     let past = Instant::now() - Duration::from_secs(5);
@@ -251,8 +251,8 @@ async fn a_due_time_in_the_past_makes_the_intent_ready_at_once() {
         Enqueued::Added
     );
 
-    assert_eq!(queue.ready_len(), 1);
-    assert_eq!(queue.delayed_len(), 0);
+    assert_eq!(queue.pending_len(), 1);
+    assert_eq!(queue.scheduled_len(), 0);
 }
 
 fn blocked_on_x(intent: &Intent<u32>) -> Option<Blocker> {
@@ -278,7 +278,7 @@ async fn blocked_intents_are_parked_until_their_blocker_is_released() {
     assert_eq!(queue.pop().unwrap().intent.key, "scheduled-on-z");
     assert_eq!(queue.pop_first(blocked_on_x).map(|q| q.intent.key), None);
     assert!(queue.pop().is_none());
-    assert_eq!(queue.ready_len(), 2);
+    assert_eq!(queue.pending_len(), 2);
     assert_eq!(queue.pending_counts().total(), 2);
 
     assert_eq!(queue.unpark(&Blocker::Host("y".to_owned())), 0);
@@ -308,17 +308,17 @@ async fn a_parked_intent_that_is_enqueued_again_is_looked_at_again() {
 async fn removing_or_delaying_a_parked_intent_takes_it_off_the_parking_lot() {
     let mut queue = ScanQueue::new();
     queue.enqueue(intent("removed", Reason::NewScan).with_hosts(["x"]));
-    queue.enqueue(intent("delayed", Reason::NewScan).with_hosts(["x"]));
+    queue.enqueue(intent("scheduled", Reason::NewScan).with_hosts(["x"]));
     assert!(queue.pop_first(blocked_on_x).is_none());
 
     assert!(queue.remove("removed").is_some());
     let due = Instant::now() + Duration::from_secs(10);
-    queue.enqueue_at(intent("delayed", Reason::Retry).with_hosts(["x"]), due);
+    queue.enqueue_at(intent("scheduled", Reason::Retry).with_hosts(["x"]), due);
     assert_eq!(queue.unpark(&Blocker::Host("x".to_owned())), 0);
-    assert_eq!((queue.ready_len(), queue.delayed_len()), (0, 1));
+    assert_eq!((queue.pending_len(), queue.scheduled_len()), (0, 1));
     assert_eq!(queue.next_due().await, 1);
     assert_eq!(Instant::now(), due);
-    assert_eq!(drain_keys(&mut queue), ["delayed"]);
+    assert_eq!(drain_keys(&mut queue), ["scheduled"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -347,8 +347,8 @@ async fn reason_counts_follow_every_change() {
         .filter(|(_, n)| *n > 0)
         .collect();
     assert_eq!(scheduled, [(Reason::Scheduled, 1)]);
-    assert_eq!(queue.ready_len(), 3);
-    assert_eq!(queue.delayed_len(), 1);
+    assert_eq!(queue.pending_len(), 3);
+    assert_eq!(queue.scheduled_len(), 1);
 
     queue.pop();
     assert_eq!(queue.pending_counts().total(), 2);
