@@ -247,8 +247,10 @@ mod tests {
         (client, hits)
     }
 
-    /// Without a backoff the watcher lists again at once after each error:
-    /// 10,496 requests in these 3 s before the fix.
+    /// A cache's stream backs off by itself, whoever polls it. Without, the
+    /// watcher lists again at once after each error: 10,496 requests in
+    /// these 3 s. (The controllers also back off their trigger streams; the
+    /// namespace, Gateway and exception watchers are polled directly.)
     #[tokio::test]
     async fn lists_that_fail_are_retried_with_backoff_not_in_a_loop() {
         use std::sync::atomic::Ordering;
