@@ -1,6 +1,7 @@
 //! The `nuclei.homelab.mortenolsen.pro/v1alpha1` API, and the minimal Istio
 //! `VirtualService` and Gateway API `HTTPRoute`/`Gateway` types we read.
 
+pub mod conditions;
 pub mod exception;
 mod finding;
 pub mod gateway;

@@ -10,14 +10,9 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{JobRef, NucleiScan, ScanPhase};
 
-/// Condition: the source's annotations all parsed.
-pub const ANNOTATIONS_VALID: &str = "AnnotationsValid";
-/// Condition: no target answered the availability check; retrying.
-pub const WAITING_FOR_TARGETS: &str = "WaitingForTargets";
-/// Condition: the scanner pod has not started (image pull, config error).
-pub const POD_NOT_STARTED: &str = "PodNotStarted";
-/// Condition: `spec.schedule` does not parse (only present while false).
-pub const SCHEDULE_VALID: &str = "ScheduleValid";
+pub use crate::api::conditions::{
+    ANNOTATIONS_VALID, POD_NOT_STARTED, SCHEDULE_VALID, WAITING_FOR_TARGETS,
+};
 
 /// What one attempt to run a scan acts on: the spec generation and the
 /// rescan request it was started for. Recording them keeps the same

@@ -745,7 +745,7 @@ mod tests {
             findings: vec![Default::default(); 1000],
             fingerprints: Some("0".repeat(history::MAX_FINGERPRINT_BYTES - 2)),
             conditions: vec![Condition {
-                type_: "AnnotationsValid".into(),
+                type_: crate::api::conditions::ANNOTATIONS_VALID.into(),
                 status: "False".into(),
                 reason: "InvalidAnnotation".into(),
                 message: "x".repeat(100_000),

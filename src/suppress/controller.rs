@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Rules, State, mark};
+use crate::api::conditions::{EXCEPTION_ACTIVE, EXCEPTION_EXPIRED, EXCEPTION_INVALID};
 use crate::api::labels::FIELD_MANAGER;
 use crate::api::{NucleiFindingException, NucleiFindingExceptionSpec, NucleiScan, ScanKey};
 use crate::scan::status::{patch_status, set_condition};
@@ -466,19 +467,19 @@ impl Worker {
                     });
                     (
                         true,
-                        "Active",
+                        EXCEPTION_ACTIVE,
                         format!("accepts the findings it matches {until}"),
                     )
                 }
                 State::Expired(at) => (
                     false,
-                    "Expired",
+                    EXCEPTION_EXPIRED,
                     format!(
                         "expired at {}: the findings it accepted count again",
                         at.to_rfc3339()
                     ),
                 ),
-                State::Invalid(why) => (false, "Invalid", why.clone()),
+                State::Invalid(why) => (false, EXCEPTION_INVALID, why.clone()),
             };
             let uid = ex.uid().unwrap_or_default();
             let generation = ex.metadata.generation;
@@ -501,13 +502,13 @@ impl Worker {
             let before = status
                 .conditions
                 .iter()
-                .find(|c| c.type_ == "Active")
+                .find(|c| c.type_ == EXCEPTION_ACTIVE)
                 .map(|c| c.reason.clone())
                 .or_else(|| last.as_ref().map(|l| l.1.clone()));
             let mut conditions = status.conditions.clone();
             let changed = set_condition(
                 &mut conditions,
-                "Active",
+                EXCEPTION_ACTIVE,
                 active,
                 reason,
                 &message,
@@ -542,7 +543,7 @@ impl Worker {
                 .insert(uid, now_written);
             if !active && before.as_deref() != Some(reason) {
                 let ev = Event {
-                    type_: if reason == "Invalid" {
+                    type_: if reason == EXCEPTION_INVALID {
                         EventType::Warning
                     } else {
                         EventType::Normal
