@@ -9,6 +9,7 @@ pub mod crd;
 pub mod duration;
 pub mod error;
 pub mod events;
+pub mod git;
 pub mod hash;
 pub mod http;
 pub mod jobs;

@@ -250,8 +250,19 @@ pub struct Settings {
     #[arg(long, env = "POD_START_TIMEOUT", value_name = "POD_START_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
     pub pod_start_timeout: Duration,
 
-    /// Image of the init container that clones `templateURLs` (needs `git`);
-    /// pin a version or digest in production.
+    /// Git repositories of templates every scan runs on top of its own, as a
+    /// JSON list of `{url, branch, path}` (the Helm value
+    /// `templates.repositories`): `branch` may name a branch, a tag or a full
+    /// commit id (default: the remote's default branch), `path` a directory
+    /// inside the repository (default: all of it). Each scanner pod clones
+    /// them (GIT_IMAGE) before the scan and records the commits it used in
+    /// `status.templateSources`. Empty: only the image's templates.
+    #[arg(long, env = "TEMPLATE_REPOSITORIES", value_name = "TEMPLATE_REPOSITORIES", default_value = "", value_parser = crate::git::parse_repositories)]
+    pub template_repositories: crate::git::Repositories,
+
+    /// Image of the init containers that clone TEMPLATE_REPOSITORIES and
+    /// `templateURLs` (needs `git`, and `sh` for TEMPLATE_REPOSITORIES); pin
+    /// a version or digest in production.
     #[arg(long, env = "GIT_IMAGE", value_name = "GIT_IMAGE", default_value = "alpine/git:latest", value_parser = parse_image)]
     pub git_image: String,
 
@@ -1243,13 +1254,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 43);
+        assert_eq!(count, 44);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 43);
+        assert_eq!(table.len(), 44);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -624,6 +624,21 @@ fn cases() -> Vec<Case> {
             expect: |r| env_is(r, "DEFAULT_SEVERITY", "high,critical"),
         },
         Case {
+            value: "templates.repositories",
+            context: NO_CONTEXT,
+            set: &[
+                "--set-json",
+                r#"templates.repositories=[{"url":"https://h.example/t.git","branch":"v1","path":"/cves"}]"#,
+            ],
+            expect: |r| {
+                env_is(
+                    r,
+                    "TEMPLATE_REPOSITORIES",
+                    r#"[{"branch":"v1","path":"/cves","url":"https://h.example/t.git"}]"#,
+                )
+            },
+        },
+        Case {
             value: "templates.gitImage",
             context: NO_CONTEXT,
             set: &["--set", "templates.gitImage=alpine/git:v2.47.2"],
@@ -1409,6 +1424,8 @@ fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
     let r = render(&[
         "--set",
         "templates.defaults={http/cves/},templates.severity={critical},scanner.resources.limits.memory=1Gi,scanner.allowedImages={registry.example.com/sec/*},scanner.interactshUrl=https://oast.example.internal,targets.allowCidrs={10.0.0.0/8},targets.allowHostSuffixes={example.com},targets.ingressClasses={public},targets.namespaceSelector={team=web}",
+        "--set-json",
+        r#"templates.repositories=[{"url":"https://h.example/t.git"}]"#,
     ])?;
     let set: BTreeSet<String> = r.env()?.into_keys().collect();
     let known: BTreeSet<String> = env_table().into_iter().map(|row| row.env).collect();
@@ -1423,6 +1440,23 @@ fn the_chart_sets_exactly_the_operator_settings() -> Result<()> {
         "settings the chart does not set: {missing:?}"
     );
     settings_of(&r)?;
+    Ok(())
+}
+
+#[test]
+fn the_seed_designs_values_file_installs_unchanged_and_the_operator_takes_its_settings()
+-> Result<()> {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/helm/seed-values.yaml");
+    let r = render(&["-f", seed.to_str().context("path is not UTF-8")?])?;
+    let settings = settings_of(&r)?;
+    assert_eq!(settings.default_templates, ["cves/", "vulnerabilities/"]);
+    assert_eq!(settings.max_concurrent_scans, 5);
+    let repositories = &settings.template_repositories.0;
+    assert_eq!(repositories.len(), 1);
+    assert_eq!(
+        repositories[0].to_string(),
+        "https://github.com/projectdiscovery/nuclei-templates#main:templates/community"
+    );
     Ok(())
 }
 

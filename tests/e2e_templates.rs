@@ -9,8 +9,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use devcluster::{ImageMapping, Tools};
@@ -20,6 +18,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use nuclei_operator::api::{NucleiScan, ScanPhase, Severity};
 use serde_json::json;
+use support::git::{Daemon, GitServer, canary_template, guarded};
 use support::{
     assert_only_the_canary_finding, canary_annotations, canary_target, cluster, completed,
     eventually, ingress, namespace, target_ip, template_set,
@@ -61,10 +60,10 @@ static ENV: OnceCell<Env> = OnceCell::const_new();
 async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
         let ip = target().await;
-        let git = GitServer::start(
-            "git-canary.yaml",
+        let git = GitServer::start(&[(
+            "community/git-canary.yaml",
             &canary_template("nuclei-operator-git-canary", "medium", "git-e2e"),
-        );
+        )]);
         let cluster = cluster(&[
             ("canary.test", ip),
             ("many.test", ip),
@@ -138,132 +137,6 @@ async fn sync_env() -> &'static SyncEnv {
         .await
 }
 
-/// A long-lived helper process (git daemon, the sync-mode operator), killed
-/// when this test binary exits: it is started with a parent-death signal from
-/// a thread that lives as long as the process (a test's own thread ends with
-/// the test, and the signal follows the thread).
-struct Daemon {
-    pid: u32,
-}
-
-impl Daemon {
-    fn spawn(mut cmd: std::process::Command) -> Daemon {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || match cmd.spawn() {
-            Ok(mut child) => {
-                tx.send(Ok(child.id())).unwrap();
-                let _ = child.wait();
-            }
-            Err(e) => tx.send(Err(e)).unwrap(),
-        });
-        let pid = rx
-            .recv()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("spawning a helper process: {e}"));
-        Daemon { pid }
-    }
-}
-
-/// A command run under `setpriv --pdeathsig KILL`.
-fn guarded(program: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.args(["--pdeathsig", "KILL", "--", program])
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A bare git repository holding one template, served read-only over
-/// `git://127.0.0.1:<port>/templates.git`.
-struct GitServer {
-    _dir: tempfile::TempDir,
-    _daemon: Daemon,
-    url: String,
-}
-
-impl GitServer {
-    fn start(file: &str, template: &str) -> GitServer {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("work");
-        std::fs::create_dir(&work).unwrap();
-        std::fs::write(work.join(file), template).unwrap();
-        let git = |cwd: &Path, args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .current_dir(cwd)
-                .args([
-                    "-c",
-                    "user.name=e2e",
-                    "-c",
-                    "user.email=e2e@example.invalid",
-                ])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        git(&work, &["init", "-q", "-b", "main"]);
-        git(&work, &["add", "."]);
-        git(&work, &["commit", "-q", "-m", "e2e templates"]);
-        git(
-            dir.path(),
-            &["clone", "-q", "--bare", "work", "templates.git"],
-        );
-
-        let port = free_port();
-        // git-daemon itself, not `git daemon`: that runs it as a child, which
-        // would outlive the parent-death signal.
-        let exec_path = std::process::Command::new("git")
-            .arg("--exec-path")
-            .output()
-            .unwrap();
-        let exec_path = String::from_utf8(exec_path.stdout).unwrap();
-        let daemon_bin = Path::new(exec_path.trim()).join("git-daemon");
-        let mut cmd = guarded(daemon_bin.to_str().unwrap());
-        cmd.arg("--reuseaddr")
-            .arg("--export-all")
-            .arg("--informative-errors")
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", dir.path().display()))
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let daemon = Daemon::spawn(cmd);
-        let url = format!("git://127.0.0.1:{port}/templates.git");
-        // Ready once it serves the repository.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = std::process::Command::new("git")
-                .args(["ls-remote", &url])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "git daemon never served {url}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        GitServer {
-            _dir: dir,
-            _daemon: daemon,
-            url,
-        }
-    }
-}
-
 /// Starts the operator (as `support::Operator::start` does, with `env` on
 /// top) and waits for `/readyz`. With `hosts`, it runs in a private mount
 /// namespace whose `/etc/hosts` resolves them: in sync mode nuclei runs on the
@@ -326,36 +199,6 @@ async fn start_operator(
 }
 
 // ---- fixtures -----------------------------------------------------------------
-
-/// A template matching the canary page, extracting its token.
-fn canary_template(id: &str, severity: &str, tags: &str) -> String {
-    format!(
-        r#"id: {id}
-
-info:
-  name: {id} (e2e)
-  author: nuclei-operator
-  severity: {severity}
-  description: Matches the canary page of the end-to-end target.
-  tags: {tags}
-
-http:
-  - method: GET
-    path:
-      - "{{{{BaseURL}}}}/canary"
-    matchers:
-      - type: word
-        name: canary-page
-        words:
-          - "CANARY-OK"
-    extractors:
-      - type: regex
-        group: 1
-        regex:
-          - "token=([a-z0-9]+)"
-"#
-    )
-}
 
 /// A template requesting `count` distinct paths, each of which the target
 /// answers with its default page: one finding per path.
@@ -510,10 +353,13 @@ async fn templates_from_a_configmap_run_on_top_of_the_selected_templates() {
 }
 
 #[tokio::test]
-async fn templates_from_a_git_repository_are_cloned_by_the_init_container() {
+async fn templates_from_a_git_repository_are_cloned_at_their_branch_and_directory_and_the_commit_is_recorded()
+ {
     let e = env().await;
     let client = e.cluster.client().await.unwrap();
     let ns = namespace(&client, "tpl-git").await;
+    let clones = e.git.upload_packs();
+    let source = format!("{}#main:/community/", e.git.url);
     create_scan(
         &client,
         &ns,
@@ -521,7 +367,7 @@ async fn templates_from_a_git_repository_are_cloned_by_the_init_container() {
         "http://canary.test",
         json!({
             "tags": ["git-e2e"],
-            "scannerConfig": {"templateURLs": [e.git.url]},
+            "scannerConfig": {"templateURLs": [source]},
         }),
     )
     .await;
@@ -536,6 +382,12 @@ async fn templates_from_a_git_repository_are_cloned_by_the_init_container() {
     assert_eq!(f.severity, Some(Severity::Medium));
     assert_eq!(f.matched_at, "http://canary.test/canary");
     assert_eq!(f.extracted_results, ["abc123"]);
+    // The commit the run used, as the repository has it.
+    assert_eq!(
+        serde_json::to_value(&st.template_sources).unwrap(),
+        json!([{"url": e.git.url, "ref": "main", "path": "community", "commit": e.git.head()}])
+    );
+    assert_eq!(e.git.upload_packs(), clones + 1, "one clone for one run");
 
     // Cloned by the init container, from the configured git image.
     let jobs = jobs_of(&client, &ns).await;
@@ -554,10 +406,19 @@ async fn templates_from_a_git_repository_are_cloned_by_the_init_container() {
         .expect("a git-clone init container");
     assert_eq!(init.len(), 1);
     assert_eq!(init[0].image.as_deref(), Some(GIT_IMAGE));
-    assert!(
-        init[0].args.iter().flatten().any(|a| *a == e.git.url),
-        "{:?}",
-        init[0].args
+    let args: Vec<&str> = init[0].args.iter().flatten().map(String::as_str).collect();
+    assert_eq!(
+        args,
+        [
+            "clone",
+            "--depth",
+            "1",
+            "--branch",
+            "main",
+            "--",
+            &e.git.url,
+            "/templates/git/0"
+        ]
     );
 }
 

@@ -24,7 +24,7 @@ pub use nucleiscan::{
     JobRef, MAX_RATE_LIMIT, MAX_REFUSED_LISTED, MAX_RETRY_COUNT, MAX_TARGET_LEN, MAX_TARGETS,
     MIN_RATE_LIMIT, NucleiScan, NucleiScanSpec, NucleiScanStatus, ScanPhase, ScanSummary,
     ScannerConfig, SourceKind, SourceRef, TEMPLATE_PATH_RULE, TEMPLATE_PATH_RULE_MESSAGE,
-    is_template_path, is_valid_target,
+    TemplateSource, is_template_path, is_valid_target,
 };
 pub use virtual_service::{
     HttpMatchRequest, HttpRoute, OpaqueRoute, StringMatch, VirtualService, VirtualServiceSpec,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Finding, Severity};
 use crate::duration::{format_duration, parse_duration};
+use crate::git::GitSource;
 
 /// Largest number of targets one `NucleiScan` accepts (`spec.targets` `maxItems`).
 ///
@@ -254,9 +255,13 @@ pub struct ScannerConfig {
     pub timeout: Option<String>,
 
     /// Git repositories of extra templates, cloned into the scanner pod before
-    /// the scan (`https://`, `http://`, `ssh://`, `git://` or `user@host:path`).
-    /// Every template in them runs, on top of `templates` (still subject to
-    /// the tag, severity and exclusion filters). Not available in sync mode.
+    /// the scan: `URL[#REF[:PATH]]`, where URL is `https://`, `http://`,
+    /// `ssh://`, `git://` or `user@host:path`, REF a branch, tag or full
+    /// commit id (default: the remote's default branch) and PATH a directory
+    /// in the repository (default: all of it), as in
+    /// `https://github.com/acme/t.git#v2:http/cves`. Every template there runs,
+    /// on top of `templates` (still subject to the tag, severity and exclusion
+    /// filters). Not available in sync mode.
     #[serde(
         default,
         rename = "templateURLs",
@@ -368,6 +373,13 @@ pub struct NucleiScanStatus {
     /// When the scanner started scanning in the last run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan_start_time: Option<Time>,
+
+    /// The git repositories of templates the last run used (the operator's
+    /// TEMPLATE_REPOSITORIES, then `templateURLs`), with the commit each
+    /// clone checked out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub template_sources: Vec<TemplateSource>,
 
     /// When the last scan was started (its Job created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -527,6 +539,22 @@ pub struct ScanSummary {
 
 /// Most entries of `summary.refusedTargets`.
 pub const MAX_REFUSED_LISTED: usize = 10;
+
+/// A git repository of templates and the commit a run used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSource {
+    #[serde(flatten)]
+    pub source: GitSource,
+    /// The commit the clone checked out; unset when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Why the run went without this repository (one of the operator's
+    /// that could not be cloned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub error: Option<String>,
+}
 
 /// The scanner Job of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

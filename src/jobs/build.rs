@@ -14,6 +14,7 @@ use kube::Resource;
 
 use crate::api::NucleiScan;
 use crate::duration::format_duration;
+use crate::git::GitSource;
 
 use super::*;
 
@@ -46,11 +47,12 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     let mut volumes = vec![empty_dir("tmp", TMP_SIZE_LIMIT)];
     let mut scanner_mounts = vec![mount("tmp", TMP_DIR, false)];
     let mut init_containers = Vec::new();
-    if !params.template_urls.is_empty() {
+    if !params.template_sources.is_empty() {
         volumes.push(empty_dir("git-templates", GIT_TEMPLATES_SIZE_LIMIT));
         scanner_mounts.push(mount("git-templates", GIT_TEMPLATES_DIR, true));
-        for (i, url) in params.template_urls.iter().enumerate() {
-            init_containers.push(git_clone_container(params, i, url));
+        for (i, source) in params.template_sources.iter().enumerate() {
+            let optional = i < params.shared_sources;
+            init_containers.extend(git_containers(params, i, source, optional));
         }
     }
     for (i, cm) in params.template_config_maps.iter().enumerate() {
@@ -85,6 +87,13 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     let extra = params.extra_template_dirs();
     if !extra.is_empty() {
         env.push(env_value(EXTRA_TEMPLATE_DIRS_ENV, &extra));
+    }
+    // What the scanner records, with the commit each clone checked out.
+    if !params.template_sources.is_empty() {
+        env.push(env_value(
+            TEMPLATE_SOURCES_ENV,
+            &serde_json::to_string(&params.template_sources).expect("serializable sources"),
+        ));
     }
     // The operator's defaults reach the scanner as in sync mode: it applies
     // them where the scan is silent.
@@ -210,20 +219,77 @@ fn label_value(s: &str) -> String {
         .to_owned()
 }
 
-fn git_clone_container(params: &JobParams, i: usize, url: &str) -> Container {
-    Container {
-        name: format!("git-clone-{i}"),
-        image: Some(params.git_image.clone()),
-        command: Some(vec!["git".into()]),
-        args: Some(vec![
-            "clone".into(),
+/// The init containers that put `source` into `/templates/git/<i>`: one
+/// shallow clone of its branch or tag, or, for a commit (which a shallow
+/// clone cannot name), a clone without checkout and a checkout of the commit.
+/// An `optional` source that fails leaves no directory (the scanner runs
+/// without it and says so) instead of failing the pod.
+fn git_containers(
+    params: &JobParams,
+    i: usize,
+    source: &GitSource,
+    optional: bool,
+) -> Vec<Container> {
+    let dir = format!("{GIT_TEMPLATES_DIR}/{i}");
+    let mut clone: Vec<String> = vec!["clone".into()];
+    match &source.git_ref {
+        Some(commit) if source.pins_commit() => {
+            clone.push("--no-checkout".into());
+            let checkout = vec![
+                "-C".into(),
+                dir.clone(),
+                "-c".into(),
+                "advice.detachedHead=false".into(),
+                "checkout".into(),
+                "--quiet".into(),
+                "--detach".into(),
+                commit.clone(),
+                "--".into(),
+            ];
+            // Ends option parsing: a URL can never be read as a flag.
+            clone.extend(["--".into(), source.url.clone(), dir]);
+            return vec![
+                git_container(params, i, "git-clone", clone, optional),
+                git_container(params, i, "git-checkout", checkout, optional),
+            ];
+        }
+        Some(branch) => clone.extend([
             "--depth".into(),
             "1".into(),
-            // Ends option parsing: a URL can never be read as a flag.
-            "--".into(),
-            url.to_owned(),
-            format!("{GIT_TEMPLATES_DIR}/{i}"),
+            "--branch".into(),
+            branch.clone(),
         ]),
+        None => clone.extend(["--depth".into(), "1".into()]),
+    }
+    clone.extend(["--".into(), source.url.clone(), dir]);
+    vec![git_container(params, i, "git-clone", clone, optional)]
+}
+
+fn git_container(
+    params: &JobParams,
+    i: usize,
+    step: &str,
+    git_args: Vec<String>,
+    optional: bool,
+) -> Container {
+    let name = format!("{step}-{i}");
+    let (command, args) = if optional {
+        // The arguments stay arguments ("$@"); only our own directory is
+        // written into the script.
+        let script = format!(
+            "git \"$@\" || {{ rm -rf {GIT_TEMPLATES_DIR}/{i}; echo \"$0 failed: the scan runs without these templates\" >&2; }}"
+        );
+        let mut args = vec!["-c".to_owned(), script, name.clone()];
+        args.extend(git_args);
+        ("sh", args)
+    } else {
+        ("git", git_args)
+    };
+    Container {
+        name,
+        image: Some(params.git_image.clone()),
+        command: Some(vec![command.into()]),
+        args: Some(args),
         env: Some(vec![
             env_value("HOME", TMP_DIR),
             env_value("GIT_ALLOW_PROTOCOL", GIT_ALLOW_PROTOCOL),
@@ -439,7 +505,7 @@ mod tests {
         assert_eq!(p.active_deadline_seconds(), 2 + 60, "rounded up");
         let p = JobParams {
             timeout: Duration::from_secs(600),
-            template_urls: vec!["https://a/t".into(), "https://b/t".into()],
+            template_sources: sources(&["https://a/t", "https://b/t"]),
             ..params()
         };
         assert_eq!(p.active_deadline_seconds(), 600 + 60 + 2 * 60);
@@ -596,28 +662,84 @@ mod tests {
     }
 
     #[test]
-    fn template_urls_are_cloned_by_one_init_container_each() {
+    fn template_sources_are_cloned_by_init_containers_at_their_ref() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
         let p = JobParams {
-            template_urls: vec![
-                "https://github.com/acme/templates.git".into(),
-                "git@example.com:sec/more.git".into(),
-            ],
+            template_sources: sources(&[
+                "https://github.com/acme/templates.git",
+                "git@example.com:sec/more.git#v2:http/cves",
+                &format!("https://h/pinned.git#{commit}:/community/"),
+            ]),
             git_image: "alpine/git:2.47.2".into(),
             ..params()
         };
         let job = build_job(&scan(), &p);
         let pod = pod(&job);
         let inits = pod.init_containers.as_ref().unwrap();
-        assert_eq!(inits.len(), 2);
-        for (i, (c, url)) in inits.iter().zip(&p.template_urls).enumerate() {
-            assert_eq!(c.name, format!("git-clone-{i}"));
+        let args: Vec<(&str, Vec<&str>)> = inits
+            .iter()
+            .map(|c| {
+                let args = c.args.iter().flatten().map(String::as_str).collect();
+                (c.name.as_str(), args)
+            })
+            .collect();
+        assert_eq!(
+            args,
+            [
+                (
+                    "git-clone-0",
+                    vec![
+                        "clone",
+                        "--depth",
+                        "1",
+                        "--",
+                        "https://github.com/acme/templates.git",
+                        "/templates/git/0"
+                    ]
+                ),
+                (
+                    "git-clone-1",
+                    vec![
+                        "clone",
+                        "--depth",
+                        "1",
+                        "--branch",
+                        "v2",
+                        "--",
+                        "git@example.com:sec/more.git",
+                        "/templates/git/1"
+                    ]
+                ),
+                // A shallow clone cannot name a commit.
+                (
+                    "git-clone-2",
+                    vec![
+                        "clone",
+                        "--no-checkout",
+                        "--",
+                        "https://h/pinned.git",
+                        "/templates/git/2"
+                    ]
+                ),
+                (
+                    "git-checkout-2",
+                    vec![
+                        "-C",
+                        "/templates/git/2",
+                        "-c",
+                        "advice.detachedHead=false",
+                        "checkout",
+                        "--quiet",
+                        "--detach",
+                        commit,
+                        "--"
+                    ]
+                ),
+            ]
+        );
+        for c in inits {
             assert_eq!(c.image.as_deref(), Some("alpine/git:2.47.2"));
             assert_eq!(c.command.as_deref(), Some(&["git".to_owned()][..]));
-            let dir = format!("/templates/git/{i}");
-            assert_eq!(
-                c.args.as_deref().unwrap(),
-                ["clone", "--depth", "1", "--", url.as_str(), dir.as_str()]
-            );
             assert_eq!(env_val(c, "HOME"), Some("/tmp"));
             assert_eq!(env_val(c, "GIT_TERMINAL_PROMPT"), Some("0"));
             assert_eq!(
@@ -636,10 +758,16 @@ mod tests {
                 ("git-templates", "/templates/git", true)
             ]
         );
+        // Each source's directory runs; the scanner learns the sources to
+        // record their commits.
         assert_eq!(
             env_val(s, EXTRA_TEMPLATE_DIRS_ENV),
-            Some("/templates/git/0:/templates/git/1")
+            Some("/templates/git/0:/templates/git/1/http/cves:/templates/git/2/community")
         );
+        let told: Vec<crate::git::GitSource> =
+            serde_json::from_str(env_val(s, TEMPLATE_SOURCES_ENV).unwrap()).unwrap();
+        assert_eq!(told, p.template_sources);
+        assert_eq!(p.active_deadline_seconds(), 1800 + 60 + 3 * 60);
         let names: Vec<_> = pod
             .volumes
             .iter()
@@ -650,9 +778,45 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_clone_of_the_operators_repository_leaves_no_directory_instead_of_failing_the_pod() {
+        let p = JobParams {
+            template_sources: sources(&["https://h/shared.git#main", "https://h/own.git"]),
+            shared_sources: 1,
+            ..params()
+        };
+        let job = build_job(&scan(), &p);
+        let inits = pod(&job).init_containers.clone().unwrap();
+        let shared = &inits[0];
+        assert_eq!(shared.command.as_deref(), Some(&["sh".to_owned()][..]));
+        let args = shared.args.as_deref().unwrap();
+        assert_eq!(args[0], "-c");
+        assert_eq!(
+            args[1],
+            r#"git "$@" || { rm -rf /templates/git/0; echo "$0 failed: the scan runs without these templates" >&2; }"#
+        );
+        // The URL stays an argument, never part of the script.
+        assert_eq!(
+            &args[2..],
+            [
+                "git-clone-0",
+                "clone",
+                "--depth",
+                "1",
+                "--branch",
+                "main",
+                "--",
+                "https://h/shared.git",
+                "/templates/git/0"
+            ]
+        );
+        // The scan's own repository is required: git itself, its failure fails the pod.
+        assert_eq!(inits[1].command.as_deref(), Some(&["git".to_owned()][..]));
+    }
+
+    #[test]
     fn template_config_maps_are_mounted_read_only_by_name() {
         let p = JobParams {
-            template_urls: vec!["https://github.com/acme/templates.git".into()],
+            template_sources: sources(&["https://github.com/acme/templates.git"]),
             template_config_maps: vec!["team-templates".into(), "cves.2025".into()],
             ..params()
         };
@@ -724,7 +888,7 @@ mod tests {
     #[test]
     fn every_container_runs_locked_down_with_a_read_only_root() {
         let p = JobParams {
-            template_urls: vec!["https://github.com/acme/templates.git".into()],
+            template_sources: sources(&["https://github.com/acme/templates.git"]),
             ..params()
         };
         let job = build_job(&scan(), &p);
@@ -890,10 +1054,11 @@ mod tests {
     #[test]
     fn the_pod_passes_pod_security_admission_restricted() {
         let p = JobParams {
-            template_urls: vec![
-                "https://github.com/acme/templates.git".into(),
-                "https://github.com/acme/more.git".into(),
-            ],
+            template_sources: sources(&[
+                "https://github.com/acme/templates.git",
+                "https://github.com/acme/more.git#v2",
+                "https://github.com/acme/pinned.git#0123456789abcdef0123456789abcdef01234567",
+            ]),
             template_config_maps: vec!["team-templates".into()],
             resources: Some(ResourceRequirements::default()),
             ..params()
@@ -925,7 +1090,7 @@ mod tests {
         let mut job = build_job(
             &scan(),
             &JobParams {
-                template_urls: vec!["https://github.com/acme/templates.git".into()],
+                template_sources: sources(&["https://github.com/acme/templates.git"]),
                 ..params()
             },
         );

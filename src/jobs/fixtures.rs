@@ -13,6 +13,14 @@ use k8s_openapi::jiff::Timestamp;
 
 // ---- fixtures ----------------------------------------------------------
 
+/// Git sources from `templateURLs` entries.
+pub(crate) fn sources(entries: &[&str]) -> Vec<crate::git::GitSource> {
+    entries
+        .iter()
+        .map(|e| crate::git::GitSource::parse(e).unwrap())
+        .collect()
+}
+
 pub(crate) fn scan() -> NucleiScan {
     let mut s = NucleiScan::new(
         "shop-ingress",

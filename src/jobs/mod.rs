@@ -54,6 +54,10 @@ pub const SCANNER_TIMEOUT_ENV: &str = "SCANNER_TIMEOUT";
 /// `/templates/configmaps/<name>` per template ConfigMap. Absent when there
 /// are none.
 pub const EXTRA_TEMPLATE_DIRS_ENV: &str = "EXTRA_TEMPLATE_DIRS";
+/// Environment variable of the scanner: the git sources cloned into
+/// `/templates/git/<i>`, in that order, as a JSON list of
+/// [`crate::git::GitSource`]; the scanner records the commit of each.
+pub const TEMPLATE_SOURCES_ENV: &str = "TEMPLATE_SOURCES";
 /// Environment variable of the scanner: templates for a scan that names none.
 pub const DEFAULT_TEMPLATES_ENV: &str = "DEFAULT_TEMPLATES";
 /// Environment variable of the scanner: severities for a scan that names none.
@@ -96,8 +100,6 @@ pub const CLONE_DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 pub const MAX_TEMPLATE_URLS: usize = 16;
 /// Most `templateConfigMaps` a scan may list (one volume each).
 pub const MAX_TEMPLATE_CONFIG_MAPS: usize = 16;
-/// Longest accepted `templateURLs` entry.
-pub const MAX_TEMPLATE_URL_LEN: usize = 2048;
 
 // Kubernetes limits: label values and DNS-1123 labels (Job names become the
 // `job-name` label of their pods).

@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
 use crate::api::{NucleiScan, ScanKey, Severity};
+use crate::git::GitSource;
 use crate::settings::Settings;
 use crate::target_policy::TargetPolicy;
 
@@ -37,8 +38,13 @@ pub struct JobParams {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the pod.
     pub tolerations: Vec<Toleration>,
-    /// Git repositories cloned into `/templates/git/<i>` before the scan.
-    pub template_urls: Vec<String>,
+    /// Git repositories cloned into `/templates/git/<i>` before the scan:
+    /// TEMPLATE_REPOSITORIES, then the scan's `templateURLs` not among them.
+    pub template_sources: Vec<GitSource>,
+    /// How many of [`JobParams::template_sources`], from the start, are the
+    /// operator's: a failed clone of one leaves the run without it instead
+    /// of failing the run (a scan's own `templateURLs` are required).
+    pub shared_sources: usize,
     /// ConfigMaps (`spec.scannerConfig.templateConfigMaps`) mounted at
     /// `/templates/configmaps/<name>`.
     pub template_config_maps: Vec<String>,
@@ -79,7 +85,7 @@ impl JobParams {
     /// seconds, plus [`DEADLINE_MARGIN`], plus [`CLONE_DEADLINE_MARGIN`] per
     /// template repository.
     pub fn active_deadline_seconds(&self) -> i64 {
-        let clones = u32::try_from(self.template_urls.len()).unwrap_or(u32::MAX);
+        let clones = u32::try_from(self.template_sources.len()).unwrap_or(u32::MAX);
         let total = self
             .timeout
             .saturating_add(DEADLINE_MARGIN)
@@ -91,7 +97,14 @@ impl JobParams {
     /// The colon-separated [`EXTRA_TEMPLATE_DIRS_ENV`] value; empty when the
     /// run has no extra templates.
     pub fn extra_template_dirs(&self) -> String {
-        let git = (0..self.template_urls.len()).map(|i| format!("{GIT_TEMPLATES_DIR}/{i}"));
+        let git = self
+            .template_sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| match &source.path {
+                Some(path) => format!("{GIT_TEMPLATES_DIR}/{i}/{path}"),
+                None => format!("{GIT_TEMPLATES_DIR}/{i}"),
+            });
         let cms = self
             .template_config_maps
             .iter()
@@ -151,16 +164,16 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
             config.template_urls.len()
         ));
     }
-    let template_urls = config
-        .template_urls
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            check_git_url(url.trim())
-                .map(|()| url.trim().to_owned())
-                .map_err(|e| format!("spec.scannerConfig.templateURLs[{i}]: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut template_sources = settings.template_repositories.0.clone();
+    let shared_sources = template_sources.len();
+    for (i, entry) in config.template_urls.iter().enumerate() {
+        let source = GitSource::parse(entry)
+            .map_err(|e| format!("spec.scannerConfig.templateURLs[{i}]: {e}"))?;
+        // One clone of a repository the operator already adds.
+        if !template_sources.contains(&source) {
+            template_sources.push(source);
+        }
+    }
     if config.template_config_maps.len() > MAX_TEMPLATE_CONFIG_MAPS {
         return Err(format!(
             "spec.scannerConfig.templateConfigMaps: {} entries, at most {MAX_TEMPLATE_CONFIG_MAPS} are allowed",
@@ -194,7 +207,8 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
             .or_else(|| settings.scanner_resources.clone()),
         node_selector: config.node_selector,
         tolerations: config.tolerations,
-        template_urls,
+        template_sources,
+        shared_sources,
         template_config_maps,
         run_token: run_token(scan),
         scan_namespace,
@@ -227,39 +241,6 @@ fn check_dns_subdomain(name: &str) -> Result<(), String> {
     }
 }
 
-/// Accepts `https://`, `http://`, `ssh://` and `git://` URLs and scp-style
-/// `user@host:path`; rejects everything git could read as an option, a local
-/// path or a command transport (`ext::`).
-fn check_git_url(url: &str) -> Result<(), String> {
-    if url.is_empty() {
-        return Err("empty URL".to_owned());
-    }
-    if url.len() > MAX_TEMPLATE_URL_LEN {
-        return Err(format!("longer than {MAX_TEMPLATE_URL_LEN} characters"));
-    }
-    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{url:?} contains {c:?}"));
-    }
-    let schemed = ["https://", "http://", "ssh://", "git://"].iter().any(|s| {
-        url.len() > s.len()
-            && url
-                .get(..s.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(s))
-    });
-    let scp_like = !url.starts_with('-')
-        && !url.contains("://")
-        && url
-            .split_once(':')
-            .is_some_and(|(user_host, path)| user_host.contains('@') && !path.is_empty());
-    if schemed || scp_like {
-        Ok(())
-    } else {
-        Err(format!(
-            "{url:?} is not a git URL (use https://, http://, ssh://, git:// or user@host:path)"
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +267,7 @@ mod tests {
         assert_eq!(p.resources, None);
         assert!(p.node_selector.is_empty());
         assert!(p.tolerations.is_empty());
-        assert!(p.template_urls.is_empty());
+        assert!(p.template_sources.is_empty());
         assert!(p.template_config_maps.is_empty());
         assert_eq!(p.scan_namespace, "web");
         assert_eq!(p.scan_name, "shop-ingress");
@@ -335,7 +316,10 @@ mod tests {
         assert_eq!(p.timeout, Duration::from_secs(5400));
         // A scan's own resources replace the default whole.
         assert_eq!(p.resources, Some(resources));
-        assert_eq!(p.template_urls, ["https://github.com/acme/templates.git"]);
+        assert_eq!(
+            p.template_sources,
+            sources(&["https://github.com/acme/templates.git"])
+        );
         assert_eq!(p.template_config_maps, ["team-templates", "cves.2025"]);
         assert_eq!(
             p.extra_template_dirs(),
@@ -392,7 +376,7 @@ mod tests {
             "git://example.com/t",
             "git@github.com:acme/templates.git",
         ] {
-            assert_eq!(check_git_url(good), Ok(()), "{good}");
+            assert!(GitSource::parse(good).is_ok(), "{good}");
         }
         for bad in [
             "",
@@ -405,13 +389,12 @@ mod tests {
             "../repo",
             "https://",
             "https://example.com/a b",
-            "https://example.com/\n",
             "github.com:acme/t",
             "git@github.com:",
             "https:/é/x",
             "ééééééééé",
         ] {
-            assert!(check_git_url(bad).is_err(), "{bad:?}");
+            assert!(GitSource::parse(bad).is_err(), "{bad:?}");
         }
 
         let s = with_config(
@@ -433,6 +416,45 @@ mod tests {
         );
         let e = effective_params(&s, &Settings::default()).unwrap_err();
         assert!(e.contains("at most 16"), "{e}");
+    }
+
+    #[test]
+    fn the_operators_repositories_come_first_and_a_scan_naming_one_again_clones_it_once() {
+        let settings = Settings {
+            template_repositories: crate::git::parse_repositories(
+                r#"[{"url": "https://h/community.git", "branch": "main", "path": "/templates/community"}]"#,
+            )
+            .unwrap(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            effective_params(&scan(), &settings)
+                .unwrap()
+                .template_sources,
+            sources(&["https://h/community.git#main:templates/community"])
+        );
+        let s = with_config(
+            scan(),
+            ScannerConfig {
+                template_urls: vec![
+                    "https://h/team.git#v1".into(),
+                    "https://h/community.git#main:templates/community".into(),
+                ],
+                ..ScannerConfig::default()
+            },
+        );
+        let p = effective_params(&s, &settings).unwrap();
+        assert_eq!(
+            p.template_sources,
+            sources(&[
+                "https://h/community.git#main:templates/community",
+                "https://h/team.git#v1"
+            ])
+        );
+        assert_eq!(
+            p.extra_template_dirs(),
+            "/templates/git/0/templates/community:/templates/git/1"
+        );
     }
 
     #[test]

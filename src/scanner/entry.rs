@@ -15,7 +15,7 @@ use crate::api::{ScanKey, Severity};
 use crate::jobs::{
     DEFAULT_SEVERITY_ENV, DEFAULT_TEMPLATES_ENV, EXTRA_TEMPLATE_DIRS_ENV, INTERACTSH_URL_ENV,
     MAX_RATE_LIMIT_ENV, POD_NAME_ENV, SCAN_RUN_ENV, SCAN_UID_ENV, SCANNER_TIMEOUT_ENV,
-    TARGET_POLICY_ENV, TEMPLATES_PATH_ENV,
+    TARGET_POLICY_ENV, TEMPLATE_SOURCES_ENV, TEMPLATES_PATH_ENV,
 };
 use crate::target_policy::TargetPolicy;
 
@@ -39,6 +39,9 @@ pub struct ScannerArgs {
     /// More template directories (ConfigMaps, git clones), `:`-separated.
     #[arg(long, env = EXTRA_TEMPLATE_DIRS_ENV, value_delimiter = ':')]
     pub extra_template_dirs: Vec<PathBuf>,
+    /// The git sources cloned into `/templates/git/<i>`, in that order (JSON).
+    #[arg(long, env = TEMPLATE_SOURCES_ENV, value_parser = parse_template_sources)]
+    pub template_sources: Option<crate::git::Repositories>,
     /// Scan timeout when the scan sets none (Go duration).
     #[arg(long, env = SCANNER_TIMEOUT_ENV, default_value = "30m", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
@@ -72,6 +75,12 @@ pub struct ScannerArgs {
     pub pod_name: Option<String>,
 }
 
+fn parse_template_sources(s: &str) -> Result<crate::git::Repositories, String> {
+    serde_json::from_str(s)
+        .map(crate::git::Repositories)
+        .map_err(|e| format!("not a list of git sources: {e}"))
+}
+
 fn parse_target_policy(s: &str) -> Result<TargetPolicy, String> {
     serde_json::from_str(s).map_err(|e| format!("not a target policy: {e}"))
 }
@@ -87,6 +96,7 @@ pub async fn main(args: ScannerArgs) -> ExitCode {
     let defaults = ScannerDefaults {
         templates_path: args.templates_path,
         extra_template_dirs: args.extra_template_dirs,
+        git_sources: args.template_sources.unwrap_or_default().0,
         timeout: args.timeout,
         templates: args.default_templates,
         severity: args.default_severity,
@@ -163,7 +173,7 @@ mod tests {
                 "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                     "name": "web", "namespace": "shop", "uid": "i-1"},
                 "targets": ["https://web.example.com"],
-                "scannerConfig": {"templateConfigMaps": ["team"]},
+                "scannerConfig": {"templateConfigMaps": ["team"], "templateURLs": ["https://h/t.git#v1"]},
             },
         }))
         .unwrap();

@@ -3,7 +3,7 @@
 //! inside the operator.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use super::command::{Outcome, ScanOptions, classify_exit, nuclei_args, nuclei_en
 use super::history::{self, Changes, Previous};
 use super::jsonl::{ParseStats, read_findings};
 use super::report::{Report, ReportLimits};
-use crate::api::{NucleiScan, ScanKey, Severity};
+use crate::api::{NucleiScan, ScanKey, Severity, TemplateSource};
+use crate::git::GitSource;
 use crate::jobs::RunToken;
 use crate::scan::fence::{RunCheck, check_run, write_if};
 use crate::scan::phase::{next_retry_count, retries};
@@ -33,6 +34,8 @@ pub struct ScannerDefaults {
     pub templates_path: PathBuf,
     /// ConfigMap-mounted and git-cloned template directories.
     pub extra_template_dirs: Vec<PathBuf>,
+    /// The git sources cloned into `/templates/git/<i>`, in that order.
+    pub git_sources: Vec<GitSource>,
     /// Scan timeout when the spec sets none.
     pub timeout: Duration,
     /// Templates when the spec lists none (empty: the whole templates path).
@@ -117,7 +120,10 @@ pub fn scan_options(
             spec.templates.clone()
         },
         template_dirs: vec![d.templates_path.clone()],
-        extra_template_dirs: d.extra_template_dirs.clone(),
+        extra_template_dirs: cloned_dirs(
+            &d.extra_template_dirs,
+            Path::new(crate::jobs::GIT_TEMPLATES_DIR),
+        ),
         templates_root: Some(d.templates_path.clone()),
         tags: spec.tags.clone(),
         exclude_tags: spec.exclude_tags.clone(),
@@ -207,6 +213,13 @@ pub async fn run(
     {
         start["jobRef"] = json!({"podName": pod});
     }
+    // A merge patch: null clears the sources of a run before this one.
+    let sources = used_sources(&d.git_sources, Path::new(crate::jobs::GIT_TEMPLATES_DIR));
+    start["templateSources"] = if sources.is_empty() {
+        Value::Null
+    } else {
+        json!(sources)
+    };
     // Only informative: a failure here must not cost the scan. The scan as
     // written (or read) is where the final write starts from.
     let last = match write_if(
@@ -324,6 +337,43 @@ pub async fn run(
         RunResult::MovedOn { .. } => {}
     }
     Ok(outcome)
+}
+
+/// `sources` with the commit each clone below `root` (`<root>/<i>`) checked
+/// out, for `status.templateSources`. A clone that is not there failed (only
+/// the operator's repositories may, see [`crate::jobs::build_job`]).
+fn used_sources(sources: &[GitSource], root: &Path) -> Vec<TemplateSource> {
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let dir = root.join(i.to_string());
+            let error = (!dir.exists()).then(|| {
+                format!("not cloned: this run went without it (the log of init container git-clone-{i} says why)")
+            });
+            TemplateSource {
+                source: source.clone(),
+                commit: crate::git::head_commit(&dir),
+                error,
+            }
+        })
+        .collect()
+}
+
+/// `dirs` without those inside a clone below `root` that is not there (a
+/// repository of the operator's that could not be cloned); nuclei would
+/// refuse to start on a missing directory.
+fn cloned_dirs(dirs: &[PathBuf], root: &Path) -> Vec<PathBuf> {
+    dirs.iter()
+        .filter(|dir| match dir.strip_prefix(root) {
+            Ok(inside) => inside
+                .components()
+                .next()
+                .is_some_and(|clone| root.join(clone).exists()),
+            Err(_) => true,
+        })
+        .cloned()
+        .collect()
 }
 
 /// Splits `targets` into those the policy lets the scan reach and the
@@ -709,6 +759,7 @@ mod tests {
     #[test]
     fn the_operators_rate_limit_caps_what_a_scan_asks_and_applies_where_it_asks_nothing() {
         let defaults = |cap: Option<u32>| ScannerDefaults {
+            git_sources: Vec::new(),
             templates_path: "/t".into(),
             extra_template_dirs: vec![],
             timeout: Duration::from_secs(60),
@@ -732,6 +783,50 @@ mod tests {
         assert_eq!(rate(None, Some(150)), Some(150));
         assert_eq!(rate(Some(5000), None), Some(5000));
         assert_eq!(rate(None, None), None);
+    }
+
+    #[test]
+    fn each_source_is_recorded_with_the_commit_its_clone_checked_out() {
+        let root = tempfile::tempdir().unwrap();
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(root.path().join("0/.git")).unwrap();
+        std::fs::write(root.path().join("0/.git/HEAD"), format!("{sha}\n")).unwrap();
+        std::fs::create_dir_all(root.path().join("2/.git")).unwrap();
+        let sources: Vec<GitSource> = [
+            "https://h/a.git#v1:cves",
+            "https://h/b.git",
+            "https://h/c.git",
+        ]
+        .iter()
+        .map(|e| GitSource::parse(e).unwrap())
+        .collect();
+        let used = used_sources(&sources, root.path());
+        assert_eq!(
+            serde_json::to_value(&used).unwrap(),
+            json!([
+                {"url": "https://h/a.git", "ref": "v1", "path": "cves", "commit": sha},
+                {"url": "https://h/b.git", "error": "not cloned: this run went without it (the log of init container git-clone-1 says why)"},
+                // Cloned, but its commit cannot be read: none rather than a guess.
+                {"url": "https://h/c.git"},
+            ])
+        );
+        // Directories of the missing clone are left out, all others kept.
+        let dirs: Vec<PathBuf> = [
+            root.path().join("0/cves"),
+            root.path().join("1"),
+            root.path().join("1/http"),
+            root.path().join("2"),
+            PathBuf::from("/templates/configmaps/team"),
+        ]
+        .into();
+        assert_eq!(
+            cloned_dirs(&dirs, root.path()),
+            [
+                root.path().join("0/cves"),
+                root.path().join("2"),
+                PathBuf::from("/templates/configmaps/team"),
+            ]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod chart;
 pub mod gateway;
+pub mod git;
 pub mod monitoring;
 pub mod notify;
 pub mod reports;

@@ -89,9 +89,15 @@ impl SyncLauncher {
     /// A launcher using the operator's settings as scanner defaults.
     pub fn new(ctx: Arc<ScanCtx>) -> Self {
         let s = &ctx.settings;
+        if !s.template_repositories.0.is_empty() {
+            warn!(
+                "TEMPLATE_REPOSITORIES is ignored in sync mode: there is no scanner pod to clone them into; scans run the image's templates only"
+            );
+        }
         let defaults = ScannerDefaults {
             templates_path: s.nuclei_templates_path.clone(),
             extra_template_dirs: Vec::new(),
+            git_sources: Vec::new(),
             timeout: s.scanner_timeout,
             templates: s.default_templates.clone(),
             severity: s.default_severity.clone(),
