@@ -423,6 +423,33 @@ async fn templates_from_a_git_repository_are_cloned_at_their_branch_and_director
 }
 
 #[tokio::test]
+async fn a_template_repository_that_cannot_be_cloned_fails_the_scan_naming_it() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "tpl-git-missing").await;
+    let missing = e.git.url.replace("templates.git", "missing.git");
+    create_scan(
+        &client,
+        &ns,
+        "missing",
+        "http://canary.test",
+        json!({"scannerConfig": {"templateURLs": [missing]}}),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let error = eventually(Duration::from_secs(120), "the scan failed", || async {
+        let st = scans.get_opt("missing").await.ok()??.status?;
+        (st.phase? == ScanPhase::Failed).then_some(st.last_error?)
+    })
+    .await;
+    // The clone's own words, not only the Job's "backoff limit".
+    assert!(
+        error.contains("init container git-clone-0 exited 128") && error.contains("/missing.git"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn thousands_of_findings_leave_a_status_under_budget_with_true_totals() {
     let e = env().await;
     let client = e.cluster.client().await.unwrap();

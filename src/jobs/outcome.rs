@@ -1,6 +1,10 @@
 //! Whether a Job has finished, and how.
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+/// Most bytes of a container's termination message quoted in a failure.
+const CAUSE_MAX: usize = 512;
 
 /// How a finished Job ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +41,36 @@ pub fn job_finished(job: &Job) -> Option<JobOutcome> {
         });
     }
     is_true("Complete").map(|_| JobOutcome::Complete)
+}
+
+/// Why the pods of a failed Job failed, as the first container that exited
+/// non-zero says it (init containers first, e.g. a `git clone` of
+/// `templateURLs`): `init container git-clone-0 exited 128: fatal: …`, the
+/// message's tail. `None` when no container says.
+pub fn pod_failure(pods: &[Pod]) -> Option<String> {
+    let failed = |kind: &'static str, statuses: Option<&Vec<ContainerStatus>>| {
+        statuses.into_iter().flatten().find_map(move |c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            (t.exit_code != 0).then(|| {
+                let message = t.message.as_deref().unwrap_or_default().trim();
+                let mut start = message.len().saturating_sub(CAUSE_MAX);
+                while !message.is_char_boundary(start) {
+                    start += 1;
+                }
+                let message = message[start..].replace('\n', " / ");
+                match message.is_empty() {
+                    true => format!("{kind} {} exited {}", c.name, t.exit_code),
+                    false => format!("{kind} {} exited {}: {message}", c.name, t.exit_code),
+                }
+            })
+        })
+    };
+    pods.iter()
+        .filter_map(|p| p.status.as_ref())
+        .find_map(|st| {
+            failed("init container", st.init_container_statuses.as_ref())
+                .or_else(|| failed("container", st.container_statuses.as_ref()))
+        })
 }
 
 #[cfg(test)]
@@ -200,5 +234,45 @@ mod tests {
                 message: String::new()
             })
         );
+    }
+
+    // ---- why the pods failed -------------------------------------------------
+
+    #[test]
+    fn the_first_container_that_exited_non_zero_says_why_init_containers_first() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"status": {
+            "initContainerStatuses": [
+                {"name": "git-clone-0", "image": "g", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0}}},
+                {"name": "git-clone-1", "image": "g", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 128,
+                    "message": "Cloning into '/templates/git/1'...\nfatal: remote error: repository not exported: /missing.git\n"}}},
+            ],
+            "containerStatuses": [
+                {"name": "scanner", "image": "s", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 2, "message": "never ran"}}},
+            ],
+        }}))
+        .unwrap();
+        assert_eq!(
+            pod_failure(std::slice::from_ref(&pod)).as_deref(),
+            Some(
+                "init container git-clone-1 exited 128: Cloning into '/templates/git/1'... / fatal: remote error: repository not exported: /missing.git"
+            )
+        );
+        let scanner_only: Pod = serde_json::from_value(serde_json::json!({"status": {
+            "containerStatuses": [
+                {"name": "scanner", "image": "s", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 2, "message": "é".repeat(400)}}},
+            ],
+        }}))
+        .unwrap();
+        let cause = pod_failure(&[Pod::default(), scanner_only]).unwrap();
+        assert!(
+            cause.starts_with("container scanner exited 2: é"),
+            "{cause}"
+        );
+        assert!(cause.len() <= "container scanner exited 2: ".len() + CAUSE_MAX);
+        assert_eq!(pod_failure(&[Pod::default()]), None);
     }
 }

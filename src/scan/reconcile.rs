@@ -235,6 +235,19 @@ async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
         None if from_api => JobView::Missing,
         None => JobView::NotLooked,
         Some(job) => match jobs::job_finished(&job) {
+            Some(jobs::JobOutcome::Failed { reason, message })
+                if phase == Some(ScanPhase::Running) =>
+            {
+                // The Job's own message is generic ("reached the specified
+                // backoff limit"); its pod says what failed. Only when the
+                // failure is news: a Failed scan's old Job is not looked into.
+                let message = match failure_of_pods(ctx, &job).await {
+                    Some(cause) if message.is_empty() => cause,
+                    Some(cause) => format!("{message}; {cause}"),
+                    None => message,
+                };
+                JobView::Finished(jobs::JobOutcome::Failed { reason, message })
+            }
             Some(outcome) => JobView::Finished(outcome),
             None => JobView::Active {
                 job: JobRef {
@@ -260,6 +273,20 @@ const POD_LIST_AFTER: Duration = Duration::from_secs(10);
 /// Whether the pod of an active Job has started: the Job's `ready` count
 /// says so without a request; a young Job's pod is taken to be starting;
 /// otherwise its pods are listed.
+/// Why the pods of the failed `job` failed ([`jobs::pod_failure`]); `None`
+/// when they do not say or cannot be listed (the Job's own message stands).
+async fn failure_of_pods(ctx: &ScanCtx, job: &Job) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    match pods.list(&lp).await {
+        Ok(pods) => jobs::pod_failure(&pods.items),
+        Err(e) => {
+            debug!("listing the pods of failed Job {}: {e}", job.name_any());
+            None
+        }
+    }
+}
+
 async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
     if job.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0 {
         return Ok(PodView::Started);
