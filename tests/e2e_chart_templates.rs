@@ -4,8 +4,8 @@
 //! value a test must change, since tests reach loopback only) reaches every
 //! scan: its templates run next to the image's default templates, the commit
 //! used is recorded in the scan's status, a new commit is used by the next
-//! run, and a repository that cannot be cloned is reported without failing
-//! the scan.
+//! run, and a repository that cannot be cloned is reported (status entry,
+//! `TemplatesUnavailable` condition and Event) without failing the scan.
 //!
 //! What it also measures, and what #16 part 1 is still to change: each run
 //! clones the repository in its own pod (one upload-pack per run).
@@ -21,7 +21,9 @@ use nuclei_operator::api::{NucleiScan, Severity};
 use serde_json::json;
 use support::chart::{Chart, restricted_namespace};
 use support::git::{GitServer, canary_template};
-use support::{canary_target, completed, ingress, next_run, operator_image, repo, target_ip};
+use support::{
+    canary_target, completed, event, eventually, ingress, next_run, operator_image, repo, target_ip,
+};
 
 /// The seed's scanner image (`scanner.image`), which the process kubelet
 /// maps to the operator binary with the image's templates below.
@@ -129,6 +131,30 @@ async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_i
         serde_json::to_value(&st.template_sources).unwrap(),
         recorded
     );
+    // Where people look: a condition on the scan and a Warning Event.
+    let unavailable = eventually(Duration::from_secs(30), "TemplatesUnavailable", || async {
+        let s = scans.get("seed-ingress").await.ok()?;
+        s.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "TemplatesUnavailable")
+    })
+    .await;
+    assert_eq!(unavailable.status, "True");
+    assert!(
+        unavailable.message.contains(&missing),
+        "{}",
+        unavailable.message
+    );
+    event(
+        &client,
+        ns,
+        "seed-ingress",
+        "Warning",
+        "TemplatesUnavailable",
+        &missing,
+    )
+    .await;
     // git daemon refuses the missing repository before its access hook runs,
     // so only the served one is counted.
     assert_eq!(git.upload_packs(), clones + 1, "one clone for the run");

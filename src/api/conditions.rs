@@ -7,6 +7,9 @@ pub const ANNOTATIONS_VALID: &str = "AnnotationsValid";
 pub const WAITING_FOR_TARGETS: &str = "WaitingForTargets";
 /// NucleiScan: the scanner pod has not started (image pull, config error).
 pub const POD_NOT_STARTED: &str = "PodNotStarted";
+/// NucleiScan: the last run went without templates of a repository that
+/// could not be cloned (only present while true).
+pub const TEMPLATES_UNAVAILABLE: &str = "TemplatesUnavailable";
 /// NucleiScan: `spec.schedule` does not parse (only present while false).
 pub const SCHEDULE_VALID: &str = "ScheduleValid";
 

@@ -30,8 +30,8 @@ use kube::ResourceExt;
 
 use super::schedule::{DEFAULT_JITTER_FRACTION, Schedule, backoff_delay, next_run};
 use super::status::{
-    ANNOTATIONS_VALID, Attempt, POD_NOT_STARTED, SCHEDULE_VALID, Transition, WAITING_FOR_TARGETS,
-    chrono, remove_condition, set_condition,
+    ANNOTATIONS_VALID, Attempt, POD_NOT_STARTED, SCHEDULE_VALID, TEMPLATES_UNAVAILABLE, Transition,
+    WAITING_FOR_TARGETS, chrono, remove_condition, set_condition,
 };
 use crate::api::labels::ANNOTATION_ERRORS;
 use crate::api::{JobRef, NucleiScan, ScanPhase};
@@ -336,6 +336,30 @@ pub fn decide(scan: &NucleiScan, seen: &Observed, policy: &Policy, now: DateTime
             generation,
             now,
         ),
+    };
+    // Template repositories the current or last run went without (the
+    // scanner records them when the run starts): at most one write per run.
+    let unavailable: Vec<&str> = status
+        .template_sources
+        .iter()
+        .filter(|s| s.error.is_some())
+        .map(|s| s.source.url.as_str())
+        .collect();
+    conditions_changed |= if unavailable.is_empty() {
+        remove_condition(&mut conditions, TEMPLATES_UNAVAILABLE)
+    } else {
+        set_condition(
+            &mut conditions,
+            TEMPLATES_UNAVAILABLE,
+            true,
+            "CloneFailed",
+            &format!(
+                "the run went without the templates of {} (could not be cloned; see status.templateSources)",
+                unavailable.join(", ")
+            ),
+            generation,
+            now,
+        )
     };
 
     let spec_changed =
@@ -1066,6 +1090,41 @@ mod tests {
         assert_eq!(cond(ANNOTATIONS_VALID).status, "False");
         assert_eq!(cond(SCHEDULE_VALID).status, "False");
         assert_eq!(plan.queue, QueueOp::At(Reason::Scheduled, at(3600)));
+    }
+
+    #[test]
+    fn a_run_without_a_repositorys_templates_sets_a_condition_once_and_the_next_full_run_clears_it()
+    {
+        let source = |error: Option<&str>| crate::api::TemplateSource {
+            source: crate::git::GitSource::parse("https://h/shared.git").unwrap(),
+            commit: None,
+            error: error.map(str::to_owned),
+        };
+        let mut st = NucleiScanStatus {
+            last_scan_time: t(0),
+            template_sources: vec![source(Some("not cloned"))],
+            ..status(ScanPhase::Completed)
+        };
+        let plan = decide(&scan(st.clone()), &unseen(), &policy(), at(10));
+        let conditions = plan.conditions.clone().expect("a condition write");
+        let c = conditions
+            .iter()
+            .find(|c| c.type_ == TEMPLATES_UNAVAILABLE)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "CloneFailed")
+        );
+        assert!(c.message.contains("https://h/shared.git"), "{}", c.message);
+        // Written: the next decision writes nothing.
+        st.conditions = conditions;
+        let again = decide(&scan(st.clone()), &unseen(), &policy(), at(20));
+        assert_eq!(again.conditions, None);
+        // A run with every repository: the condition goes.
+        st.template_sources = vec![source(None)];
+        let plan = decide(&scan(st), &unseen(), &policy(), at(30));
+        let conditions = plan.conditions.expect("a condition write");
+        assert!(conditions.iter().all(|c| c.type_ != TEMPLATES_UNAVAILABLE));
     }
 
     #[test]

@@ -496,6 +496,15 @@ async fn report_once(ctx: &ScanCtx, scan: &NucleiScan) {
             completed_note(&summary),
         )
         .await;
+        for source in status.template_sources.iter().filter(|s| s.error.is_some()) {
+            let note = format!(
+                "the run went without the templates of {}: {}",
+                source.source,
+                source.error.as_deref().unwrap_or_default()
+            );
+            ctx.event(scan, EventType::Warning, "TemplatesUnavailable", note)
+                .await;
+        }
     } else {
         let note = format!(
             "scan failed: {}",

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use crate::api::{JobRef, NucleiScan, ScanPhase};
 
 pub use crate::api::conditions::{
-    ANNOTATIONS_VALID, POD_NOT_STARTED, SCHEDULE_VALID, WAITING_FOR_TARGETS,
+    ANNOTATIONS_VALID, POD_NOT_STARTED, SCHEDULE_VALID, TEMPLATES_UNAVAILABLE, WAITING_FOR_TARGETS,
 };
 
 /// What one attempt to run a scan acts on: the spec generation and the
