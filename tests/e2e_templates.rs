@@ -423,6 +423,50 @@ async fn templates_from_a_git_repository_are_cloned_at_their_branch_and_director
 }
 
 #[tokio::test]
+async fn a_template_url_pinned_to_a_commit_runs_that_commits_templates() {
+    let e = env().await;
+    let client = e.cluster.client().await.unwrap();
+    let ns = namespace(&client, "tpl-git-pinned").await;
+    // A pinned scan keeps the commit it names when the branch moves on (a
+    // repository of its own: the others' tests read the shared one's head).
+    let git = GitServer::start(&[(
+        "community/git-canary.yaml",
+        &canary_template("nuclei-operator-git-canary", "medium", "git-e2e"),
+    )]);
+    let pinned = git.head();
+    git.commit(
+        &[(
+            "community/git-canary-later.yaml",
+            &canary_template("nuclei-operator-git-canary-later", "medium", "git-e2e"),
+        )],
+        "a later template",
+    );
+    create_scan(
+        &client,
+        &ns,
+        "pinned",
+        "http://canary.test",
+        json!({
+            "tags": ["git-e2e"],
+            "scannerConfig": {"templateURLs": [format!("{}#{pinned}:community", git.url)]},
+        }),
+    )
+    .await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let st = completed(&scans, "pinned", Duration::from_secs(180))
+        .await
+        .status
+        .unwrap();
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-git-canary"]);
+    assert_eq!(st.template_sources.len(), 1);
+    assert_eq!(
+        st.template_sources[0].commit.as_deref(),
+        Some(pinned.as_str())
+    );
+}
+
+#[tokio::test]
 async fn a_template_repository_that_cannot_be_cloned_fails_the_scan_naming_it() {
     let e = env().await;
     let client = e.cluster.client().await.unwrap();
