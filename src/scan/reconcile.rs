@@ -270,16 +270,11 @@ async fn observe(ctx: &ScanCtx, scan: &NucleiScan) -> Result<Observed> {
 /// the reconciler looks again after [`super::phase`]'s check interval.
 const POD_LIST_AFTER: Duration = Duration::from_secs(10);
 
-/// Whether the pod of an active Job has started: the Job's `ready` count
-/// says so without a request; a young Job's pod is taken to be starting;
-/// otherwise its pods are listed.
 /// Why the pods of the failed `job` failed ([`jobs::pod_failure`]); `None`
 /// when they do not say or cannot be listed (the Job's own message stands).
 async fn failure_of_pods(ctx: &ScanCtx, job: &Job) -> Option<String> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
-    match pods.list(&lp).await {
-        Ok(pods) => jobs::pod_failure(&pods.items),
+    match pods_of(ctx, job).await {
+        Ok(pods) => jobs::pod_failure(&pods),
         Err(e) => {
             debug!("listing the pods of failed Job {}: {e}", job.name_any());
             None
@@ -287,6 +282,9 @@ async fn failure_of_pods(ctx: &ScanCtx, job: &Job) -> Option<String> {
     }
 }
 
+/// Whether the pod of an active Job has started: the Job's `ready` count
+/// says so without a request; a young Job's pod is taken to be starting;
+/// otherwise its pods are listed.
 async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
     if job.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0 {
         return Ok(PodView::Started);
@@ -304,10 +302,15 @@ async fn pod_of(ctx: &ScanCtx, job: &Job) -> Result<PodView> {
             stuck: false,
         });
     }
+    let pods = pods_of(ctx, job).await.map_err(Error::ObserveJob)?;
+    Ok(PodView::of(&pods))
+}
+
+/// The pods of `job` (by the `job-name` label the Job controller sets).
+async fn pods_of(ctx: &ScanCtx, job: &Job) -> kube::Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
-    let pods = pods.list(&lp).await.map_err(Error::ObserveJob)?;
-    Ok(PodView::of(&pods.items))
+    Ok(pods.list(&lp).await?.items)
 }
 
 #[instrument(skip_all, fields(scan = %ScanKey::of(scan.as_ref())))]
