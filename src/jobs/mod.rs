@@ -50,7 +50,7 @@ pub const TEMPLATES_PATH_ENV: &str = "NUCLEI_TEMPLATES_PATH";
 /// Environment variable of the scanner: the timeout of a scan that sets none.
 pub const SCANNER_TIMEOUT_ENV: &str = "SCANNER_TIMEOUT";
 /// Environment variable with the extra template directories of a run,
-/// colon-separated: `/templates/git/<i>` per `templateURLs` entry, then
+/// colon-separated: `/templates/git/<i>[/<path>]` per git source, then
 /// `/templates/configmaps/<name>` per template ConfigMap. Absent when there
 /// are none.
 pub const EXTRA_TEMPLATE_DIRS_ENV: &str = "EXTRA_TEMPLATE_DIRS";
@@ -93,8 +93,9 @@ pub const SCANNER_CLUSTER_ROLE: &str = "nuclei-scanner";
 /// fires first and the scan fails with a clear message rather than the Job's
 /// bare `DeadlineExceeded`.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
-/// Extra deadline margin per `templateURLs` clone, which runs before the scan
-/// and counts against the Job's deadline.
+/// Extra deadline margin per git template source (TEMPLATE_REPOSITORIES and
+/// `templateURLs`), whose clone runs before the scan and counts against the
+/// Job's deadline.
 pub const CLONE_DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 /// Most `templateURLs` a scan may list (one init container each).
 pub const MAX_TEMPLATE_URLS: usize = 16;
