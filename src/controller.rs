@@ -138,6 +138,14 @@ pub async fn run(settings: Settings) -> Result<()> {
         tasks.spawn(task);
     }
     tasks.spawn(exceptions_task);
+    if let Some(cache) = scan_ctx.templates.clone() {
+        tasks.spawn(crate::template_cache::refresh::run(
+            client.clone(),
+            settings.clone(),
+            cache,
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(sources::run::<Ingress>(
         source_ctx.clone(),
         (),

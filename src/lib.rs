@@ -24,4 +24,5 @@ pub mod settings;
 pub mod sources;
 pub mod suppress;
 pub mod target_policy;
+pub mod template_cache;
 pub mod url;

@@ -1,4 +1,5 @@
-//! `nuclei-operator`: `controller` (the default), `scanner`, `crd`.
+//! `nuclei-operator`: `controller` (the default), `scanner`,
+//! `publish-templates`, `crd`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuclei_operator::crd::{self, Applied};
 use nuclei_operator::scanner::entry::ScannerArgs;
 use nuclei_operator::settings::{LogFormat, Settings, treat_empty_env_as_unset};
+use nuclei_operator::template_cache::publish::PublishArgs;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,9 @@ enum Command {
     /// Run one scan and write its result into the NucleiScan's status (what
     /// the scanner Job's pod runs).
     Scanner(Box<ScannerArgs>),
+    /// Pack the template repositories a fetch Job cloned and publish them
+    /// as the template cache (what the fetch Job's pod runs).
+    PublishTemplates(Box<PublishArgs>),
     /// Print the NucleiScan CustomResourceDefinition as YAML, or apply it.
     Crd {
         /// Apply it over the installed CRD instead (server-side, waiting
@@ -122,6 +127,10 @@ async fn main() -> Result<ExitCode> {
         Command::Scanner(args) => {
             init_logging(log_format_from_env());
             Ok(nuclei_operator::scanner::entry::main(*args).await)
+        }
+        Command::PublishTemplates(args) => {
+            init_logging(log_format_from_env());
+            Ok(nuclei_operator::template_cache::publish::main(*args).await)
         }
     }
 }

@@ -254,11 +254,18 @@ pub struct Settings {
     /// JSON list of `{url, branch, path}` (the Helm value
     /// `templates.repositories`): `branch` may name a branch, a tag or a full
     /// commit id (default: the remote's default branch), `path` a directory
-    /// inside the repository (default: all of it). Each scanner pod clones
-    /// them (GIT_IMAGE) before the scan and records the commits it used in
-    /// `status.templateSources`. Empty: only the image's templates.
+    /// inside the repository (default: all of it). Fetched once into the
+    /// template cache (TEMPLATE_REFRESH_INTERVAL); scans record the commits
+    /// they used in `status.templateSources`. Empty: only the image's
+    /// templates.
     #[arg(long, env = "TEMPLATE_REPOSITORIES", value_name = "TEMPLATE_REPOSITORIES", default_value = "", value_parser = crate::git::parse_repositories)]
     pub template_repositories: crate::git::Repositories,
+
+    /// How often TEMPLATE_REPOSITORIES are fetched again into the template
+    /// cache (ConfigMaps in the operator's namespace that scanner pods read),
+    /// a Go duration; `0` turns the cache off: each scanner pod clones them.
+    #[arg(long, env = "TEMPLATE_REFRESH_INTERVAL", value_name = "TEMPLATE_REFRESH_INTERVAL", default_value = "1h", value_parser = parse_duration_setting)]
+    pub template_refresh_interval: Duration,
 
     /// Image of the init containers that clone TEMPLATE_REPOSITORIES and
     /// `templateURLs` (needs `git`, and `sh` for TEMPLATE_REPOSITORIES); pin
@@ -464,6 +471,14 @@ impl Settings {
             .as_deref()
             .or(self.pod_namespace.as_deref())
             .unwrap_or("default")
+    }
+
+    /// Whether TEMPLATE_REPOSITORIES go through the template cache: there
+    /// are some, TEMPLATE_REFRESH_INTERVAL is not `0`, and scans run in pods.
+    pub fn template_cache_enabled(&self) -> bool {
+        !self.template_repositories.0.is_empty()
+            && !self.template_refresh_interval.is_zero()
+            && self.scanner_mode == ScannerMode::Pod
     }
 }
 
@@ -1254,13 +1269,13 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 44);
+        assert_eq!(count, 45);
     }
 
     #[test]
     fn the_env_table_documents_every_variable_with_its_default() {
         let table = env_table();
-        assert_eq!(table.len(), 44);
+        assert_eq!(table.len(), 45);
         let row = |env: &str| table.iter().find(|r| r.env == env).unwrap().clone();
         assert_eq!(row("MAX_CONCURRENT_SCANS").default, "5");
         assert_eq!(row("MAX_CONCURRENT_SCANS").flag, "--max-concurrent-scans");

@@ -639,6 +639,12 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            value: "templates.refreshInterval",
+            context: NO_CONTEXT,
+            set: &["--set", "templates.refreshInterval=6h"],
+            expect: |r| env_is(r, "TEMPLATE_REFRESH_INTERVAL", "6h"),
+        },
+        Case {
             value: "templates.gitImage",
             context: NO_CONTEXT,
             set: &["--set", "templates.gitImage=alpine/git:v2.47.2"],
@@ -1457,6 +1463,32 @@ fn the_seed_designs_values_file_installs_unchanged_and_the_operator_takes_its_se
         repositories[0].to_string(),
         "https://github.com/projectdiscovery/nuclei-templates#main:templates/community"
     );
+    // Its repositories go through the template cache, which the operator
+    // may keep in the release namespace only; without repositories or with
+    // the cache off, it gets no such rights.
+    let cache_roles = |r: &Rendered| {
+        r.all("Role")
+            .iter()
+            .filter(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-template-cache"))
+            })
+            .count()
+    };
+    assert_eq!(cache_roles(&r), 1);
+    assert_eq!(
+        settings.template_refresh_interval,
+        std::time::Duration::from_secs(3600)
+    );
+    assert_eq!(cache_roles(&render(&[])?), 0);
+    let off = render(&[
+        "-f",
+        seed.to_str().context("path is not UTF-8")?,
+        "--set",
+        "templates.refreshInterval=0",
+    ])?;
+    assert_eq!(cache_roles(&off), 0);
     Ok(())
 }
 

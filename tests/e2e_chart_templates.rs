@@ -2,24 +2,28 @@
 //! file (testdata/helm/seed-values.yaml) installs unchanged, and its
 //! `templates.repositories` entry (pointed at a local `git daemon`: the one
 //! value a test must change, since tests reach loopback only) reaches every
-//! scan: its templates run next to the image's default templates, the commit
-//! used is recorded in the scan's status, a new commit is used by the next
-//! run, and a repository that cannot be cloned is reported (status entry,
-//! `TemplatesUnavailable` condition and Event) without failing the scan.
-//!
-//! What it also measures, and what #16 part 1 is still to change: each run
-//! clones the repository in its own pod (one upload-pack per run).
+//! scan through the template cache: one fetch Job clones it for all scans,
+//! its templates run next to the image's default templates, the commit used
+//! is recorded in each scan's status, a new commit is picked up by the next
+//! refresh and used by the next run, and a repository that cannot be cloned
+//! is reported (status entry with git's words, `TemplatesUnavailable`
+//! condition and Event) without failing the scans.
 
 mod support;
 
 use std::time::Duration;
 
 use devcluster::ImageMapping;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::rbac::v1::Role;
+use kube::api::{Api, ListParams, PostParams};
 use nuclei_operator::api::{NucleiScan, Severity};
+use nuclei_operator::jobs::job_finished;
+use nuclei_operator::template_cache::{CACHE_LABEL, MANIFEST_KEY, Manifest, READER_ROLE};
 use serde_json::json;
-use support::chart::{Chart, restricted_namespace};
+use support::chart::{Chart, RELEASE_NS, restricted_namespace};
 use support::git::{GitServer, canary_template};
 use support::{
     canary_target, completed, event, eventually, ingress, next_run, operator_image, repo, target_ip,
@@ -32,6 +36,8 @@ const SEED_IMAGE: &str = "ghcr.io/morten-olsen/homelab-nuclei-operator";
 const GIT_IMAGE: &str = "alpine/git";
 /// The repository's directory the seed's values name.
 const COMMUNITY: &str = "templates/community";
+/// One Ingress (and scan) per host, all served by the canary target.
+const HOSTS: [&str; 3] = ["seed-a.test", "seed-b.test", "seed-c.test"];
 
 /// The image's templates, laid out as the seed's `templates.defaults`
 /// (`cves/`, `vulnerabilities/`) expect.
@@ -48,8 +54,57 @@ fn image_templates() -> tempfile::TempDir {
     dir
 }
 
+/// Fetch Jobs of the template cache so far: (finished, all).
+async fn fetch_jobs(client: &kube::Client) -> (usize, usize) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), RELEASE_NS);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=template-cache");
+    let all = jobs.list(&lp).await.unwrap().items;
+    let finished = all.iter().filter(|j| job_finished(j).is_some()).count();
+    (finished, all.len())
+}
+
+/// The newest template cache manifest whose first repository is at `commit`.
+async fn manifest_at(client: &kube::Client, commit: &str) -> Manifest {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), RELEASE_NS);
+    let lp = ListParams::default().labels(&format!("{CACHE_LABEL}=manifest"));
+    eventually(
+        Duration::from_secs(120),
+        "a cache manifest at the commit",
+        || async {
+            cms.list(&lp)
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter_map(|cm| {
+                    serde_json::from_str::<Manifest>(cm.data.as_ref()?.get(MANIFEST_KEY)?).ok()
+                })
+                .find(|m| m.sources[0].commit.as_deref() == Some(commit))
+        },
+    )
+    .await
+}
+
+/// Waits until the operator lets scanners read `manifest`'s chunks, which
+/// it does right before its Jobs start using them.
+async fn in_use(client: &kube::Client, manifest: &Manifest) {
+    let roles: Api<Role> = Api::namespaced(client.clone(), RELEASE_NS);
+    let chunks: Vec<String> = manifest.chunk_names().map(str::to_owned).collect();
+    eventually(Duration::from_secs(30), "the manifest in use", || async {
+        let role = roles.get_opt(READER_ROLE).await.ok()??;
+        let granted: Vec<String> = role
+            .rules?
+            .into_iter()
+            .flat_map(|r| r.resource_names.unwrap_or_default())
+            .collect();
+        chunks.iter().all(|c| granted.contains(c)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_its_latest_commit() {
+async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_fetched_once_at_its_latest_commit()
+ {
     let ip = target_ip(1);
     canary_target(ip).await;
     let git = GitServer::start(&[(
@@ -64,7 +119,10 @@ async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_i
         )],
         "a template outside the path",
     );
-    let chart = Chart::start("e2e_chart_templates", vec![format!("seed.test={ip}")]).await;
+    // The server's readiness probe counts as one.
+    let before = git.upload_packs();
+    let hosts: Vec<String> = HOSTS.iter().map(|h| format!("{h}={ip}")).collect();
+    let chart = Chart::start("e2e_chart_templates", hosts).await;
     let templates = image_templates();
     chart.cluster.add_image(ImageMapping {
         image: SEED_IMAGE.into(),
@@ -88,52 +146,73 @@ async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_i
             seed.to_str().unwrap(),
             "--set-json",
             &format!("templates.repositories={local}"),
+            // The chart's 1h, shortened so the test sees a refresh.
+            "--set",
+            "templates.refreshInterval=20s",
         ])
         .await;
     chart.dump_logs_on_panic();
 
     let client = chart.client.clone();
+    let first = git.head();
+    // The operator fetches at once; the scans below read what it published.
+    let manifest = manifest_at(&client, &first).await;
+    in_use(&client, &manifest).await;
+    let error = manifest.sources[1].error.clone().unwrap();
+    assert!(
+        error.contains("not cloned: ") && error.contains("missing.git"),
+        "{error}"
+    );
+    chart.step("the first template cache manifest is published");
+
     let ns = "seed-templates";
     restricted_namespace(&client, ns).await;
-    Api::<Ingress>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &ingress("seed", "seed.test", json!({})),
-        )
-        .await
-        .unwrap();
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    for host in HOSTS {
+        let name = host.trim_end_matches(".test");
+        ingresses
+            .create(&PostParams::default(), &ingress(name, host, json!({})))
+            .await
+            .unwrap();
+    }
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), ns);
-    let first = git.head();
-    let clones = git.upload_packs();
-    let scan = completed(&scans, "seed-ingress", Duration::from_secs(180)).await;
-    let st = scan.status.unwrap();
-    // The image's templates the seed's defaults select, and the repository's
-    // directory on top; nothing from elsewhere in the repository.
-    let found: Vec<(&str, Option<Severity>)> = st
-        .findings
-        .iter()
-        .map(|f| (f.template_id.as_str(), f.severity))
-        .collect();
-    assert_eq!(
-        found,
-        [
-            ("nuclei-operator-canary", Some(Severity::High)),
-            ("nuclei-operator-git-canary", Some(Severity::Medium)),
-            ("nuclei-operator-canary-low", Some(Severity::Low)),
-        ]
-    );
-    // The repository that cannot be cloned did not fail the run; it says so.
-    let recorded = json!([
-        {"url": git.url, "ref": "main", "path": COMMUNITY, "commit": first},
-        {"url": missing, "error": "not cloned: this run went without it (the log of init container git-clone-1 says why)"},
-    ]);
-    assert_eq!(
-        serde_json::to_value(&st.template_sources).unwrap(),
-        recorded
-    );
+    for host in HOSTS {
+        let name = format!("{}-ingress", host.trim_end_matches(".test"));
+        let scan = completed(&scans, &name, Duration::from_secs(180)).await;
+        let st = scan.status.unwrap();
+        // The image's templates the seed's defaults select, and the
+        // repository's directory on top; nothing from elsewhere in it.
+        let found: Vec<(&str, Option<Severity>)> = st
+            .findings
+            .iter()
+            .map(|f| (f.template_id.as_str(), f.severity))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("nuclei-operator-canary", Some(Severity::High)),
+                ("nuclei-operator-git-canary", Some(Severity::Medium)),
+                ("nuclei-operator-canary-low", Some(Severity::Low)),
+            ],
+            "{name}"
+        );
+        // The repository that cannot be cloned did not fail the run; it
+        // says why, in git's words.
+        let recorded = json!([
+            {"url": git.url, "ref": "main", "path": COMMUNITY, "commit": first},
+            {"url": missing, "error": format!("{error} (the template cache's last fetch)")},
+        ]);
+        assert_eq!(
+            serde_json::to_value(&st.template_sources).unwrap(),
+            recorded,
+            "{name}"
+        );
+    }
+    chart.step("every scan ran the cached templates");
     // Where people look: a condition on the scan and a Warning Event.
+    let name = "seed-a-ingress";
     let unavailable = eventually(Duration::from_secs(30), "TemplatesUnavailable", || async {
-        let s = scans.get("seed-ingress").await.ok()?;
+        let s = scans.get(name).await.ok()?;
         s.status?
             .conditions
             .into_iter()
@@ -149,17 +228,14 @@ async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_i
     event(
         &client,
         ns,
-        "seed-ingress",
+        name,
         "Warning",
         "TemplatesUnavailable",
         &missing,
     )
     .await;
-    // git daemon refuses the missing repository before its access hook runs,
-    // so only the served one is counted.
-    assert_eq!(git.upload_packs(), clones + 1, "one clone for the run");
 
-    // A new commit: the next run uses it.
+    // A new commit: the next refresh fetches it, the next run uses it.
     let second = git.commit(
         &[(
             &format!("{COMMUNITY}/git-canary-2.yaml"),
@@ -167,8 +243,18 @@ async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_i
         )],
         "a second template",
     );
-    let job = st.job_ref.unwrap().name;
-    let (_, scan) = next_run(&scans, "seed-ingress", Some("new-commit"), Some(&job)).await;
+    in_use(&client, &manifest_at(&client, &second).await).await;
+    chart.step("a refresh fetched the new commit");
+    let job = scans
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .job_ref
+        .unwrap()
+        .name;
+    let (_, scan) = next_run(&scans, name, Some("new-commit"), Some(&job)).await;
     let st = scan.status.unwrap();
     assert_eq!(
         st.template_sources[0].commit.as_deref(),
@@ -181,5 +267,16 @@ async fn the_seed_designs_values_install_and_every_scan_runs_the_repository_at_i
         "{:?}",
         st.findings
     );
-    assert_eq!(git.upload_packs(), clones + 2, "one clone per run");
+
+    // Clones: one per fetch Job (git daemon refuses the missing repository
+    // before its access hook runs, so only the served one is counted), none
+    // for the four scan runs. Fetches run one at a time, so at most one has
+    // not finished: without the cache there would be four more clones.
+    let (finished, _) = fetch_jobs(&client).await;
+    let clones = git.upload_packs() - before;
+    let (_, created) = fetch_jobs(&client).await;
+    assert!(
+        finished >= 2 && (finished..=created).contains(&clones) && created <= finished + 1,
+        "{clones} clones for {finished} finished and {created} created fetch Jobs"
+    );
 }

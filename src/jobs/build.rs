@@ -47,12 +47,18 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     let mut volumes = vec![empty_dir("tmp", TMP_SIZE_LIMIT)];
     let mut scanner_mounts = vec![mount("tmp", TMP_DIR, false)];
     let mut init_containers = Vec::new();
+    let cached = params.cached_sources();
     if !params.template_sources.is_empty() {
         volumes.push(empty_dir("git-templates", GIT_TEMPLATES_SIZE_LIMIT));
-        scanner_mounts.push(mount("git-templates", GIT_TEMPLATES_DIR, true));
+        // The scanner unpacks cached sources there itself.
+        let read_only = cached.is_none();
+        scanner_mounts.push(mount("git-templates", GIT_TEMPLATES_DIR, read_only));
         for (i, source) in params.template_sources.iter().enumerate() {
+            if cached.as_ref().is_some_and(|c| c.sources[i].is_some()) {
+                continue;
+            }
             let optional = i < params.shared_sources;
-            init_containers.extend(git_containers(params, i, source, optional));
+            init_containers.extend(git_containers(&params.git_image, i, source, optional));
         }
     }
     for (i, cm) in params.template_config_maps.iter().enumerate() {
@@ -93,6 +99,12 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
         env.push(env_value(
             TEMPLATE_SOURCES_ENV,
             &serde_json::to_string(&params.template_sources).expect("serializable sources"),
+        ));
+    }
+    if let Some(cached) = &cached {
+        env.push(env_value(
+            crate::template_cache::TEMPLATE_CACHE_ENV,
+            &serde_json::to_string(cached).expect("serializable cache"),
         ));
     }
     // The operator's defaults reach the scanner as in sync mode: it applies
@@ -223,9 +235,11 @@ fn label_value(s: &str) -> String {
 /// shallow clone of its branch or tag, or, for a commit (which a shallow
 /// clone cannot name), a clone without checkout and a checkout of the commit.
 /// An `optional` source that fails leaves no directory (the scanner runs
-/// without it and says so) instead of failing the pod.
-fn git_containers(
-    params: &JobParams,
+/// without it and says so) instead of failing the pod, and git's words in
+/// `/templates/git/<i>.failed`, where the scanner and the template cache's
+/// publisher read why.
+pub(super) fn git_containers(
+    git_image: &str,
     i: usize,
     source: &GitSource,
     optional: bool,
@@ -249,8 +263,8 @@ fn git_containers(
             // Ends option parsing: a URL can never be read as a flag.
             clone.extend(["--".into(), source.url.clone(), dir]);
             return vec![
-                git_container(params, i, "git-clone", clone, optional),
-                git_container(params, i, "git-checkout", checkout, optional),
+                git_container(git_image, i, "git-clone", clone, optional),
+                git_container(git_image, i, "git-checkout", checkout, optional),
             ];
         }
         Some(branch) => clone.extend([
@@ -262,11 +276,11 @@ fn git_containers(
         None => clone.extend(["--depth".into(), "1".into()]),
     }
     clone.extend(["--".into(), source.url.clone(), dir]);
-    vec![git_container(params, i, "git-clone", clone, optional)]
+    vec![git_container(git_image, i, "git-clone", clone, optional)]
 }
 
 fn git_container(
-    params: &JobParams,
+    git_image: &str,
     i: usize,
     step: &str,
     git_args: Vec<String>,
@@ -275,9 +289,11 @@ fn git_container(
     let name = format!("{step}-{i}");
     let (command, args) = if optional {
         // The arguments stay arguments ("$@"); only our own directory is
-        // written into the script.
+        // written into the script. A step after a failed one does nothing,
+        // so `<dir>.failed` keeps the first failure's words.
+        let dir = format!("{GIT_TEMPLATES_DIR}/{i}");
         let script = format!(
-            "git \"$@\" || {{ rm -rf {GIT_TEMPLATES_DIR}/{i}; echo \"$0 failed: the scan runs without these templates\" >&2; }}"
+            "[ -e {dir}.failed ] && exit 0; git \"$@\" 2>{dir}.log || {{ cat {dir}.log >&2; rm -rf {dir}; mv {dir}.log {dir}.failed; echo \"$0 failed: the scan runs without these templates\" >&2; }}"
         );
         let mut args = vec!["-c".to_owned(), script, name.clone()];
         args.extend(git_args);
@@ -287,7 +303,7 @@ fn git_container(
     };
     Container {
         name,
-        image: Some(params.git_image.clone()),
+        image: Some(git_image.to_owned()),
         command: Some(vec![command.into()]),
         args: Some(args),
         env: Some(vec![
@@ -306,7 +322,7 @@ fn git_container(
     }
 }
 
-fn container_security_context() -> SecurityContext {
+pub(super) fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -320,14 +336,14 @@ fn container_security_context() -> SecurityContext {
     }
 }
 
-fn runtime_default_seccomp() -> SeccompProfile {
+pub(super) fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         ..SeccompProfile::default()
     }
 }
 
-fn empty_dir(name: &str, size_limit: &str) -> Volume {
+pub(super) fn empty_dir(name: &str, size_limit: &str) -> Volume {
     Volume {
         name: name.to_owned(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -338,7 +354,7 @@ fn empty_dir(name: &str, size_limit: &str) -> Volume {
     }
 }
 
-fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: volume.to_owned(),
         mount_path: path.to_owned(),
@@ -347,7 +363,7 @@ fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn env_value(name: &str, value: &str) -> EnvVar {
+pub(super) fn env_value(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.to_owned()),
@@ -355,7 +371,7 @@ fn env_value(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn env_field(name: &str, field_path: &str) -> EnvVar {
+pub(super) fn env_field(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -792,7 +808,7 @@ mod tests {
         assert_eq!(args[0], "-c");
         assert_eq!(
             args[1],
-            r#"git "$@" || { rm -rf /templates/git/0; echo "$0 failed: the scan runs without these templates" >&2; }"#
+            r#"[ -e /templates/git/0.failed ] && exit 0; git "$@" 2>/templates/git/0.log || { cat /templates/git/0.log >&2; rm -rf /templates/git/0; mv /templates/git/0.log /templates/git/0.failed; echo "$0 failed: the scan runs without these templates" >&2; }"#
         );
         // The URL stays an argument, never part of the script.
         assert_eq!(
@@ -811,6 +827,89 @@ mod tests {
         );
         // The scan's own repository is required: git itself, its failure fails the pod.
         assert_eq!(inits[1].command.as_deref(), Some(&["git".to_owned()][..]));
+    }
+
+    #[test]
+    fn sources_the_template_cache_holds_are_not_cloned_and_the_scanner_is_told_where_they_are() {
+        use crate::template_cache::{Entry, Manifest};
+        let all = sources(&[
+            "https://h/shared.git#main",
+            "https://h/broken.git",
+            "https://h/own.git",
+            "https://h/own-broken.git",
+        ]);
+        let entry = |i: usize, error: Option<&str>| Entry {
+            source: all[i].clone(),
+            commit: error.is_none().then(|| "c".repeat(40)),
+            error: error.map(str::to_owned),
+            sha256: error.is_none().then(|| "f".repeat(64)),
+            bytes: 10,
+            chunks: if error.is_none() {
+                crate::template_cache::chunk_names(&"f".repeat(64), 1)
+            } else {
+                Vec::new()
+            },
+        };
+        let manifest = Manifest {
+            fetched_at: chrono::Utc::now(),
+            sources: vec![
+                entry(0, None),
+                entry(1, Some("not cloned: fatal")),
+                entry(2, None),
+                entry(3, Some("not cloned: fatal")),
+            ],
+        };
+        let p = JobParams {
+            template_sources: all.clone(),
+            shared_sources: 2,
+            cache: Some(CacheRef {
+                namespace: "ops".into(),
+                manifest: std::sync::Arc::new(manifest),
+            }),
+            ..params()
+        };
+        let job = build_job(&scan(), &p);
+        // Only the scan's own repository that the cache could not fetch is
+        // cloned (it is required); the operator's broken one is not retried.
+        let inits: Vec<String> = pod(&job)
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(inits, ["git-clone-3"]);
+        let s = scanner(&job);
+        let told: crate::template_cache::CacheEnv =
+            serde_json::from_str(env_val(s, crate::template_cache::TEMPLATE_CACHE_ENV).unwrap())
+                .unwrap();
+        assert_eq!(told.namespace, "ops");
+        let held: Vec<bool> = told.sources.iter().map(Option::is_some).collect();
+        assert_eq!(held, [true, true, true, false]);
+        // The scanner unpacks into the clones' volume.
+        let m = s
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "git-templates")
+            .unwrap();
+        assert_eq!(m.read_only, None);
+        // Without a cache: as before.
+        let p = JobParams { cache: None, ..p };
+        assert_eq!(
+            pod(&build_job(&scan(), &p))
+                .init_containers
+                .iter()
+                .flatten()
+                .count(),
+            4
+        );
+        assert!(
+            env_val(
+                scanner(&build_job(&scan(), &p)),
+                crate::template_cache::TEMPLATE_CACHE_ENV
+            )
+            .is_none()
+        );
     }
 
     #[test]

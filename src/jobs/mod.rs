@@ -114,6 +114,7 @@ const NAME_HASH_LEN: usize = 10;
 const GIT_ALLOW_PROTOCOL: &str = "https:http:ssh:git";
 
 mod build;
+mod fetch;
 #[cfg(test)]
 mod fixtures;
 mod outcome;
@@ -122,6 +123,7 @@ mod rbac;
 mod run;
 
 pub use build::*;
+pub use fetch::*;
 pub use outcome::*;
 pub use params::*;
 pub use rbac::*;

@@ -45,6 +45,9 @@ pub struct JobParams {
     /// operator's: a failed clone of one leaves the run without it instead
     /// of failing the run (a scan's own `templateURLs` are required).
     pub shared_sources: usize,
+    /// The operator's template cache, when it has published a manifest: the
+    /// sources it holds are read from it instead of cloned.
+    pub cache: Option<CacheRef>,
     /// ConfigMaps (`spec.scannerConfig.templateConfigMaps`) mounted at
     /// `/templates/configmaps/<name>`.
     pub template_config_maps: Vec<String>,
@@ -70,7 +73,43 @@ pub struct JobParams {
     pub log_format: crate::settings::LogFormat,
 }
 
+/// Where the operator's template cache is and what it holds now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheRef {
+    /// The operator's namespace.
+    pub namespace: String,
+    pub manifest: std::sync::Arc<crate::template_cache::Manifest>,
+}
+
 impl JobParams {
+    /// What the scanner is told of the cache: the entry of each source read
+    /// from it. An operator repository is read from the cache whatever the
+    /// fetch found (one that failed is left out, not cloned again by every
+    /// pod); a scan's own `templateURLs` entry only when it was fetched, its
+    /// clone being required. `None` when no source is cached.
+    pub fn cached_sources(&self) -> Option<crate::template_cache::CacheEnv> {
+        let cache = self.cache.as_ref()?;
+        let sources: Vec<Option<crate::template_cache::Entry>> = self
+            .template_sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                cache
+                    .manifest
+                    .entry(source)
+                    .filter(|e| i < self.shared_sources || e.error.is_none())
+                    .cloned()
+            })
+            .collect();
+        sources
+            .iter()
+            .any(Option::is_some)
+            .then(|| crate::template_cache::CacheEnv {
+                namespace: cache.namespace.clone(),
+                sources,
+            })
+    }
+
     /// `<namespace>/<name>` of the scan: the scanner's `--scan` argument.
     pub fn scan_key(&self) -> String {
         ScanKey::new(&self.scan_namespace, &self.scan_name).to_string()
@@ -209,6 +248,7 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
         tolerations: config.tolerations,
         template_sources,
         shared_sources,
+        cache: None,
         template_config_maps,
         run_token: run_token(scan),
         scan_namespace,

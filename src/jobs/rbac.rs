@@ -110,13 +110,18 @@ pub fn scanner_role_binding(
 /// the scanner ClusterRole in `namespace` (field manager [`FIELD_MANAGER`],
 /// forced).
 ///
+/// With `cache_namespace`, also the RoleBinding there that lets the
+/// ServiceAccount read the template cache
+/// ([`crate::template_cache::refresh::reader_binding`]).
+///
 /// The operator needs `get`, `create`, `patch` on serviceaccounts and
-/// rolebindings, and `bind` on that one ClusterRole; it creates no Roles.
+/// rolebindings, and `bind` on that one ClusterRole.
 pub async fn ensure_scanner_rbac(
     client: &kube::Client,
     namespace: &str,
     service_account: &str,
     cluster_role: &str,
+    cache_namespace: Option<&str>,
 ) -> Result<(), kube::Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let sa = scanner_service_account(namespace, service_account);
@@ -127,6 +132,15 @@ pub async fn ensure_scanner_rbac(
     Api::<RoleBinding>::namespaced(client.clone(), namespace)
         .patch(cluster_role, &pp, &Patch::Apply(&binding))
         .await?;
+    if let Some(cache) = cache_namespace {
+        crate::template_cache::refresh::ensure_reader_binding(
+            client,
+            cache,
+            namespace,
+            service_account,
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -200,12 +214,26 @@ impl RbacCache {
         namespace: &str,
         service_account: &str,
         cluster_role: &str,
+        cache_namespace: Option<&str>,
     ) -> Result<(), kube::Error> {
-        if !self.needs_apply(namespace, service_account, Instant::now()) {
+        // Applied without the cache's binding does not count as applied with
+        // it (a space is in no ServiceAccount name).
+        let key = match cache_namespace {
+            Some(cache) => format!("{service_account} {cache}"),
+            None => service_account.to_owned(),
+        };
+        if !self.needs_apply(namespace, &key, Instant::now()) {
             return Ok(());
         }
-        ensure_scanner_rbac(client, namespace, service_account, cluster_role).await?;
-        self.mark_applied(namespace, service_account, Instant::now());
+        ensure_scanner_rbac(
+            client,
+            namespace,
+            service_account,
+            cluster_role,
+            cache_namespace,
+        )
+        .await?;
+        self.mark_applied(namespace, &key, Instant::now());
         Ok(())
     }
 }

@@ -52,6 +52,9 @@ pub struct ScanCtx {
     source_events: crate::events::NotedEvents,
     /// Announces what runs found new (Events, notifiers).
     pub notify: Arc<crate::notify::Notifications>,
+    /// The template cache scanner Jobs read TEMPLATE_REPOSITORIES from,
+    /// when [`Settings::template_cache_enabled`].
+    pub templates: Option<Arc<crate::template_cache::TemplateCache>>,
 }
 
 impl ScanCtx {
@@ -65,6 +68,11 @@ impl ScanCtx {
         jobs: Store<Job>,
         notify: Arc<crate::notify::Notifications>,
     ) -> Self {
+        let templates = settings.template_cache_enabled().then(|| {
+            Arc::new(crate::template_cache::TemplateCache::new(
+                settings.lease_namespace(),
+            ))
+        });
         ScanCtx {
             recorder: Recorder::new(client.clone(), reporter.clone()),
             source_events: crate::events::NotedEvents::new(client.clone(), reporter),
@@ -76,6 +84,7 @@ impl ScanCtx {
             jobs,
             reported: Mutex::new(HashMap::new()),
             notify,
+            templates,
         }
     }
 

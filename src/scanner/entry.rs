@@ -42,6 +42,9 @@ pub struct ScannerArgs {
     /// The git sources cloned into `/templates/git/<i>`, in that order (JSON).
     #[arg(long, env = TEMPLATE_SOURCES_ENV, value_parser = parse_template_sources)]
     pub template_sources: Option<crate::git::Repositories>,
+    /// Which of them to read from the operator's template cache, as JSON.
+    #[arg(long, env = crate::template_cache::TEMPLATE_CACHE_ENV, value_parser = parse_template_cache)]
+    pub template_cache: Option<crate::template_cache::CacheEnv>,
     /// Scan timeout when the scan sets none (Go duration).
     #[arg(long, env = SCANNER_TIMEOUT_ENV, default_value = "30m", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
@@ -81,6 +84,10 @@ fn parse_template_sources(s: &str) -> Result<crate::git::Repositories, String> {
         .map_err(|e| format!("not a list of git sources: {e}"))
 }
 
+fn parse_template_cache(s: &str) -> Result<crate::template_cache::CacheEnv, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a template cache: {e}"))
+}
+
 fn parse_target_policy(s: &str) -> Result<TargetPolicy, String> {
     serde_json::from_str(s).map_err(|e| format!("not a target policy: {e}"))
 }
@@ -97,6 +104,7 @@ pub async fn main(args: ScannerArgs) -> ExitCode {
         templates_path: args.templates_path,
         extra_template_dirs: args.extra_template_dirs,
         git_sources: args.template_sources.unwrap_or_default().0,
+        template_cache: args.template_cache,
         timeout: args.timeout,
         templates: args.default_templates,
         severity: args.default_severity,
@@ -164,7 +172,7 @@ mod tests {
     #[test]
     fn the_job_sets_only_what_the_scanner_reads_and_all_it_needs() {
         // Every option that adds a variable: defaults, a rate cap,
-        // interactsh, a template ConfigMap.
+        // interactsh, a template ConfigMap, a cached repository.
         let scan: NucleiScan = serde_json::from_value(serde_json::json!({
             "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
             "kind": "NucleiScan",
@@ -184,7 +192,19 @@ mod tests {
             interactsh_url: Some("https://oast.example.com".into()),
             ..Settings::default()
         };
-        let params = effective_params(&scan, &settings).unwrap();
+        let mut params = effective_params(&scan, &settings).unwrap();
+        // The scan's repository is in the template cache.
+        params.cache = Some(crate::jobs::CacheRef {
+            namespace: "ops".into(),
+            manifest: std::sync::Arc::new(crate::template_cache::Manifest {
+                fetched_at: chrono::Utc::now(),
+                sources: vec![crate::template_cache::Entry {
+                    source: params.template_sources[0].clone(),
+                    commit: Some("c".repeat(40)),
+                    ..Default::default()
+                }],
+            }),
+        });
         let job = build_job(&scan, &params);
         let pod = job.spec.unwrap().template.spec.unwrap();
         let scanner = pod

@@ -1,7 +1,8 @@
 //! The scanner side of a scan run, as pure parts: the nuclei command line and
 //! exit classification ([`command`]), the streaming JSONL parser ([`jsonl`]),
 //! the budgeted findings report for the NucleiScan status ([`report`]) and
-//! what changed since the previous run ([`history`]); then the run itself
+//! what changed since the previous run ([`history`]); the template cache's
+//! archives ([`cached`]); then the run itself
 //! ([`run`]), in a scanner pod ([`entry`], the `scanner` subcommand) or in
 //! the operator's process (`crate::scan::launch::sync`).
 
@@ -16,5 +17,6 @@ pub use command::{
 pub use jsonl::{LineError, ParseStats, ReadLimits, parse_line, read_findings, read_findings_with};
 pub use report::{Report, ReportLimits, clamp_finding};
 
+pub mod cached;
 pub mod entry;
 pub mod run;

@@ -36,6 +36,9 @@ pub struct ScannerDefaults {
     pub extra_template_dirs: Vec<PathBuf>,
     /// The git sources cloned into `/templates/git/<i>`, in that order.
     pub git_sources: Vec<GitSource>,
+    /// Which of them the operator's template cache holds: unpacked into
+    /// `/templates/git/<i>` by the scanner instead of cloned.
+    pub template_cache: Option<crate::template_cache::CacheEnv>,
     /// Scan timeout when the spec sets none.
     pub timeout: Duration,
     /// Templates when the spec lists none (empty: the whole templates path).
@@ -197,7 +200,7 @@ pub async fn run(
     d: &ScannerDefaults,
     id: &RunId,
 ) -> Result<RunResult> {
-    let api: Api<NucleiScan> = Api::namespaced(client, namespace);
+    let api: Api<NucleiScan> = Api::namespaced(client.clone(), namespace);
     let begun = Instant::now();
     let scan = match wait_until_running(&api, name, id, begun + RUNNING_WRITE_WAIT).await? {
         Ok(scan) => scan,
@@ -214,7 +217,12 @@ pub async fn run(
         start["jobRef"] = json!({"podName": pod});
     }
     // A merge patch: null clears the sources of a run before this one.
-    let sources = used_sources(&d.git_sources, Path::new(crate::jobs::GIT_TEMPLATES_DIR));
+    let root = Path::new(crate::jobs::GIT_TEMPLATES_DIR);
+    let unpacked = match &d.template_cache {
+        Some(cache) => super::cached::unpack_all(client, cache, root).await,
+        None => Vec::new(),
+    };
+    let sources = used_sources(&d.git_sources, root, &unpacked);
     start["templateSources"] = if sources.is_empty() {
         Value::Null
     } else {
@@ -340,21 +348,32 @@ pub async fn run(
 }
 
 /// `sources` with the commit each clone below `root` (`<root>/<i>`) checked
-/// out, for `status.templateSources`. A clone that is not there failed (only
-/// the operator's repositories may, see [`crate::jobs::build_job`]).
-fn used_sources(sources: &[GitSource], root: &Path) -> Vec<TemplateSource> {
+/// out, or each source read from the template cache (`unpacked`, aligned
+/// with `sources`) holds, for `status.templateSources`. A clone that is not
+/// there failed (only the operator's repositories may, see
+/// [`crate::jobs::build_job`]), and git's words say why.
+fn used_sources(
+    sources: &[GitSource],
+    root: &Path,
+    unpacked: &[Option<super::cached::Unpacked>],
+) -> Vec<TemplateSource> {
     sources
         .iter()
         .enumerate()
         .map(|(i, source)| {
+            if let Some(Some(got)) = unpacked.get(i) {
+                return TemplateSource {
+                    source: source.clone(),
+                    commit: got.commit.clone(),
+                    error: got.error.clone(),
+                };
+            }
             let dir = root.join(i.to_string());
-            let error = (!dir.exists()).then(|| {
-                format!("not cloned: this run went without it (the log of init container git-clone-{i} says why)")
-            });
             TemplateSource {
                 source: source.clone(),
                 commit: crate::git::head_commit(&dir),
-                error,
+                error: (!dir.exists())
+                    .then(|| crate::template_cache::publish::clone_error(root, i)),
             }
         })
         .collect()
@@ -760,6 +779,7 @@ mod tests {
     fn the_operators_rate_limit_caps_what_a_scan_asks_and_applies_where_it_asks_nothing() {
         let defaults = |cap: Option<u32>| ScannerDefaults {
             git_sources: Vec::new(),
+            template_cache: None,
             templates_path: "/t".into(),
             extra_template_dirs: vec![],
             timeout: Duration::from_secs(60),
@@ -800,16 +820,37 @@ mod tests {
         .iter()
         .map(|e| GitSource::parse(e).unwrap())
         .collect();
-        let used = used_sources(&sources, root.path());
+        let used = used_sources(&sources, root.path(), &[]);
         assert_eq!(
             serde_json::to_value(&used).unwrap(),
             json!([
                 {"url": "https://h/a.git", "ref": "v1", "path": "cves", "commit": sha},
-                {"url": "https://h/b.git", "error": "not cloned: this run went without it (the log of init container git-clone-1 says why)"},
+                {"url": "https://h/b.git", "error": "not cloned (the log of init container git-clone-1 says why)"},
                 // Cloned, but its commit cannot be read: none rather than a guess.
                 {"url": "https://h/c.git"},
             ])
         );
+        // The optional clone's wrapper keeps git's words: they are the error.
+        std::fs::write(
+            root.path().join("1.failed"),
+            "Cloning into '/templates/git/1'...\nfatal: could not read from remote repository\n",
+        )
+        .unwrap();
+        // A source read from the template cache is recorded as the cache had it.
+        let cached = [
+            None,
+            None,
+            Some(super::super::cached::Unpacked {
+                commit: Some("c".repeat(40)),
+                error: None,
+            }),
+        ];
+        let used = used_sources(&sources, root.path(), &cached);
+        assert_eq!(
+            used[1].error.as_deref(),
+            Some("not cloned: fatal: could not read from remote repository")
+        );
+        assert_eq!(used[2].commit, Some("c".repeat(40)));
         // Directories of the missing clone are left out, all others kept.
         let dirs: Vec<PathBuf> = [
             root.path().join("0/cves"),

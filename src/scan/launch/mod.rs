@@ -173,6 +173,12 @@ impl JobLauncher {
             // freed exactly when this Job ends.
             Ok(p) => jobs::JobParams {
                 run_token: run.into(),
+                cache: ctx.templates.as_ref().and_then(|c| {
+                    Some(jobs::CacheRef {
+                        namespace: c.namespace().to_owned(),
+                        manifest: c.current()?,
+                    })
+                }),
                 ..p
             },
             Err(message) => {
@@ -186,6 +192,7 @@ impl JobLauncher {
                 namespace,
                 &ctx.settings.scanner_service_account,
                 &ctx.settings.scanner_cluster_role,
+                params.cached_sources().map(|c| c.namespace).as_deref(),
             )
             .await
             .map_err(|e| format!("ensuring scanner RBAC: {e}"))?;

@@ -98,6 +98,7 @@ impl SyncLauncher {
             templates_path: s.nuclei_templates_path.clone(),
             extra_template_dirs: Vec::new(),
             git_sources: Vec::new(),
+            template_cache: None,
             timeout: s.scanner_timeout,
             templates: s.default_templates.clone(),
             severity: s.default_severity.clone(),
