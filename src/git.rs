@@ -97,7 +97,8 @@ impl fmt::Display for GitSource {
 }
 
 /// A `TEMPLATE_REPOSITORIES` entry as the seed design's Helm values write it:
-/// `{url, branch, path}`, where `branch` may also name a tag or a commit.
+/// `{url, branch, path}`, where `branch` may also name a tag or a commit,
+/// and `secret` the Secret with the credentials of a private repository.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RepositoryValue {
@@ -106,34 +107,49 @@ struct RepositoryValue {
     branch: Option<String>,
     #[serde(default)]
     path: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
 }
 
-/// The operator's `TEMPLATE_REPOSITORIES`, cloned into every scanner pod.
+/// A list of git sources (the scanner's and the publisher's
+/// TEMPLATE_SOURCES).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Repositories(pub Vec<GitSource>);
 
-/// Parses `TEMPLATE_REPOSITORIES`: a JSON list of `{url, branch, path}`.
-pub fn parse_repositories(s: &str) -> Result<Repositories, String> {
+/// The operator's `TEMPLATE_REPOSITORIES`: the sources, and aligned with
+/// them the Secret (in the operator's namespace) each is fetched with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TemplateRepositories {
+    pub sources: Vec<GitSource>,
+    pub secrets: Vec<Option<String>>,
+}
+
+/// Parses `TEMPLATE_REPOSITORIES`: a JSON list of `{url, branch, path,
+/// secret}`.
+pub fn parse_repositories(s: &str) -> Result<TemplateRepositories, String> {
     if s.trim().is_empty() {
-        return Ok(Repositories::default());
+        return Ok(TemplateRepositories::default());
     }
     let values: Vec<RepositoryValue> = serde_json::from_str(s)
-        .map_err(|e| format!("expected a JSON list of {{url, branch, path}}: {e}"))?;
+        .map_err(|e| format!("expected a JSON list of {{url, branch, path, secret}}: {e}"))?;
     if values.len() > MAX_REPOSITORIES {
         return Err(format!(
             "{} repositories, at most {MAX_REPOSITORIES} are allowed",
             values.len()
         ));
     }
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            GitSource::new(&v.url, v.branch.as_deref(), v.path.as_deref())
-                .map_err(|e| format!("[{i}]: {e}"))
-        })
-        .collect::<Result<_, _>>()
-        .map(Repositories)
+    let mut repositories = TemplateRepositories::default();
+    for (i, v) in values.iter().enumerate() {
+        let source = GitSource::new(&v.url, v.branch.as_deref(), v.path.as_deref())
+            .map_err(|e| format!("[{i}]: {e}"))?;
+        let secret = v.secret.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        if let Some(name) = secret {
+            crate::jobs::check_dns_subdomain(name).map_err(|e| format!("[{i}].secret: {e}"))?;
+        }
+        repositories.sources.push(source);
+        repositories.secrets.push(secret.map(str::to_owned));
+    }
+    Ok(repositories)
 }
 
 /// Accepts `https://`, `http://`, `ssh://` and `git://` URLs and scp-style
@@ -299,7 +315,7 @@ mod tests {
 
     #[test]
     fn repositories_take_the_seed_designs_helm_values() {
-        let Repositories(r) = parse_repositories(
+        let TemplateRepositories { sources: r, .. } = parse_repositories(
             r#"[{"url": "https://github.com/projectdiscovery/nuclei-templates", "branch": "main", "path": "/templates/community"},
                 {"url": "git://127.0.0.1/t.git"}]"#,
         )
@@ -308,7 +324,19 @@ mod tests {
         assert_eq!(r[0].git_ref.as_deref(), Some("main"));
         assert_eq!(r[0].path.as_deref(), Some("templates/community"));
         assert_eq!(r[1], GitSource::parse("git://127.0.0.1/t.git").unwrap());
-        assert_eq!(parse_repositories(" ").unwrap(), Repositories::default());
+        assert_eq!(
+            parse_repositories(" ").unwrap(),
+            TemplateRepositories::default()
+        );
+        // A private repository names the Secret it is fetched with.
+        let with = parse_repositories(
+            r#"[{"url": "https://h/a"}, {"url": "https://h/private", "secret": " git-creds "}]"#,
+        )
+        .unwrap();
+        assert_eq!(with.secrets, [None, Some("git-creds".to_owned())]);
+        let e =
+            parse_repositories(r#"[{"url": "https://h/t", "secret": "Not_A_Name"}]"#).unwrap_err();
+        assert!(e.starts_with("[0].secret: "), "{e}");
         let e = parse_repositories(r#"[{"url": "https://h/t"}, {"url": "/local"}]"#).unwrap_err();
         assert!(e.starts_with("[1]: "), "{e}");
         let e = parse_repositories(r#"[{"url": "https://h/t", "brnch": "x"}]"#).unwrap_err();

@@ -251,15 +251,17 @@ pub struct Settings {
     pub pod_start_timeout: Duration,
 
     /// Git repositories of templates every scan runs on top of its own, as a
-    /// JSON list of `{url, branch, path}` (the Helm value
+    /// JSON list of `{url, branch, path, secret}` (the Helm value
     /// `templates.repositories`): `branch` may name a branch, a tag or a full
     /// commit id (default: the remote's default branch), `path` a directory
-    /// inside the repository (default: all of it). Fetched once into the
+    /// inside the repository (default: all of it), `secret` a Secret in the
+    /// operator's namespace with `username` and `password` (or token) for a
+    /// private repository. Fetched once into the
     /// template cache (TEMPLATE_REFRESH_INTERVAL); scans record the commits
     /// they used in `status.templateSources`. Empty: only the image's
     /// templates.
     #[arg(long, env = "TEMPLATE_REPOSITORIES", value_name = "TEMPLATE_REPOSITORIES", default_value = "", value_parser = crate::git::parse_repositories)]
-    pub template_repositories: crate::git::Repositories,
+    pub template_repositories: crate::git::TemplateRepositories,
 
     /// How often TEMPLATE_REPOSITORIES are fetched again into the template
     /// cache (ConfigMaps in the operator's namespace that scanner pods read),
@@ -424,6 +426,18 @@ impl Settings {
     /// Checks the rules that involve more than one setting; each value on its
     /// own was already checked while parsing. Call it once after parsing.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if self
+            .template_repositories
+            .secrets
+            .iter()
+            .any(Option::is_some)
+            && self.template_refresh_interval.is_zero()
+        {
+            return Err(SettingsError {
+                variable: "TEMPLATE_REFRESH_INTERVAL",
+                message: "0 turns the template cache off, but a TEMPLATE_REPOSITORIES entry names a Secret, which only the cache's fetch Job reads".into(),
+            });
+        }
         if self.backoff_max < self.backoff_initial {
             return Err(SettingsError {
                 variable: "BACKOFF_MAX",
@@ -476,7 +490,7 @@ impl Settings {
     /// Whether TEMPLATE_REPOSITORIES go through the template cache: there
     /// are some, TEMPLATE_REFRESH_INTERVAL is not `0`, and scans run in pods.
     pub fn template_cache_enabled(&self) -> bool {
-        !self.template_repositories.0.is_empty()
+        !self.template_repositories.sources.is_empty()
             && !self.template_refresh_interval.is_zero()
             && self.scanner_mode == ScannerMode::Pod
     }
@@ -1216,6 +1230,19 @@ mod tests {
             e.contains("invalid BACKOFF_MAX: 30s is shorter than BACKOFF_INITIAL (1m0s)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_private_repository_needs_the_template_cache_that_reads_its_secret() {
+        let private = r#"--template-repositories=[{"url":"https://h/p.git","secret":"creds"}]"#;
+        let e = rejected(&[private, "--template-refresh-interval=0"]);
+        assert!(
+            e.contains("invalid TEMPLATE_REFRESH_INTERVAL") && e.contains("Secret"),
+            "{e}"
+        );
+        let s = Settings::from_flags(["nuclei-operator", private]).unwrap();
+        assert!(s.template_cache_enabled());
+        assert_eq!(s.template_repositories.secrets, [Some("creds".to_owned())]);
     }
 
     #[test]

@@ -1457,7 +1457,7 @@ fn the_seed_designs_values_file_installs_unchanged_and_the_operator_takes_its_se
     let settings = settings_of(&r)?;
     assert_eq!(settings.default_templates, ["cves/", "vulnerabilities/"]);
     assert_eq!(settings.max_concurrent_scans, 5);
-    let repositories = &settings.template_repositories.0;
+    let repositories = &settings.template_repositories.sources;
     assert_eq!(repositories.len(), 1);
     assert_eq!(
         repositories[0].to_string(),

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SecretKeySelector,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::build::{
@@ -31,6 +34,8 @@ pub struct FetchParams {
     pub git_image: String,
     /// TEMPLATE_REPOSITORIES.
     pub sources: Vec<GitSource>,
+    /// Aligned with `sources`: the Secret each is cloned with.
+    pub secrets: Vec<Option<String>>,
     pub log_format: LogFormat,
 }
 
@@ -51,7 +56,17 @@ pub fn build_fetch_job(p: &FetchParams) -> Job {
         .sources
         .iter()
         .enumerate()
-        .flat_map(|(i, source)| git_containers(&p.git_image, i, source, true))
+        .flat_map(|(i, source)| {
+            let mut steps = git_containers(&p.git_image, i, source, true);
+            if let Some(secret) = p.secrets.get(i).cloned().flatten() {
+                for step in &mut steps {
+                    step.env
+                        .get_or_insert_default()
+                        .extend(credentials(&secret));
+                }
+            }
+            steps
+        })
         .collect();
     let publish = Container {
         name: PUBLISH_CONTAINER.to_owned(),
@@ -126,6 +141,38 @@ pub fn build_fetch_job(p: &FetchParams) -> Job {
     }
 }
 
+/// Environment of a git container that answers git's credential questions
+/// from the Secret `secret`: key `username` (default `git`; most hosts take
+/// any name with a token) and key `password` (a password or token). Both
+/// keys are optional, so a missing Secret fails only that repository's
+/// clone ("could not read Username"), not the pod. The values stay in the
+/// environment: no file, no command line.
+fn credentials(secret: &str) -> Vec<EnvVar> {
+    let key = |name: &str, key: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    vec![
+        key("GIT_USERNAME", "username"),
+        key("GIT_PASSWORD", "password"),
+        // A credential helper through git's environment configuration.
+        env_value("GIT_CONFIG_COUNT", "1"),
+        env_value("GIT_CONFIG_KEY_0", "credential.helper"),
+        env_value(
+            "GIT_CONFIG_VALUE_0",
+            r#"!f() { test "$1" = get || return 0; echo "username=${GIT_USERNAME:-git}"; echo "password=${GIT_PASSWORD}"; }; f"#,
+        ),
+    ]
+}
+
 /// `ttlSecondsAfterFinished` of a fetch Job: long enough to read its logs.
 pub const FETCH_JOB_TTL_SECONDS: i32 = 3600;
 
@@ -144,6 +191,7 @@ mod tests {
                 GitSource::parse("https://h/a.git#main:http").unwrap(),
                 GitSource::parse(&format!("https://h/b.git#{}", "a".repeat(40))).unwrap(),
             ],
+            secrets: vec![None, Some("git-creds".into())],
             log_format: LogFormat::Json,
         };
         let job = build_fetch_job(&p);
@@ -163,6 +211,24 @@ mod tests {
         for c in pod.init_containers.iter().flatten() {
             assert_eq!(c.command.as_deref(), Some(&["sh".to_owned()][..]));
             assert_eq!(c.image.as_deref(), Some("alpine/git:2"));
+            // Only the private repository's steps see its Secret.
+            let secrets: Vec<(&str, &str)> = c
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| {
+                    let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                    Some((r.name.as_str(), r.key.as_str()))
+                })
+                .collect();
+            if c.name.ends_with("-1") {
+                assert_eq!(
+                    secrets,
+                    [("git-creds", "username"), ("git-creds", "password")]
+                );
+            } else {
+                assert!(secrets.is_empty(), "{}: {secrets:?}", c.name);
+            }
         }
         let publish = &pod.containers[0];
         assert_eq!(

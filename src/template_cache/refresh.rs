@@ -228,7 +228,8 @@ async fn fetch(
         namespace: namespace.to_owned(),
         image: settings.scanner_image.clone(),
         git_image: settings.git_image.clone(),
-        sources: settings.template_repositories.0.clone(),
+        sources: settings.template_repositories.sources.clone(),
+        secrets: settings.template_repositories.secrets.clone(),
         log_format: settings.log_format,
     };
     let job = build_fetch_job(&params);
@@ -317,7 +318,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let namespace = cache.namespace().to_owned();
-    let sources = settings.template_repositories.0.clone();
+    let sources = settings.template_repositories.sources.clone();
     let interval = settings.template_refresh_interval;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let mut current: Option<(String, Manifest)> = None;

@@ -158,6 +158,160 @@ impl GitServer {
     }
 }
 
+impl GitServer {
+    /// Also serves the repository over smart HTTP (`git http-backend`) at the
+    /// returned URL, only to requests with HTTP Basic `user`:`password`
+    /// (others get 401, as a private repository's host answers).
+    pub fn serve_http(&self, user: &str, password: &str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let root = self.dir.path().to_path_buf();
+        let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, expected) = (root.clone(), expected.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_http_request(stream, &root, &expected);
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}/templates.git")
+    }
+}
+
+/// One HTTP/1.1 request, answered and closed: 401 without the expected
+/// Authorization, else whatever `git http-backend` (CGI) says.
+fn serve_http_request(
+    stream: std::net::TcpStream,
+    root: &Path,
+    expected: &str,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut parts = request.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let mut out = stream;
+    if headers.get("authorization").map(String::as_str) != Some(expected) {
+        return out.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"e2e\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    }
+    let mut body = Vec::new();
+    if let Some(n) = headers
+        .get("content-length")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut cgi = std::process::Command::new("git");
+    cgi.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_USER", "e2e")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (header, var) in [
+        ("content-type", "CONTENT_TYPE"),
+        ("content-encoding", "HTTP_CONTENT_ENCODING"),
+        ("git-protocol", "GIT_PROTOCOL"),
+    ] {
+        if let Some(v) = headers.get(header) {
+            cgi.env(var, v);
+        }
+    }
+    let mut child = cgi.spawn()?;
+    child.stdin.take().unwrap().write_all(&body)?;
+    let output = child.wait_with_output()?;
+    let split = output
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| {
+            output
+                .stdout
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, 2))
+        });
+    let Some((at, sep)) = split else {
+        return out.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+    };
+    let head = String::from_utf8_lossy(&output.stdout[..at]).into_owned();
+    let payload = &output.stdout[at + sep..];
+    let mut status = "200 OK".to_owned();
+    let mut response_headers = String::new();
+    for line in head.lines() {
+        match line.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_owned(),
+            Some(_) => response_headers.push_str(&format!("{}\r\n", line.trim_end())),
+            None => {}
+        }
+    }
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\n{response_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        payload.len()
+    )?;
+    out.write_all(payload)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn write_files(dir: &Path, files: &[(&str, &str)]) {
     for (path, content) in files {
         let path = dir.join(path);

@@ -89,7 +89,7 @@ impl SyncLauncher {
     /// A launcher using the operator's settings as scanner defaults.
     pub fn new(ctx: Arc<ScanCtx>) -> Self {
         let s = &ctx.settings;
-        if !s.template_repositories.0.is_empty() {
+        if !s.template_repositories.sources.is_empty() {
             warn!(
                 "TEMPLATE_REPOSITORIES is ignored in sync mode: there is no scanner pod to clone them into; scans run the image's templates only"
             );
