@@ -1477,6 +1477,19 @@ fn the_seed_designs_values_file_installs_unchanged_and_the_operator_takes_its_se
             .count()
     };
     assert_eq!(cache_roles(&r), 1);
+    let role = r
+        .all("Role")
+        .into_iter()
+        .find(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-template-cache")))
+        .context("no template cache Role")?;
+    assert_eq!(role["metadata"]["namespace"], "nuclei-system");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "delete"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["get", "create", "patch"]},
+        ])
+    );
     assert_eq!(
         settings.template_refresh_interval,
         std::time::Duration::from_secs(3600)
