@@ -1480,7 +1480,11 @@ fn the_seed_designs_values_file_installs_unchanged_and_the_operator_takes_its_se
     let role = r
         .all("Role")
         .into_iter()
-        .find(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-template-cache")))
+        .find(|d| {
+            d["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-template-cache"))
+        })
         .context("no template cache Role")?;
     assert_eq!(role["metadata"]["namespace"], "nuclei-system");
     assert_eq!(

@@ -149,27 +149,9 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
     };
 
     let pod_spec = PodSpec {
-        restart_policy: Some("Never".into()),
-        service_account_name: Some(params.service_account.clone()),
-        // The scanner writes its results through the API with this token.
-        automount_service_account_token: Some(true),
-        // Service links put every Service of the namespace into the
-        // environment; the scanner needs none of them.
-        enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(SCANNER_UID),
-            run_as_group: Some(SCANNER_UID),
-            fs_group: Some(SCANNER_UID),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..PodSecurityContext::default()
-        }),
-        init_containers: (!init_containers.is_empty()).then_some(init_containers),
-        containers: vec![scanner],
-        volumes: Some(volumes),
         node_selector: (!params.node_selector.is_empty()).then(|| params.node_selector.clone()),
         tolerations: (!params.tolerations.is_empty()).then(|| params.tolerations.clone()),
-        ..PodSpec::default()
+        ..restricted_pod(&params.service_account, init_containers, scanner, volumes)
     };
 
     Job {
@@ -191,10 +173,7 @@ pub fn build_job(scan: &NucleiScan, params: &JobParams) -> Job {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        ISTIO_INJECT_ANNOTATION.to_owned(),
-                        "false".to_owned(),
-                    )])),
+                    annotations: Some(pod_annotations()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod_spec),
@@ -322,6 +301,43 @@ fn git_container(
     }
 }
 
+/// A pod of one run (`restartPolicy: Never`) that passes Pod Security
+/// Admission "restricted", as `service_account` with its token (the
+/// scanner and the template publisher write through the API), without
+/// service links (every Service of the namespace in the environment; none
+/// is needed).
+pub(super) fn restricted_pod(
+    service_account: &str,
+    init_containers: Vec<Container>,
+    main: Container,
+    volumes: Vec<Volume>,
+) -> PodSpec {
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(service_account.to_owned()),
+        automount_service_account_token: Some(true),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SCANNER_UID),
+            run_as_group: Some(SCANNER_UID),
+            fs_group: Some(SCANNER_UID),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..PodSecurityContext::default()
+        }),
+        init_containers: (!init_containers.is_empty()).then_some(init_containers),
+        containers: vec![main],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// Annotations of a run's pod: no Istio sidecar, which would keep the pod
+/// (and so the Job) running after its main container exits.
+pub(super) fn pod_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([(ISTIO_INJECT_ANNOTATION.to_owned(), "false".to_owned())])
+}
+
 pub(super) fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
@@ -336,7 +352,7 @@ pub(super) fn container_security_context() -> SecurityContext {
     }
 }
 
-pub(super) fn runtime_default_seccomp() -> SeccompProfile {
+fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         ..SeccompProfile::default()

@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SecretKeySelector,
+    Container, EnvVar, EnvVarSource, PodTemplateSpec, SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::build::{
     container_security_context, empty_dir, env_field, env_value, git_containers, mount,
-    runtime_default_seccomp,
+    pod_annotations, restricted_pod,
 };
 use super::*;
 use crate::git::GitSource;
@@ -107,33 +106,18 @@ pub fn build_fetch_job(p: &FetchParams) -> Job {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        ISTIO_INJECT_ANNOTATION.to_owned(),
-                        "false".to_owned(),
-                    )])),
+                    annotations: Some(pod_annotations()),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    service_account_name: Some(FETCHER.to_owned()),
-                    automount_service_account_token: Some(true),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(SCANNER_UID),
-                        run_as_group: Some(SCANNER_UID),
-                        fs_group: Some(SCANNER_UID),
-                        seccomp_profile: Some(runtime_default_seccomp()),
-                        ..PodSecurityContext::default()
-                    }),
-                    init_containers: Some(init_containers),
-                    containers: vec![publish],
-                    volumes: Some(vec![
+                spec: Some(restricted_pod(
+                    FETCHER,
+                    init_containers,
+                    publish,
+                    vec![
                         empty_dir("tmp", TMP_SIZE_LIMIT),
                         empty_dir("git-templates", GIT_TEMPLATES_SIZE_LIMIT),
-                    ]),
-                    ..PodSpec::default()
-                }),
+                    ],
+                )),
             },
             ..JobSpec::default()
         }),
