@@ -143,6 +143,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             client.clone(),
             settings.clone(),
             cache,
+            metrics.clone(),
             shutdown.clone(),
         ));
     }

@@ -143,8 +143,13 @@ pub fn parse_repositories(s: &str) -> Result<TemplateRepositories, String> {
         let source = GitSource::new(&v.url, v.branch.as_deref(), v.path.as_deref())
             .map_err(|e| format!("[{i}]: {e}"))?;
         let secret = v.secret.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        if let Some(name) = secret {
-            crate::jobs::check_dns_subdomain(name).map_err(|e| format!("[{i}].secret: {e}"))?;
+        if let Some(name) = secret
+            && !(name.len() <= crate::names::MAX_DNS_SUBDOMAIN
+                && crate::names::is_dns_subdomain(name))
+        {
+            return Err(format!(
+                "[{i}].secret: {name:?} is not a Secret name (lower-case letters, digits, '-' and '.')"
+            ));
         }
         repositories.sources.push(source);
         repositories.secrets.push(secret.map(str::to_owned));

@@ -56,6 +56,14 @@ pub struct NotifyLabel {
     pub result: String,
 }
 
+/// Labels of the template cache's fetch counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabel {
+    /// `published` (a manifest, which may still say a repository failed)
+    /// or `failed` (nothing published: the last manifest stays in use).
+    pub result: String,
+}
+
 /// The `result` label values of the notification counter.
 pub const NOTIFY_RESULTS: [&str; 4] = ["delivered", "failed", "retried", "dropped"];
 
@@ -72,6 +80,9 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub notifications: Family<NotifyLabel, Counter>,
+    pub template_fetches: Family<FetchLabel, Counter>,
+    pub templates_published: Gauge,
+    pub templates_unavailable: Gauge,
     scans: ScanCache,
 }
 
@@ -88,6 +99,9 @@ impl Default for Metrics {
         let reconciles = Family::<ControllerLabel, Counter>::default();
         let reconcile_errors = Family::<ErrorLabel, Counter>::default();
         let notifications = Family::<NotifyLabel, Counter>::default();
+        let template_fetches = Family::<FetchLabel, Counter>::default();
+        let templates_published = Gauge::default();
+        let templates_unavailable = Gauge::default();
         let scans = ScanCache::default();
         registry.register(
             "nuclei_scan_jobs_created",
@@ -139,6 +153,28 @@ impl Default for Metrics {
             "Notification messages by notifier type and result (delivered, failed after its retries, retried, dropped)",
             notifications.clone(),
         );
+        registry.register(
+            "nuclei_template_fetches",
+            "Fetches of TEMPLATE_REPOSITORIES into the template cache, by result (published, failed)",
+            template_fetches.clone(),
+        );
+        registry.register(
+            "nuclei_template_cache_published_timestamp_seconds",
+            "When the template cache in use was fetched (Unix time; 0 before the first)",
+            templates_published.clone(),
+        );
+        registry.register(
+            "nuclei_template_repositories_unavailable",
+            "TEMPLATE_REPOSITORIES the template cache in use could not fetch",
+            templates_unavailable.clone(),
+        );
+        for result in ["published", "failed"] {
+            template_fetches
+                .get_or_create(&FetchLabel {
+                    result: result.into(),
+                })
+                .inc_by(0);
+        }
         // Every known label value at 0 from the start, so `rate()`, sums
         // and the dashboard see them before the first event.
         for reason in dispatcher::Reason::ALL {
@@ -202,6 +238,9 @@ impl Default for Metrics {
             reconciles,
             reconcile_errors,
             notifications,
+            template_fetches,
+            templates_published,
+            templates_unavailable,
             scans,
         }
     }

@@ -126,6 +126,20 @@ async fn a_private_repository_is_fetched_once_with_its_secret_and_scans_outlive_
     );
     let refused = manifest.sources[1].error.clone().unwrap();
     assert!(refused.contains("Authentication failed"), "{refused}");
+    // What an alert reads: one fetch published, one repository missing.
+    eventually(Duration::from_secs(10), "the cache's metrics", || async {
+        let m = operator.get("/metrics").await?;
+        let has = |line: &str| m.lines().any(|l| l == line);
+        (has(r#"nuclei_template_fetches_total{result="published"} 1"#)
+            && has(r#"nuclei_template_fetches_total{result="failed"} 0"#)
+            && has("nuclei_template_repositories_unavailable 1")
+            && has(&format!(
+                "nuclei_template_cache_published_timestamp_seconds {}",
+                manifest.fetched_at.timestamp()
+            )))
+        .then_some(())
+    })
+    .await;
 
     let ns = namespace(&client, "cache-scans").await;
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);

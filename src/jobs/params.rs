@@ -267,7 +267,7 @@ pub fn effective_params(scan: &NucleiScan, settings: &Settings) -> Result<JobPar
 /// labels joined by `.`, inner `-` allowed, at most 253 characters). It becomes
 /// a directory name under [`CONFIGMAP_TEMPLATES_DIR`], so nothing else (`..`,
 /// `/`) may pass.
-pub(crate) fn check_dns_subdomain(name: &str) -> Result<(), String> {
+fn check_dns_subdomain(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("empty ConfigMap name".to_owned())
     } else if name.len() > crate::names::MAX_DNS_SUBDOMAIN {

@@ -23,6 +23,7 @@ use super::{
 use crate::api::labels::{COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::git::GitSource;
 use crate::jobs::{FetchParams, JobOutcome, build_fetch_job, job_finished};
+use crate::metrics::{FetchLabel, Metrics};
 use crate::settings::Settings;
 
 /// How soon a fetch that did not publish is tried again (or the refresh
@@ -315,8 +316,23 @@ pub async fn run(
     client: kube::Client,
     settings: Settings,
     cache: Arc<TemplateCache>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let in_use = |m: &Manifest| {
+        cache.set(Arc::new(m.clone()));
+        metrics.templates_published.set(m.fetched_at.timestamp());
+        let missing = m.sources.iter().filter(|e| e.error.is_some()).count();
+        metrics.templates_unavailable.set(missing as i64);
+    };
+    let count_fetch = |result: &str| {
+        metrics
+            .template_fetches
+            .get_or_create(&FetchLabel {
+                result: result.into(),
+            })
+            .inc();
+    };
     let namespace = cache.namespace().to_owned();
     let sources = settings.template_repositories.sources.clone();
     let interval = settings.template_refresh_interval;
@@ -329,7 +345,7 @@ pub async fn run(
                 let age = (Utc::now() - m.fetched_at).to_std().unwrap_or_default();
                 wait = interval.saturating_sub(age);
                 info!(manifest = name, due_in = ?wait, "template cache adopted");
-                cache.set(Arc::new(m.clone()));
+                in_use(&m);
                 current = Some((name, m));
             }
             Err(e) => warn!("granting scanners the template cache: {e}"),
@@ -360,7 +376,8 @@ pub async fn run(
         match published {
             Ok((name, m)) => {
                 log_entries(&m);
-                cache.set(Arc::new(m.clone()));
+                in_use(&m);
+                count_fetch("published");
                 let mut keep = vec![(name.as_str(), &m)];
                 keep.extend(current.as_ref().map(|(n, m)| (n.as_str(), m)));
                 match collect_garbage(&api, &keep).await {
@@ -373,6 +390,7 @@ pub async fn run(
             }
             Err(e) => {
                 warn!("template cache not refreshed, the last one stays in use: {e:#}");
+                count_fetch("failed");
                 wait = interval.min(RETRY);
             }
         }
