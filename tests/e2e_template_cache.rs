@@ -218,3 +218,72 @@ async fn a_private_repository_is_fetched_once_with_its_secret_and_scans_outlive_
     assert!(ids.contains(&"nuclei-operator-canary"), "{ids:?}");
     assert!(!ids.contains(&"nuclei-operator-private-canary"), "{ids:?}");
 }
+
+/// `TEMPLATE_REFRESH_INTERVAL=0`: no cache, every scanner pod clones the
+/// operator's repositories itself, and one that cannot be cloned leaves the
+/// run without it with git's own words (kept by the optional clone's shell
+/// wrapper, run here by a real `sh`).
+#[tokio::test]
+async fn without_the_cache_each_pod_clones_and_a_failed_clone_says_what_git_said() {
+    let ip = target_ip(2);
+    canary_target(ip).await;
+    let git = GitServer::start(&[(
+        "community/git-canary.yaml",
+        &canary_template("nuclei-operator-git-canary", "medium", "git-e2e"),
+    )]);
+    let cluster = cluster(&[("nocache.test", ip)]).await;
+    cluster.add_image(ImageMapping {
+        image: GIT_IMAGE.split(':').next().unwrap().into(),
+        entrypoint: vec!["git".into()],
+        ..ImageMapping::default()
+    });
+    let client = cluster.client().await.unwrap();
+    let missing = git.url.replace("templates.git", "missing.git");
+    let repositories = json!([
+        {"url": git.url, "path": "/community"},
+        {"url": missing},
+    ])
+    .to_string();
+    let _operator = Operator::start(
+        &cluster,
+        &[
+            ("TEMPLATE_REPOSITORIES", repositories.as_str()),
+            ("TEMPLATE_REFRESH_INTERVAL", "0"),
+            ("GIT_IMAGE", GIT_IMAGE),
+            ("DEFAULT_TEMPLATES", ""),
+        ],
+    )
+    .await;
+    let before = git.upload_packs();
+    let ns = namespace(&client, "nocache-scans").await;
+    let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
+    let scan: NucleiScan = serde_json::from_value(json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiScan",
+        "metadata": {"name": "nocache"},
+        "spec": {
+            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                          "name": "nocache", "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
+            "targets": ["http://nocache.test"],
+            "tags": ["git-e2e"],
+        },
+    }))
+    .unwrap();
+    scans.create(&PostParams::default(), &scan).await.unwrap();
+    let st = completed(&scans, "nocache", Duration::from_secs(180))
+        .await
+        .status
+        .unwrap();
+    let ids: Vec<&str> = st.findings.iter().map(|f| f.template_id.as_str()).collect();
+    assert_eq!(ids, ["nuclei-operator-git-canary"]);
+    assert_eq!(
+        serde_json::to_value(&st.template_sources).unwrap(),
+        json!([
+            {"url": git.url, "path": "community", "commit": git.head()},
+            {"url": missing, "error": "not cloned: fatal: remote error: no such repository: /missing.git"},
+        ])
+    );
+    assert_eq!(git.upload_packs(), before + 1, "the pod's own clone");
+    // No cache: no fetch Job, nothing in the operator's namespace.
+    assert_eq!(fetch_jobs(&client, "default").await, 0);
+}
