@@ -1499,13 +1499,26 @@ fn the_seed_designs_values_file_installs_unchanged_and_the_operator_takes_its_se
         std::time::Duration::from_secs(3600)
     );
     assert_eq!(cache_roles(&render(&[])?), 0);
-    let off = render(&[
-        "-f",
-        seed.to_str().context("path is not UTF-8")?,
-        "--set",
-        "templates.refreshInterval=0",
-    ])?;
-    assert_eq!(cache_roles(&off), 0);
+    for zero in ["0", "0s", "0h0m"] {
+        let off = render(&[
+            "-f",
+            seed.to_str().context("path is not UTF-8")?,
+            "--set",
+            &format!("templates.refreshInterval={zero}"),
+        ])?;
+        assert_eq!(cache_roles(&off), 0, "{zero}");
+    }
+    let every = |interval: &str| -> Result<usize> {
+        let r = render(&[
+            "-f",
+            seed.to_str().context("path is not UTF-8")?,
+            "--set",
+            &format!("templates.refreshInterval={interval}"),
+        ])?;
+        Ok(cache_roles(&r))
+    };
+    assert_eq!(every("10m")?, 1);
+    assert_eq!(every("90s")?, 1);
     Ok(())
 }
 
