@@ -45,6 +45,26 @@ async fn secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, &str
         .unwrap();
 }
 
+/// A NucleiScan `name` of `target`, with `extra` merged into its spec.
+async fn create_scan(scans: &Api<NucleiScan>, name: &str, target: &str, extra: serde_json::Value) {
+    let ns = scans.namespace().expect("a namespaced Api").to_owned();
+    let mut body = json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiScan",
+        "metadata": {"name": name},
+        "spec": {
+            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                          "name": name, "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
+            "targets": [target],
+        },
+    });
+    for (k, v) in extra.as_object().expect("an object") {
+        body["spec"][k] = v.clone();
+    }
+    let scan: NucleiScan = serde_json::from_value(body).unwrap();
+    scans.create(&PostParams::default(), &scan).await.unwrap();
+}
+
 async fn fetch_jobs(client: &kube::Client, ns: &str) -> usize {
     let lp = ListParams::default().labels("app.kubernetes.io/component=template-cache");
     Api::<Job>::namespaced(client.clone(), ns)
@@ -143,18 +163,7 @@ async fn a_private_repository_is_fetched_once_with_its_secret_and_scans_outlive_
 
     let ns = namespace(&client, "cache-scans").await;
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
-    let scan: NucleiScan = serde_json::from_value(json!({
-        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
-        "kind": "NucleiScan",
-        "metadata": {"name": "private"},
-        "spec": {
-            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                          "name": "private", "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
-            "targets": ["http://cache.test"],
-        },
-    }))
-    .unwrap();
-    scans.create(&PostParams::default(), &scan).await.unwrap();
+    create_scan(&scans, "private", "http://cache.test", json!({})).await;
     let st = completed(&scans, "private", Duration::from_secs(180))
         .await
         .status
@@ -257,19 +266,8 @@ async fn without_the_cache_each_pod_clones_and_a_failed_clone_says_what_git_said
     let before = git.upload_packs();
     let ns = namespace(&client, "nocache-scans").await;
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
-    let scan: NucleiScan = serde_json::from_value(json!({
-        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
-        "kind": "NucleiScan",
-        "metadata": {"name": "nocache"},
-        "spec": {
-            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                          "name": "nocache", "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
-            "targets": ["http://nocache.test"],
-            "tags": ["git-e2e"],
-        },
-    }))
-    .unwrap();
-    scans.create(&PostParams::default(), &scan).await.unwrap();
+    let tags = json!({"tags": ["git-e2e"]});
+    create_scan(&scans, "nocache", "http://nocache.test", tags).await;
     let st = completed(&scans, "nocache", Duration::from_secs(180))
         .await
         .status
