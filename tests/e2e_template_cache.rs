@@ -20,7 +20,8 @@ use nuclei_operator::template_cache::{CACHE_LABEL, MANIFEST_KEY, Manifest, READE
 use serde_json::json;
 use support::git::{GitServer, canary_template};
 use support::{
-    Operator, canary_target, cluster, completed, eventually, namespace, next_run, target_ip,
+    Operator, canary_target, cluster, completed, create_scan, eventually, namespace, next_run,
+    target_ip,
 };
 
 /// The git image the operator is told to use, mapped to the host's git.
@@ -43,26 +44,6 @@ async fn secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, &str
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-}
-
-/// A NucleiScan `name` of `target`, with `extra` merged into its spec.
-async fn create_scan(scans: &Api<NucleiScan>, name: &str, target: &str, extra: serde_json::Value) {
-    let ns = scans.namespace().expect("a namespaced Api").to_owned();
-    let mut body = json!({
-        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
-        "kind": "NucleiScan",
-        "metadata": {"name": name},
-        "spec": {
-            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                          "name": name, "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
-            "targets": [target],
-        },
-    });
-    for (k, v) in extra.as_object().expect("an object") {
-        body["spec"][k] = v.clone();
-    }
-    let scan: NucleiScan = serde_json::from_value(body).unwrap();
-    scans.create(&PostParams::default(), &scan).await.unwrap();
 }
 
 async fn fetch_jobs(client: &kube::Client, ns: &str) -> usize {
@@ -163,7 +144,7 @@ async fn a_private_repository_is_fetched_once_with_its_secret_and_scans_outlive_
 
     let ns = namespace(&client, "cache-scans").await;
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
-    create_scan(&scans, "private", "http://cache.test", json!({})).await;
+    create_scan(&client, &ns, "private", "http://cache.test", json!({})).await;
     let st = completed(&scans, "private", Duration::from_secs(180))
         .await
         .status
@@ -267,7 +248,7 @@ async fn without_the_cache_each_pod_clones_and_a_failed_clone_says_what_git_said
     let ns = namespace(&client, "nocache-scans").await;
     let scans: Api<NucleiScan> = Api::namespaced(client.clone(), &ns);
     let tags = json!({"tags": ["git-e2e"]});
-    create_scan(&scans, "nocache", "http://nocache.test", tags).await;
+    create_scan(&client, &ns, "nocache", "http://nocache.test", tags).await;
     let st = completed(&scans, "nocache", Duration::from_secs(180))
         .await
         .status

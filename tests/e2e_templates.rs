@@ -21,7 +21,7 @@ use serde_json::json;
 use support::git::{Daemon, GitServer, canary_template, guarded};
 use support::{
     assert_only_the_canary_finding, canary_annotations, canary_target, cluster, completed,
-    eventually, ingress, namespace, target_ip, template_set,
+    create_scan, eventually, ingress, namespace, target_ip, template_set,
 };
 use tokio::sync::OnceCell;
 
@@ -241,35 +241,6 @@ async fn config_map(client: &kube::Client, ns: &str, name: &str, data: &[(&str, 
     .unwrap();
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &cm)
-        .await
-        .unwrap();
-}
-
-/// A NucleiScan made by hand (as a user would) with the given spec fields
-/// on top of a source reference and one target.
-async fn create_scan(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    target: &str,
-    spec: serde_json::Value,
-) {
-    let mut body = json!({
-        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
-        "kind": "NucleiScan",
-        "metadata": {"name": name},
-        "spec": {
-            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                          "name": name, "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
-            "targets": [target],
-        },
-    });
-    for (k, v) in spec.as_object().unwrap() {
-        body["spec"][k] = v.clone();
-    }
-    let scan: NucleiScan = serde_json::from_value(body).unwrap();
-    Api::<NucleiScan>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &scan)
         .await
         .unwrap();
 }

@@ -545,3 +545,32 @@ pub async fn service_account_token(
         .and_then(|s| s.token)
         .expect("a token in the TokenRequest status")
 }
+
+/// A NucleiScan made by hand (as a user would) with the given spec fields
+/// on top of a source reference and one target.
+pub async fn create_scan(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    target: &str,
+    spec: serde_json::Value,
+) {
+    let mut body = serde_json::json!({
+        "apiVersion": "nuclei.homelab.mortenolsen.pro/v1alpha1",
+        "kind": "NucleiScan",
+        "metadata": {"name": name},
+        "spec": {
+            "sourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                          "name": name, "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
+            "targets": [target],
+        },
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        body["spec"][k] = v.clone();
+    }
+    let scan: NucleiScan = serde_json::from_value(body).unwrap();
+    Api::<NucleiScan>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &scan)
+        .await
+        .unwrap();
+}
